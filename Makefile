@@ -1,0 +1,34 @@
+# The two set-up commands of the README: `make run` and `make test`.
+# Each installs what is missing, configures, builds, then runs.
+JOBS ?= $(shell nproc)
+BUILD ?= build
+
+.PHONY: run test test-asan deps build bench clean
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The main job on the built-in default: until the model runtime lands, the
+# quantizer's distortion against theory and decode attention per cache policy.
+run: build
+	./$(BUILD)/tq quant-eval --dim 256 --bits 1,2,3,4 --vectors 5000
+	./$(BUILD)/tq kv-bench --head-dim 256 --heads 16 --kv-heads 4 --tokens 4096,16384 --kv fp16,tq4,tq3,k8v3 --repeats 5
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build of the whole suite.
+test-asan: deps
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQ_SANITIZE=ON -DTQ_BUILD_BENCH=OFF
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	./$(BUILD)/bench/tq_microbench
+
+clean:
+	rm -rf $(BUILD) build-asan build-debug

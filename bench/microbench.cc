@@ -1,0 +1,46 @@
+// Google Benchmark microbenchmarks of the quantizer and the attention kernels.
+#include <benchmark/benchmark.h>
+
+#include <random>
+
+#include "core/thread_pool.h"
+#include "kv/kv_slot.h"
+#include "quant/quantizer.h"
+
+namespace {
+
+void BM_Encode(benchmark::State& st) {
+  tq::VectorQuantizer q(static_cast<int>(st.range(0)), static_cast<int>(st.range(1)), 1);
+  std::mt19937_64 rng(1);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(q.dim()), scratch(q.padded_dim());
+  for (auto& v : x) v = nd(rng);
+  std::vector<uint8_t> codes(q.code_bytes());
+  for (auto _ : st) benchmark::DoNotOptimize(q.encode(x.data(), codes.data(), scratch.data()));
+}
+BENCHMARK(BM_Encode)->Args({128, 3})->Args({256, 3})->Args({256, 4});
+
+void BM_DecodeAttention(benchmark::State& st, const char* policy) {
+  const tq::KVGeometry g{16, 4, 256};
+  auto slot = tq::make_kv_slot(tq::CachePolicy::parse(policy), g);
+  const size_t T = st.range(0), row = 4 * 256;
+  std::mt19937_64 rng(2);
+  std::normal_distribution<float> nd;
+  std::vector<float> k(1024 * row);
+  for (auto& v : k) v = nd(rng);
+  for (size_t t = 0; t < T; t += 1024) slot->append(k, k, 1024);
+  std::vector<float> q(16 * 256), out(q.size());
+  for (auto& v : q) v = nd(rng);
+  const int32_t pos = static_cast<int32_t>(slot->size() - 1);
+  tq::ThreadPool pool(1);
+  for (auto _ : st) slot->attend(q, std::span<const int32_t>(&pos, 1), out, 0, pool);
+  st.SetBytesProcessed(st.iterations() * slot->resident_bytes());
+}
+BENCHMARK_CAPTURE(BM_DecodeAttention, fp16, "fp16")->Arg(4096);
+BENCHMARK_CAPTURE(BM_DecodeAttention, tq3, "tq3")->Arg(4096);
+BENCHMARK_CAPTURE(BM_DecodeAttention, tq4, "tq4")->Arg(4096);
+BENCHMARK_CAPTURE(BM_DecodeAttention, k8v3, "k8v3")->Arg(4096);
+
+}  // namespace
+
+BENCHMARK_MAIN();

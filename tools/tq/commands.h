@@ -1,0 +1,13 @@
+// Each subcommand of `tq` registers itself on the app and returns its runner.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace tq::cli {
+
+using Runner = std::function<int()>;
+
+Runner add_quant_eval(CLI::App& app);
+Runner add_kv_bench(CLI::App& app);
+
+}  // namespace tq::cli
