@@ -12,11 +12,10 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release
 	cmake --build $(BUILD) -j $(JOBS)
 
-# The main job on the built-in default: until the model runtime lands, the
-# quantizer's distortion against theory and decode attention per cache policy.
+# The main job on the built-in default: the built-in model (stories260K) with the
+# fp16 and the TQ3 cache side by side.
 run: build
-	./$(BUILD)/tq quant-eval --dim 256 --bits 1,2,3,4 --vectors 5000
-	./$(BUILD)/tq kv-bench --head-dim 256 --heads 16 --kv-heads 4 --tokens 4096,16384 --kv fp16,tq4,tq3,k8v3 --repeats 5
+	./$(BUILD)/tq run
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

@@ -1,0 +1,53 @@
+// A loaded model: its config, its weights (mapped from the checkpoint) and a forward
+// pass written once against the CPU ops. The model makes the per-sequence state: one
+// KV slot per attention layer (from the CachePolicy) and one recurrent state per
+// Gated DeltaNet layer.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/checkpoint.h"
+#include "kv/kv_slot.h"
+
+namespace tq {
+
+class ThreadPool;
+
+// Gated DeltaNet layer state of one sequence (Qwen3.5): conv window and fp32 S.
+struct DeltaState {
+  std::vector<float> conv;  // [conv_kernel - 1][conv_dim], pre-activation inputs
+  std::vector<float> s;     // [n_v_heads][d_v][d_k]
+  size_t bytes() const { return (conv.capacity() + s.capacity()) * sizeof(float); }
+};
+
+struct SequenceState {
+  std::vector<std::unique_ptr<KVSlot>> kv;  // per layer; null for DeltaNet layers
+  std::vector<DeltaState> delta;            // per layer; empty for attention layers
+  size_t pos = 0;                           // tokens processed
+  size_t kv_bytes() const;                  // resident bytes of all KV slots
+  size_t state_bytes() const;               // DeltaNet states
+  void truncate(size_t n);                  // KV only (DeltaNet state cannot roll back)
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  static std::unique_ptr<Model> load(const std::string& dir);
+  const ModelConfig& config() const { return ckpt_->config(); }
+  const Checkpoint& checkpoint() const { return *ckpt_; }
+  std::unique_ptr<SequenceState> new_state(const CachePolicy& policy) const;
+  // Runs tokens[n] at positions state.pos ... state.pos+n-1 and advances state.pos.
+  // logits: [n][vocab] if all_logits, else [vocab] for the last token.
+  virtual void forward(SequenceState& state, const int32_t* tokens, int n, float* logits, bool all_logits,
+                       ThreadPool& pool) const = 0;
+
+ protected:
+  explicit Model(std::unique_ptr<Checkpoint> c) : ckpt_(std::move(c)) {}
+  std::unique_ptr<Checkpoint> ckpt_;
+};
+
+std::unique_ptr<Model> make_llama(std::unique_ptr<Checkpoint> c);
+std::unique_ptr<Model> make_qwen35(std::unique_ptr<Checkpoint> c);
+
+}  // namespace tq
