@@ -161,30 +161,20 @@ inline __m512 dec16(const Dec& d, const uint8_t* row, int j) {
   }
 }
 
-// Two accumulator sets (even/odd groups or tokens) so FMA latency chains overlap.
 template <RowFormat F, int B, int NQ>
 void score_avx512(const TileArgs& a, const Dec& d) {
   const Rows& r = *a.rows;
   const int groups = a.dim / 16;
   for (int t = 0; t < a.nt; ++t) {
     const uint8_t* row = r.data + (a.t0 + t) * r.stride;
-    __m512 acc0[NQ], acc1[NQ];
-    for (int qi = 0; qi < NQ; ++qi) acc0[qi] = acc1[qi] = _mm512_setzero_ps();
-    int j = 0;
-    for (; j + 2 <= groups; j += 2) {
-      __m512 x0 = dec16<F, B>(d, row, j);
-      __m512 x1 = dec16<F, B>(d, row, j + 1);
-      for (int qi = 0; qi < NQ; ++qi) {
-        acc0[qi] = _mm512_fmadd_ps(_mm512_loadu_ps(a.q[qi] + 16 * j), x0, acc0[qi]);
-        acc1[qi] = _mm512_fmadd_ps(_mm512_loadu_ps(a.q[qi] + 16 * j + 16), x1, acc1[qi]);
-      }
-    }
-    if (j < groups) {
-      __m512 x0 = dec16<F, B>(d, row, j);
-      for (int qi = 0; qi < NQ; ++qi) acc0[qi] = _mm512_fmadd_ps(_mm512_loadu_ps(a.q[qi] + 16 * j), x0, acc0[qi]);
+    __m512 acc[NQ];
+    for (int qi = 0; qi < NQ; ++qi) acc[qi] = _mm512_setzero_ps();
+    for (int j = 0; j < groups; ++j) {
+      __m512 x = dec16<F, B>(d, row, j);
+      for (int qi = 0; qi < NQ; ++qi) acc[qi] = _mm512_fmadd_ps(_mm512_loadu_ps(a.q[qi] + 16 * j), x, acc[qi]);
     }
     const float n = F == RowFormat::codes ? row_norm(r, a.t0 + t) : 1.0f;
-    for (int qi = 0; qi < NQ; ++qi) a.s[qi * kTile + t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[qi], acc1[qi])) * n;
+    for (int qi = 0; qi < NQ; ++qi) a.s[qi * kTile + t] = _mm512_reduce_add_ps(acc[qi]) * n;
   }
 }
 
@@ -197,26 +187,14 @@ void accum_avx512(const TileArgs& a, const Dec& d) {
     for (int t = 0; t < a.nt; ++t)
       w[qi][t] = a.w[qi * kTile + t] * (F == RowFormat::codes ? row_norm(r, a.t0 + t) : 1.0f);
   for (int j = 0; j < groups; ++j) {
-    __m512 acc0[NQ], acc1[NQ];
-    for (int qi = 0; qi < NQ; ++qi) {
-      acc0[qi] = _mm512_loadu_ps(a.acc[qi] + 16 * j);
-      acc1[qi] = _mm512_setzero_ps();
-    }
+    __m512 acc[NQ];
+    for (int qi = 0; qi < NQ; ++qi) acc[qi] = _mm512_loadu_ps(a.acc[qi] + 16 * j);
     const uint8_t* row = r.data + a.t0 * r.stride;
-    int t = 0;
-    for (; t + 2 <= a.nt; t += 2, row += 2 * r.stride) {
-      __m512 x0 = dec16<F, B>(d, row, j);
-      __m512 x1 = dec16<F, B>(d, row + r.stride, j);
-      for (int qi = 0; qi < NQ; ++qi) {
-        acc0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(w[qi][t]), x0, acc0[qi]);
-        acc1[qi] = _mm512_fmadd_ps(_mm512_set1_ps(w[qi][t + 1]), x1, acc1[qi]);
-      }
+    for (int t = 0; t < a.nt; ++t, row += r.stride) {
+      __m512 x = dec16<F, B>(d, row, j);
+      for (int qi = 0; qi < NQ; ++qi) acc[qi] = _mm512_fmadd_ps(_mm512_set1_ps(w[qi][t]), x, acc[qi]);
     }
-    if (t < a.nt) {
-      __m512 x0 = dec16<F, B>(d, row, j);
-      for (int qi = 0; qi < NQ; ++qi) acc0[qi] = _mm512_fmadd_ps(_mm512_set1_ps(w[qi][t]), x0, acc0[qi]);
-    }
-    for (int qi = 0; qi < NQ; ++qi) _mm512_storeu_ps(a.acc[qi] + 16 * j, _mm512_add_ps(acc0[qi], acc1[qi]));
+    for (int qi = 0; qi < NQ; ++qi) _mm512_storeu_ps(a.acc[qi] + 16 * j, acc[qi]);
   }
 }
 

@@ -1,11 +1,228 @@
-// Qwen3.5 (hybrid Gated DeltaNet + gated attention). Filled in by the model issue.
+// Qwen3.5 text model (model_type qwen3_5): hybrid layers. Every `full_attention_interval`-th
+// layer is gated full attention with a KV cache; the others are Gated DeltaNet layers
+// with a fixed-size recurrent state. Follows mlx-lm's qwen3_5.py / HF modeling_qwen3_5.py.
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/ops.h"
 #include "core/error.h"
+#include "core/thread_pool.h"
+#include "model/deltanet.h"
 #include "model/model.h"
 
 namespace tq {
+namespace {
 
-std::unique_ptr<Model> make_qwen35(std::unique_ptr<Checkpoint> c) {
-  fail("{}: model_type qwen3_5 is recognized but its forward pass is not implemented yet", c->dir());
-}
+struct AttnLayer {
+  Weight q, k, v, o;  // q yields [q | gate] per head, interleaved
+  std::vector<float> q_norm, k_norm;
+};
+
+struct DeltaLayer {
+  Weight qkv, z, b, a, out;
+  std::vector<float> conv;    // [conv_dim][K], tap K-1 multiplies the newest input
+  std::vector<float> a_log, dt_bias, norm;
+};
+
+struct Layer {
+  std::vector<float> in_norm, post_norm;
+  Weight gate, up, down;
+  AttnLayer attn;
+  DeltaLayer delta;
+};
+
+class Qwen35 final : public Model {
+ public:
+  explicit Qwen35(std::unique_ptr<Checkpoint> c) : Model(std::move(c)) {
+    const ModelConfig& m = config();
+    const Checkpoint& ck = *ckpt_;
+    const int64_t H = m.hidden, hd = m.head_dim;
+    const int64_t kd = m.lin_k_heads * m.lin_k_dim, vd = m.lin_v_heads * m.lin_v_dim, conv_dim = 2 * kd + vd;
+    const int K = m.conv_kernel;
+    // MLX-converted checkpoints store conv1d as [C, K, 1] and norm weights as 1 + w;
+    // raw HF checkpoints store conv1d as [C, 1, K] and zero-centred norm weights.
+    bool hf_layout = false;
+    for (int l = 0; l < m.n_layers && !hf_layout; ++l)
+      if (m.is_linear[l]) {
+        const auto& t = ck.tensor("model.layers." + std::to_string(l) + ".linear_attn.conv1d.weight");
+        check(t.shape.size() == 3 && t.shape[0] == conv_dim && t.shape[1] * t.shape[2] == K,
+              "{}: conv1d.weight of layer {} has shape {}, expected [{}, {}, 1] or [{}, 1, {}]", ck.dir(), l,
+              t.shape_str(), conv_dim, K, conv_dim, K);
+        hf_layout = t.shape[2] != 1;
+        break;
+      }
+    const float shift = hf_layout ? 1.0f : 0.0f;
+    auto norm_vec = [&](const std::string& name, int64_t n) {
+      auto v = ck.vector(name, n);
+      for (auto& x : v) x += shift;
+      return v;
+    };
+    embed_ = ck.matrix("model.embed_tokens", m.vocab, H);
+    head_ = m.tie_embeddings || !ck.has("lm_head.weight") ? embed_ : ck.matrix("lm_head", m.vocab, H);
+    final_norm_ = norm_vec("model.norm.weight", H);
+    for (int l = 0; l < m.n_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      Layer L;
+      L.in_norm = norm_vec(p + "input_layernorm.weight", H);
+      L.post_norm = norm_vec(p + "post_attention_layernorm.weight", H);
+      L.gate = ck.matrix(p + "mlp.gate_proj", m.intermediate, H);
+      L.up = ck.matrix(p + "mlp.up_proj", m.intermediate, H);
+      L.down = ck.matrix(p + "mlp.down_proj", H, m.intermediate);
+      if (m.is_linear[l]) {
+        DeltaLayer& D = L.delta;
+        const std::string q = p + "linear_attn.";
+        D.qkv = ck.matrix(q + "in_proj_qkv", conv_dim, H);
+        D.z = ck.matrix(q + "in_proj_z", vd, H);
+        D.b = ck.matrix(q + "in_proj_b", m.lin_v_heads, H);
+        D.a = ck.matrix(q + "in_proj_a", m.lin_v_heads, H);
+        D.out = ck.matrix(q + "out_proj", H, vd);
+        D.conv = ck.vector(q + "conv1d.weight", conv_dim * K);  // [C][K] in both layouts
+        D.a_log = ck.vector(q + "A_log", m.lin_v_heads);
+        D.dt_bias = ck.vector(q + "dt_bias", m.lin_v_heads);
+        D.norm = ck.vector(q + "norm.weight", m.lin_v_dim);  // plain weight, never shifted
+      } else {
+        AttnLayer& A = L.attn;
+        const std::string q = p + "self_attn.";
+        A.q = ck.matrix(q + "q_proj", 2 * m.n_heads * hd, H);
+        A.k = ck.matrix(q + "k_proj", m.n_kv_heads * hd, H);
+        A.v = ck.matrix(q + "v_proj", m.n_kv_heads * hd, H);
+        A.o = ck.matrix(q + "o_proj", H, m.n_heads * hd);
+        A.q_norm = norm_vec(q + "q_norm.weight", hd);
+        A.k_norm = norm_vec(q + "k_norm.weight", hd);
+      }
+      layers_.push_back(std::move(L));
+    }
+  }
+
+  void forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,
+               ThreadPool& pool) const override {
+    const ModelConfig& m = config();
+    const int H = m.hidden;
+    const float eps = static_cast<float>(m.rms_eps);
+    std::vector<float> x(static_cast<size_t>(n) * H), xb(x.size()), o(x.size());
+    std::vector<float> g(static_cast<size_t>(n) * m.intermediate), u(g.size());
+    std::vector<int32_t> pos(n);
+    for (int i = 0; i < n; ++i) {
+      check(tokens[i] >= 0 && tokens[i] < m.vocab, "token id {} out of range [0, {})", tokens[i], m.vocab);
+      pos[i] = static_cast<int32_t>(st.pos + i);
+      embed_.dequantize_row(tokens[i], &x[static_cast<size_t>(i) * H]);
+    }
+    for (int l = 0; l < m.n_layers; ++l) {
+      const Layer& L = layers_[l];
+      cpu::rmsnorm(x.data(), L.in_norm.data(), n, H, eps, xb.data());
+      if (m.is_linear[l])
+        delta_mixer(L.delta, st.delta[l], xb.data(), n, o.data(), pool);
+      else
+        attention_mixer(L.attn, *st.kv[l], xb.data(), n, pos.data(), o.data(), pool);
+      for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+      cpu::rmsnorm(x.data(), L.post_norm.data(), n, H, eps, xb.data());
+      cpu::matmul(L.gate, xb.data(), n, g.data(), pool);
+      cpu::matmul(L.up, xb.data(), n, u.data(), pool);
+      for (size_t i = 0; i < g.size(); ++i) g[i] = cpu::silu(g[i]) * u[i];
+      cpu::matmul(L.down, g.data(), n, o.data(), pool);
+      for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+    }
+    const int first = all_logits ? 0 : n - 1, rows = n - first;
+    cpu::rmsnorm(x.data() + static_cast<size_t>(first) * H, final_norm_.data(), rows, H, eps, xb.data());
+    cpu::matmul(head_, xb.data(), rows, logits, pool);
+    st.pos += n;
+  }
+
+ private:
+  // Gated attention: q/gate interleaved per head, q/k RMSNorm, partial RoPE, output × σ(gate).
+  void attention_mixer(const AttnLayer& A, KVSlot& kv, const float* xb, int n, const int32_t* pos, float* out,
+                       ThreadPool& pool) const {
+    const ModelConfig& m = config();
+    const int nh = m.n_heads, nkv = m.n_kv_heads, hd = m.head_dim;
+    const float eps = static_cast<float>(m.rms_eps);
+    std::vector<float> qg(static_cast<size_t>(n) * nh * 2 * hd), q(static_cast<size_t>(n) * nh * hd), gate(q.size());
+    std::vector<float> k(static_cast<size_t>(n) * nkv * hd), v(k.size()), att(q.size());
+    cpu::matmul(A.q, xb, n, qg.data(), pool);
+    cpu::matmul(A.k, xb, n, k.data(), pool);
+    cpu::matmul(A.v, xb, n, v.data(), pool);
+    for (int i = 0; i < n * nh; ++i) {  // [q_h | gate_h] per head
+      std::copy_n(&qg[static_cast<size_t>(i) * 2 * hd], hd, &q[static_cast<size_t>(i) * hd]);
+      std::copy_n(&qg[static_cast<size_t>(i) * 2 * hd + hd], hd, &gate[static_cast<size_t>(i) * hd]);
+    }
+    cpu::rmsnorm(q.data(), A.q_norm.data(), n * nh, hd, eps, q.data());
+    cpu::rmsnorm(k.data(), A.k_norm.data(), n * nkv, hd, eps, k.data());
+    cpu::rope(q.data(), n, nh, hd, m.rot_dims(), pos, m.rope_theta);
+    cpu::rope(k.data(), n, nkv, hd, m.rot_dims(), pos, m.rope_theta);
+    kv.append(k, v, n);
+    kv.attend(q, std::span<const int32_t>(pos, n), att, 0, pool);
+    for (size_t i = 0; i < att.size(); ++i) att[i] *= cpu::sigmoid(gate[i]);
+    cpu::matmul(A.o, att.data(), n, out, pool);
+  }
+
+  // Gated DeltaNet: projections, causal depthwise conv + SiLU, L2-normalized q/k,
+  // the gated delta rule on the fp32 state, gated RMSNorm, out projection.
+  void delta_mixer(const DeltaLayer& D, DeltaState& s, const float* xb, int n, float* out, ThreadPool& pool) const {
+    const ModelConfig& m = config();
+    const int Hk = m.lin_k_heads, Hv = m.lin_v_heads, Dk = m.lin_k_dim, Dv = m.lin_v_dim, K = m.conv_kernel;
+    const int kd = Hk * Dk, vd = Hv * Dv, C = 2 * kd + vd;
+    std::vector<float> qkv(static_cast<size_t>(n) * C), z(static_cast<size_t>(n) * vd), b(static_cast<size_t>(n) * Hv),
+        a(b.size());
+    cpu::matmul(D.qkv, xb, n, qkv.data(), pool);
+    cpu::matmul(D.z, xb, n, z.data(), pool);
+    cpu::matmul(D.b, xb, n, b.data(), pool);
+    cpu::matmul(D.a, xb, n, a.data(), pool);
+    // Causal conv over [state (K-1 rows) | new rows], then keep the last K-1 inputs.
+    std::vector<float> ci(static_cast<size_t>(K - 1 + n) * C);
+    std::copy(s.conv.begin(), s.conv.end(), ci.begin());
+    std::copy(qkv.begin(), qkv.end(), ci.begin() + static_cast<size_t>(K - 1) * C);
+    for (int t = 0; t < n; ++t)
+      for (int ch = 0; ch < C; ++ch) {
+        float acc = 0;
+        for (int k = 0; k < K; ++k) acc += D.conv[static_cast<size_t>(ch) * K + k] * ci[static_cast<size_t>(t + k) * C + ch];
+        qkv[static_cast<size_t>(t) * C + ch] = cpu::silu(acc);
+      }
+    std::copy(ci.end() - static_cast<std::ptrdiff_t>(K - 1) * C, ci.end(), s.conv.begin());
+    DeltaInputs in;
+    in.n = n;
+    in.hk = Hk, in.hv = Hv, in.dk = Dk, in.dv = Dv;
+    std::vector<float> q(static_cast<size_t>(n) * kd), k(q.size()), v(static_cast<size_t>(n) * vd),
+        beta(static_cast<size_t>(n) * Hv), gdecay(beta.size()), y(v.size());
+    for (int t = 0; t < n; ++t) {
+      const float* r = &qkv[static_cast<size_t>(t) * C];
+      for (int h = 0; h < Hk; ++h) {
+        l2norm(r + h * Dk, Dk, &q[(static_cast<size_t>(t) * Hk + h) * Dk], 1.0f / std::sqrt(static_cast<float>(Dk)));
+        l2norm(r + kd + h * Dk, Dk, &k[(static_cast<size_t>(t) * Hk + h) * Dk], 1.0f);
+      }
+      std::copy_n(r + 2 * kd, vd, &v[static_cast<size_t>(t) * vd]);
+      for (int h = 0; h < Hv; ++h) {
+        const size_t i = static_cast<size_t>(t) * Hv + h;
+        beta[i] = cpu::sigmoid(b[i]);
+        const float sp = a[i] + D.dt_bias[h];
+        const float softplus = sp > 20 ? sp : std::log1p(std::exp(sp));
+        gdecay[i] = std::exp(-std::exp(D.a_log[h]) * softplus);
+      }
+    }
+    in.q = q.data(), in.k = k.data(), in.v = v.data(), in.beta = beta.data(), in.g = gdecay.data();
+    if (n >= kDeltaChunk)
+      gated_delta_chunked(in, s.s.data(), y.data());
+    else
+      gated_delta_recurrent(in, s.s.data(), y.data());
+    // Gated RMSNorm per value head: w · y/rms(y) · silu(z).
+    const float eps = static_cast<float>(m.rms_eps);
+    cpu::rmsnorm(y.data(), D.norm.data(), n * Hv, Dv, eps, y.data());
+    for (size_t i = 0; i < y.size(); ++i) y[i] *= cpu::silu(z[i]);
+    cpu::matmul(D.out, y.data(), n, out, pool);
+  }
+
+  static void l2norm(const float* x, int n, float* out, float scale) {
+    double ss = 0;
+    for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss + 1e-6)) * scale;
+    for (int i = 0; i < n; ++i) out[i] = x[i] * inv;
+  }
+
+  Weight embed_, head_;
+  std::vector<float> final_norm_;
+  std::vector<Layer> layers_;
+};
+
+}  // namespace
+
+std::unique_ptr<Model> make_qwen35(std::unique_ptr<Checkpoint> c) { return std::make_unique<Qwen35>(std::move(c)); }
 
 }  // namespace tq

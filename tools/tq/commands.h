@@ -14,5 +14,8 @@ Runner add_run(CLI::App& app);
 Runner add_tokenize(CLI::App& app);
 Runner add_detokenize(CLI::App& app);
 Runner add_import_llama2c(CLI::App& app);
+Runner add_make_model(CLI::App& app);
+Runner add_convert(CLI::App& app);
+Runner add_info(CLI::App& app);
 
 }  // namespace tq::cli

@@ -24,6 +24,9 @@ int main(int argc, char** argv) {
   add(tq::cli::add_tokenize);
   add(tq::cli::add_detokenize);
   add(tq::cli::add_import_llama2c);
+  add(tq::cli::add_make_model);
+  add(tq::cli::add_convert);
+  add(tq::cli::add_info);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,25 @@
+// Writing checkpoints: MLX affine quantization, `tq convert`, and `tq make-model`
+// (random weights with the real Qwen3.5 configs, in the MLX checkpoint layout).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tq {
+
+// MLX affine quantization of a [rows, cols] matrix along cols in groups: per group
+// scale = (max − min)/(2^bits − 1), bias = min, q = round((w − bias)/scale), codes
+// packed little-endian (element j at bits [j·bits, j·bits + bits) of its row).
+// Scales and biases are rounded to bf16; q is computed against the rounded values.
+void quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, int group, std::vector<uint32_t>& codes,
+                     std::vector<uint16_t>& scales, std::vector<uint16_t>& biases);
+
+// Quantizes every 2-D weight whose input width divides by 64 (embeddings and linears)
+// to 4-bit affine, group 64; copies the rest. Writes config.json with "quantization".
+void convert_checkpoint(const std::string& in_dir, const std::string& out_dir, const std::string& scheme);
+
+// `preset`: tiny, 0.8b, 2b, 4b, 9b. `dtype`: bf16 or mlx4.
+void make_qwen35_model(const std::string& preset, const std::string& dtype, const std::string& out_dir,
+                       uint64_t seed, const std::string& tokenizer_json);
+
+}  // namespace tq

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Reference logits for a Qwen3.5 checkpoint directory from Hugging Face transformers.
+
+Independent of turboquant: reads our MLX-layout checkpoint (bf16 or MLX affine 4-bit),
+maps it to transformers' Qwen3.5 text model (norm weights stored as 1 + w become w,
+conv1d [C, K, 1] becomes [C, 1, K], quantized weights dequantized as scale·q + bias),
+runs one forward pass in float64 on the given token ids and writes all-position logits.
+
+usage: qwen35_logits.py MODEL_DIR OUT_PREFIX [n_tokens] [seed]
+writes OUT_PREFIX.ids.json and OUT_PREFIX.logits.f32 ([n_tokens][vocab], little-endian)
+"""
+import json
+import sys
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+import transformers
+
+
+def unpack(w, bits, cols):
+    # w: uint32 [rows, cols*bits/32] (stored as int32 by torch); element j at bits [j*bits, j*bits+bits)
+    a = w.numpy().view(np.uint32)
+    rows = a.shape[0]
+    bytes_ = a.view(np.uint8).reshape(rows, -1)
+    bitsarr = np.unpackbits(bytes_, axis=1, bitorder="little")[:, : cols * bits]
+    bitsarr = bitsarr.reshape(rows, cols, bits).astype(np.int64)
+    q = (bitsarr << np.arange(bits)).sum(axis=2)
+    return q
+
+
+def main():
+    model_dir, out = sys.argv[1], sys.argv[2]
+    n_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 48
+    seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    cfg_all = json.load(open(f"{model_dir}/config.json"))
+    text = dict(cfg_all["text_config"])
+    text["model_type"] = "qwen3_5_text"
+    tensors = load_file(f"{model_dir}/model.safetensors")
+    ours = {}
+    for name, t in tensors.items():
+        if name.startswith("language_model."):
+            name = name[len("language_model."):]
+        ours[name] = t
+    sd = {}
+    for name, t in ours.items():
+        if name.endswith(".scales") or name.endswith(".biases"):
+            continue
+        base = name[: -len(".weight")] if name.endswith(".weight") else None
+        if base is not None and base + ".scales" in ours:
+            s = ours[base + ".scales"].to(torch.float64)
+            b = ours[base + ".biases"].to(torch.float64)
+            words = t.shape[1]
+            group_count = s.shape[1]
+            # bits and in-features from shapes: in = group_count * group, words*32 = in*bits
+            for bits in (2, 3, 4, 5, 6, 8):
+                if (words * 32) % bits == 0 and ((words * 32) // bits) % group_count == 0:
+                    cols = (words * 32) // bits
+                    group = cols // group_count
+                    if group in (32, 64, 128):
+                        break
+            q = torch.from_numpy(unpack(t, bits, cols)).to(torch.float64)
+            w = q * s.repeat_interleave(group, dim=1) + b.repeat_interleave(group, dim=1)
+            sd[base + ".weight"] = w
+            continue
+        v = t.to(torch.float64)
+        if name.endswith("conv1d.weight"):
+            v = v.permute(0, 2, 1).contiguous()  # [C, K, 1] -> [C, 1, K]
+        elif name.endswith(".weight") and (
+            "input_layernorm" in name or "post_attention_layernorm" in name or name == "model.norm.weight"
+            or name.endswith("q_norm.weight") or name.endswith("k_norm.weight")
+        ):
+            v = v - 1.0  # MLX stores 1 + w; HF's Qwen3.5 RMSNorm computes x·(1 + w)
+        sd[name] = v
+    cls = getattr(transformers, "Qwen3_5ForCausalLM")
+    config = transformers.Qwen3_5TextConfig(**{k: v for k, v in text.items() if k != "model_type"})
+    config._attn_implementation = "eager"
+    model = cls(config).to(torch.float64)
+    if config.tie_word_embeddings and "lm_head.weight" not in sd:
+        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
+    print("missing:", missing)
+    print("unexpected:", unexpected)
+    assert not missing and not unexpected, "state dict mismatch"
+    model.eval()
+    rng = np.random.default_rng(seed)
+    vocab = text["vocab_size"]
+    ids = rng.integers(0, min(vocab, 500), n_tokens).tolist()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].to(torch.float32).numpy()
+    json.dump({"ids": ids, "vocab": vocab, "transformers": transformers.__version__, "torch": torch.__version__,
+               "dtype": "float64 model (DeltaNet kernels in their own precision)"}, open(out + ".ids.json", "w"))
+    logits.astype("<f4").tofile(out + ".logits.f32")
+    print("logits", logits.shape, "rms", float(np.sqrt((logits ** 2).mean())), "max", float(np.abs(logits).max()))
+
+
+if __name__ == "__main__":
+    main()
