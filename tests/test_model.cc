@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -10,6 +12,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "io/llama2c.h"
+#include "model/deltanet.h"
 #include "runtime/generate.h"
 #include "test_util.h"
 
@@ -149,6 +152,128 @@ TEST(Model, PromptLongerThanContextIsAnError) {
     ADD_FAILURE();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("context"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace tq
+
+namespace tq {
+namespace {
+
+std::vector<float> read_f32(const std::string& path) {
+  std::string s = slurp(path);
+  std::vector<float> v(s.size() / 4);
+  std::memcpy(v.data(), s.data(), v.size() * 4);
+  return v;
+}
+
+// Must show 2 of the model issue: logits of the tiny Qwen3.5 checkpoints match
+// transformers' Qwen3_5ForCausalLM (tools/reference/qwen35_logits.py, run on the GPU
+// machine in float64 on the same dequantized weights).
+//
+// Tolerance: we compute in float32 (unit roundoff u = 6e-8), the reference in float64
+// except its DeltaNet kernels (float32). A dot product of length K carries a relative
+// error of at most ~K·u and typically √K·u; the deepest path runs ~8 layers × 5 such
+// stages with K ≤ 2048, so a typical relative error of ~40·√2048·u ≈ 1e-4 at worst, on
+// logits of RMS ~12 (max ~150). We require relative RMS error ≤ 1e-4 and max |Δ| ≤
+// 1e-4 × max|logit| × 10 (the largest logits sit on the longest accumulations).
+void compare_with_reference(const std::string& model_dir, const std::string& ref_prefix) {
+  auto ids_json = nlohmann::json::parse(slurp(ref_prefix + ".ids.json"));
+  std::vector<int32_t> ids = ids_json["ids"].get<std::vector<int32_t>>();
+  auto ref = read_f32(ref_prefix + ".logits.f32");
+  auto model = Model::load(model_dir);
+  const int V = model->config().vocab;
+  ASSERT_EQ(ref.size(), ids.size() * V);
+  ThreadPool pool(2);
+  for (int chunk : {1, 7, 64}) {
+    auto st = model->new_state(CachePolicy::parse("f32"));
+    std::vector<float> lg(ids.size() * V);
+    for (size_t i = 0; i < ids.size(); i += chunk) {
+      const int n = static_cast<int>(std::min<size_t>(chunk, ids.size() - i));
+      model->forward(*st, ids.data() + i, n, lg.data() + i * V, true, pool);
+    }
+    double md = 0, e2 = 0, r2 = 0;
+    for (size_t i = 0; i < lg.size(); ++i) {
+      const double d = lg[i] - ref[i];
+      md = std::max(md, std::fabs(d));
+      e2 += d * d;
+      r2 += static_cast<double>(ref[i]) * ref[i];
+    }
+    std::printf("[reference] %s chunk %d: max |Δlogit| %.3e, relative RMS %.3e\n", model_dir.c_str(), chunk, md,
+                std::sqrt(e2 / r2));
+    double mx = 0;
+    for (float r : ref) mx = std::max(mx, static_cast<double>(std::fabs(r)));
+    EXPECT_LT(md, 1e-3 * mx) << model_dir << " chunk " << chunk;
+    EXPECT_LT(std::sqrt(e2 / r2), 1e-4) << model_dir << " chunk " << chunk;
+  }
+}
+
+TEST(Qwen35, TinyBf16MatchesTransformers) {
+  compare_with_reference(TQ_TEST_DATA "/qwen35_tiny_bf16", TQ_TEST_DATA "/qwen35_reference/qwen35_tiny_bf16");
+}
+
+TEST(Qwen35, TinyMlx4MatchesTransformers) {
+  compare_with_reference(TQ_TEST_DATA "/qwen35_tiny_mlx4", TQ_TEST_DATA "/qwen35_reference/qwen35_tiny_mlx4");
+}
+
+// Must show 3: the chunked gated delta rule equals the recurrent one (outputs and final
+// state), on random inputs with ragged chunks and a carried-in state.
+TEST(Qwen35, ChunkedDeltaNetEqualsRecurrent) {
+  std::mt19937_64 rng(test::fresh_seed());
+  for (int n : {1, 5, 64, 150}) {
+    DeltaInputs in;
+    in.n = n, in.hk = 2, in.hv = 4, in.dk = 32, in.dv = 16;
+    auto unit_rows = [&](int rows, int d, float scale) {
+      auto v = test::gaussian(static_cast<size_t>(rows) * d, rng);
+      for (int r = 0; r < rows; ++r) {
+        double ss = 0;
+        for (int j = 0; j < d; ++j) ss += v[r * d + j] * v[r * d + j];
+        for (int j = 0; j < d; ++j) v[r * d + j] = static_cast<float>(v[r * d + j] / std::sqrt(ss) * scale);
+      }
+      return v;
+    };
+    auto q = unit_rows(n * in.hk, in.dk, 1.0f / std::sqrt(32.0f)), k = unit_rows(n * in.hk, in.dk, 1.0f);
+    auto v = test::gaussian(static_cast<size_t>(n) * in.hv * in.dv, rng);
+    std::vector<float> beta(n * in.hv), g(n * in.hv);
+    std::uniform_real_distribution<float> u01(0.0f, 1.0f), dec(0.6f, 1.0f);
+    for (auto& b : beta) b = u01(rng);
+    for (auto& x : g) x = dec(rng);
+    in.q = q.data(), in.k = k.data(), in.v = v.data(), in.beta = beta.data(), in.g = g.data();
+    auto s0 = test::gaussian(static_cast<size_t>(in.hv) * in.dv * in.dk, rng, 0.3f);
+    std::vector<float> s1 = s0, s2 = s0, y1(static_cast<size_t>(n) * in.hv * in.dv), y2(y1.size());
+    gated_delta_recurrent(in, s1.data(), y1.data());
+    gated_delta_chunked(in, s2.data(), y2.data(), 64);
+    double dy = 0, ds = 0;
+    for (size_t i = 0; i < y1.size(); ++i) dy = std::max(dy, static_cast<double>(std::fabs(y1[i] - y2[i])));
+    for (size_t i = 0; i < s1.size(); ++i) ds = std::max(ds, static_cast<double>(std::fabs(s1[i] - s2[i])));
+    // Both are O(1) quantities accumulated over n float32 steps: allow 1e-5·√n·10.
+    EXPECT_LT(dy, 1e-4 * std::sqrt(n + 1.0)) << "n=" << n;
+    EXPECT_LT(ds, 1e-4 * std::sqrt(n + 1.0)) << "n=" << n;
+  }
+}
+
+// Prefill in chunks of 1, 7 and 64 gives the same logits for the hybrid model with a TQ3 cache.
+TEST(Qwen35, ChunkedPrefillMatchesOnePassTq3) {
+  auto model = Model::load(TQ_TEST_DATA "/qwen35_tiny_mlx4");
+  std::mt19937_64 rng(test::fresh_seed());
+  std::vector<int32_t> toks(130);
+  for (auto& t : toks) t = static_cast<int32_t>(rng() % 500);
+  ThreadPool pool(2);
+  const int V = model->config().vocab;
+  std::vector<float> ref(V);
+  auto s0 = model->new_state(CachePolicy::parse("tq3"));
+  model->forward(*s0, toks.data(), static_cast<int>(toks.size()), ref.data(), false, pool);
+  for (int chunk : {1, 7, 64}) {
+    auto s = model->new_state(CachePolicy::parse("tq3"));
+    std::vector<float> lg(V);
+    for (size_t i = 0; i < toks.size(); i += chunk)
+      model->forward(*s, toks.data() + i, static_cast<int>(std::min<size_t>(chunk, toks.size() - i)), lg.data(), false,
+                     pool);
+    double md = 0, mx = 0;
+    for (int i = 0; i < V; ++i)
+      md = std::max(md, static_cast<double>(std::fabs(lg[i] - ref[i]))), mx = std::max(mx, static_cast<double>(std::fabs(ref[i])));
+    EXPECT_LT(md, 1e-4 * mx) << "chunk " << chunk;
   }
 }
 

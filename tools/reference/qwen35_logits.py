@@ -53,13 +53,11 @@ def main():
             b = ours[base + ".biases"].to(torch.float64)
             words = t.shape[1]
             group_count = s.shape[1]
-            # bits and in-features from shapes: in = group_count * group, words*32 = in*bits
-            for bits in (2, 3, 4, 5, 6, 8):
-                if (words * 32) % bits == 0 and ((words * 32) // bits) % group_count == 0:
-                    cols = (words * 32) // bits
-                    group = cols // group_count
-                    if group in (32, 64, 128):
-                        break
+            # bits and group size from config.json's "quantization", checked against the shapes
+            qcfg = cfg_all.get("quantization") or cfg_all.get("quantization_config")
+            bits, group = qcfg["bits"], qcfg["group_size"]
+            cols = words * 32 // bits
+            assert cols == group_count * group, (name, words, group_count, bits, group)
             q = torch.from_numpy(unpack(t, bits, cols)).to(torch.float64)
             w = q * s.repeat_interleave(group, dim=1) + b.repeat_interleave(group, dim=1)
             sd[base + ".weight"] = w
