@@ -3,6 +3,7 @@
 
 #include <random>
 
+#include "backend/cpu/ops.h"
 #include "core/thread_pool.h"
 #include "kv/kv_slot.h"
 #include "quant/quantizer.h"
@@ -44,3 +45,22 @@ BENCHMARK_CAPTURE(BM_DecodeAttention, k8v3, "k8v3")->Arg(4096);
 }  // namespace
 
 BENCHMARK_MAIN();
+
+namespace {
+// 4-bit affine matvec (decode), the shapes of Qwen3.5-0.8B's MLP and its tied lm_head.
+void BM_MatvecQ4(benchmark::State& st) {
+  const int64_t rows = st.range(0), cols = st.range(1);
+  std::vector<uint32_t> codes(rows * cols / 8, 0x76543210u);
+  std::vector<uint16_t> sc(rows * cols / 64, 0x3c00), bi(sc.size(), 0xbc00);
+  tq::Weight w;
+  w.rows = rows, w.cols = cols, w.bits = 4, w.group = 64, w.sdtype = tq::DType::bf16;
+  w.data = reinterpret_cast<const uint8_t*>(codes.data());
+  w.scales = reinterpret_cast<const uint8_t*>(sc.data());
+  w.biases = reinterpret_cast<const uint8_t*>(bi.data());
+  std::vector<float> x(cols, 0.5f), y(rows);
+  tq::ThreadPool pool(static_cast<int>(st.range(2)));
+  for (auto _ : st) tq::cpu::matmul(w, x.data(), 1, y.data(), pool);
+  st.SetBytesProcessed(st.iterations() * w.bytes());
+}
+BENCHMARK(BM_MatvecQ4)->Args({3584, 1024, 1})->Args({3584, 1024, 2})->Args({248320, 1024, 1})->Args({248320, 1024, 2});
+}  // namespace

@@ -123,12 +123,13 @@ TEST(Ops, MatmulMatchesReference) {
   q.scales = reinterpret_cast<const uint8_t*>(sc.data());
   q.biases = reinterpret_cast<const uint8_t*>(bi.data());
   q.sdtype = DType::bf16;
-  for (const Weight* ww : {&w, &q}) {
-    std::vector<float> y(3 * rows), yr(3 * rows);
-    cpu::matmul(*ww, x.data(), 3, y.data(), pool);
-    cpu::matmul_ref(*ww, x.data(), 3, yr.data());
-    for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], yr[i], 1e-4 * (1 + std::fabs(yr[i]))) << i;
-  }
+  for (const Weight* ww : {&w, &q})
+    for (int n : {1, 2, 3}) {  // the fused 4-bit matvec (n <= 2) and the dequantize-rows path
+      std::vector<float> y(n * rows), yr(n * rows);
+      cpu::matmul(*ww, x.data(), n, y.data(), pool);
+      cpu::matmul_ref(*ww, x.data(), n, yr.data());
+      for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], yr[i], 1e-4 * (1 + std::fabs(yr[i]))) << n << " " << i;
+    }
   // Dequantize by the definition: w = s·q + β with q the i-th nibble, low bits first.
   std::vector<float> row(cols);
   q.dequantize_row(5, row.data());

@@ -5,6 +5,16 @@
 
 namespace tq {
 
+namespace {
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+}  // namespace
+
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = static_cast<int>(std::thread::hardware_concurrency());
   if (n_threads <= 0) n_threads = 1;
@@ -31,6 +41,10 @@ void ThreadPool::run_items(int id) {
 void ThreadPool::worker_loop(int id) {
   uint64_t seen = 0;
   for (;;) {
+    // Spin briefly before sleeping: decode issues hundreds of short loops per token,
+    // and a condition-variable wake-up costs tens of microseconds.
+    for (int spin = 0; spin < 20000 && published_.load(std::memory_order_acquire) == seen; ++spin)
+      cpu_relax();
     {
       std::unique_lock<std::mutex> lk(mu_);
       cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
@@ -58,6 +72,7 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, int)>& 
     next_.store(0, std::memory_order_relaxed);
     active_ = static_cast<int>(workers_.size());
     ++generation_;
+    published_.store(generation_, std::memory_order_release);
   }
   cv_start_.notify_all();
   run_items(0);

@@ -38,6 +38,7 @@ class ThreadPool {
   size_t n_items_ = 0;
   std::atomic<size_t> next_{0};
   uint64_t generation_ = 0;
+  std::atomic<uint64_t> published_{0};  // generation_, readable without the lock
   int active_ = 0;
   bool stop_ = false;
 };

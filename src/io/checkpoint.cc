@@ -14,27 +14,6 @@ namespace tq {
 
 const char* const kSupportedModelTypes = "llama, qwen2, qwen3, qwen3_5";
 
-float to_float(DType t, const uint8_t* p) {
-  switch (t) {
-    case DType::f32: {
-      float f;
-      std::memcpy(&f, p, 4);
-      return f;
-    }
-    case DType::f16: {
-      uint16_t h;
-      std::memcpy(&h, p, 2);
-      return f16_to_f32(h);
-    }
-    case DType::bf16: {
-      uint16_t h;
-      std::memcpy(&h, p, 2);
-      return bf16_to_f32(h);
-    }
-    default: return 0;
-  }
-}
-
 namespace {
 using json = nlohmann::json;
 
@@ -170,6 +149,18 @@ void Weight::dequantize_row(int64_t r, float* out) const {
   const int64_t ng = cols / group;
   const size_t ss = dtype_size(sdtype);
   const unsigned mask = (1u << bits) - 1;
+  if (bits == 4) {  // the common case, one byte per two codes
+    for (int64_t g = 0; g < ng; ++g) {
+      const float s = to_float(sdtype, scales + (r * ng + g) * ss);
+      const float b = to_float(sdtype, biases + (r * ng + g) * ss);
+      for (int64_t j = g * group; j < (g + 1) * group; j += 2) {
+        const uint8_t v = row[j / 2];
+        out[j] = s * static_cast<float>(v & 15) + b;
+        out[j + 1] = s * static_cast<float>(v >> 4) + b;
+      }
+    }
+    return;
+  }
   for (int64_t g = 0; g < ng; ++g) {
     const float s = to_float(sdtype, scales + (r * ng + g) * ss);
     const float b = to_float(sdtype, biases + (r * ng + g) * ss);

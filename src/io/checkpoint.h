@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include <cstring>
+
+#include "core/f16.h"
 #include "io/safetensors.h"
 
 namespace tq {
@@ -84,6 +87,19 @@ class Checkpoint {
   std::map<std::string, std::string> file_of_;
 };
 
-float to_float(DType t, const uint8_t* p);
+// One F32/F16/BF16 value at p (any alignment) as float; 0 for other types.
+inline float to_float(DType t, const uint8_t* p) {
+  uint16_t h;
+  switch (t) {
+    case DType::f32: {
+      float f;
+      std::memcpy(&f, p, 4);
+      return f;
+    }
+    case DType::f16: std::memcpy(&h, p, 2); return f16_to_f32(h);
+    case DType::bf16: std::memcpy(&h, p, 2); return bf16_to_f32(h);
+    default: return 0;
+  }
+}
 
 }  // namespace tq

@@ -1,5 +1,6 @@
 #include "model/deltanet.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -19,9 +20,11 @@ void gated_delta_recurrent(const DeltaInputs& in, float* s, float* y) {
       for (int i = 0; i < dv; ++i) {
         float* row = S + static_cast<size_t>(i) * dk;
         float m = 0;
+#pragma omp simd reduction(+ : m)
         for (int j = 0; j < dk; ++j) m += (row[j] *= g) * k[j];
         const float delta = (v[i] - m) * b;
         float o = 0;
+#pragma omp simd reduction(+ : o)
         for (int j = 0; j < dk; ++j) o += (row[j] += delta * k[j]) * q[j];
         out[i] = o;
       }
@@ -37,16 +40,35 @@ void gated_delta_recurrent(const DeltaInputs& in, float* s, float* y) {
 //   S ← e^{γ_C}·S + (K ⊙ e^{γ_C−γ})ᵀ·V'
 void gated_delta_chunked(const DeltaInputs& in, float* s, float* y, int chunk) {
   const int rep = in.hv / in.hk, dk = in.dk, dv = in.dv;
-  std::vector<double> S(static_cast<size_t>(dk) * dv), T, U, W, A, gam, Vp;
+  std::vector<double> S(static_cast<size_t>(dk) * dv), T, U, W, A, gam, Vp, Kc, Qc, Vc, o(dv);
+  auto dot = [](const double* a, const double* b, int n) {
+    double r = 0;
+#pragma omp simd reduction(+ : r)
+    for (int i = 0; i < n; ++i) r += a[i] * b[i];
+    return r;
+  };
+  auto axpy = [](double a, const double* x, double* y, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; ++i) y[i] += a * x[i];
+  };
   for (int h = 0; h < in.hv; ++h) {
     float* Sh = s + static_cast<size_t>(h) * dv * dk;
     for (int i = 0; i < dv; ++i)
       for (int j = 0; j < dk; ++j) S[static_cast<size_t>(j) * dv + i] = Sh[static_cast<size_t>(i) * dk + j];
     for (int c0 = 0; c0 < in.n; c0 += chunk) {
       const int C = std::min(chunk, in.n - c0);
-      auto K = [&](int i, int j) { return static_cast<double>(in.k[(static_cast<size_t>(c0 + i) * in.hk + h / rep) * dk + j]); };
-      auto Q = [&](int i, int j) { return static_cast<double>(in.q[(static_cast<size_t>(c0 + i) * in.hk + h / rep) * dk + j]); };
-      auto V = [&](int i, int j) { return static_cast<double>(in.v[(static_cast<size_t>(c0 + i) * in.hv + h) * dv + j]); };
+      // This chunk's rows, contiguous, in double.
+      Kc.resize(static_cast<size_t>(C) * dk);
+      Qc.resize(Kc.size());
+      Vc.resize(static_cast<size_t>(C) * dv);
+      for (int i = 0; i < C; ++i) {
+        const size_t kr = (static_cast<size_t>(c0 + i) * in.hk + h / rep) * dk;
+        const size_t vr = (static_cast<size_t>(c0 + i) * in.hv + h) * dv;
+        for (int x = 0; x < dk; ++x) Kc[static_cast<size_t>(i) * dk + x] = in.k[kr + x], Qc[static_cast<size_t>(i) * dk + x] = in.q[kr + x];
+        for (int x = 0; x < dv; ++x) Vc[static_cast<size_t>(i) * dv + x] = in.v[vr + x];
+      }
+      const double* K = Kc.data();
+      const double* Q = Qc.data();
       auto B = [&](int i) { return static_cast<double>(in.beta[static_cast<size_t>(c0 + i) * in.hv + h]); };
       gam.assign(C, 0);
       double acc = 0;
@@ -54,11 +76,8 @@ void gated_delta_chunked(const DeltaInputs& in, float* s, float* y, int chunk) {
       // L[i][j] = β_i ⟨k_i, k_j⟩ e^{γ_i − γ_j} for j < i; T = (I + L)⁻¹ by forward substitution.
       A.assign(static_cast<size_t>(C) * C, 0);
       for (int i = 0; i < C; ++i)
-        for (int j = 0; j < i; ++j) {
-          double d = 0;
-          for (int x = 0; x < dk; ++x) d += K(i, x) * K(j, x);
-          A[static_cast<size_t>(i) * C + j] = B(i) * d * std::exp(gam[i] - gam[j]);
-        }
+        for (int j = 0; j < i; ++j)
+          A[static_cast<size_t>(i) * C + j] = B(i) * dot(K + i * dk, K + j * dk, dk) * std::exp(gam[i] - gam[j]);
       T.assign(static_cast<size_t>(C) * C, 0);
       for (int i = 0; i < C; ++i) {
         T[static_cast<size_t>(i) * C + i] = 1;
@@ -74,43 +93,29 @@ void gated_delta_chunked(const DeltaInputs& in, float* s, float* y, int chunk) {
         for (int m = 0; m <= i; ++m) {
           const double t = T[static_cast<size_t>(i) * C + m] * B(m);
           if (t == 0) continue;
-          const double e = std::exp(gam[m]);
-          for (int x = 0; x < dv; ++x) U[static_cast<size_t>(i) * dv + x] += t * V(m, x);
-          for (int x = 0; x < dk; ++x) W[static_cast<size_t>(i) * dk + x] += t * K(m, x) * e;
+          axpy(t, Vc.data() + m * dv, U.data() + i * dv, dv);
+          axpy(t * std::exp(gam[m]), K + m * dk, W.data() + i * dk, dk);
         }
       // V' = U − W·S
       Vp = U;
       for (int i = 0; i < C; ++i)
-        for (int x = 0; x < dk; ++x) {
-          const double w = W[static_cast<size_t>(i) * dk + x];
-          for (int z = 0; z < dv; ++z) Vp[static_cast<size_t>(i) * dv + z] -= w * S[static_cast<size_t>(x) * dv + z];
-        }
-      // Outputs.
+        for (int x = 0; x < dk; ++x) axpy(-W[static_cast<size_t>(i) * dk + x], S.data() + x * dv, Vp.data() + i * dv, dv);
+      // O_i = e^{γ_i} q_i·S + Σ_{j<=i} ⟨q_i, k_j⟩ e^{γ_i − γ_j} v'_j
       for (int i = 0; i < C; ++i) {
-        float* out = y + (static_cast<size_t>(c0 + i) * in.hv + h) * dv;
-        std::vector<double> o(dv, 0);
+        std::fill(o.begin(), o.end(), 0.0);
         const double ei = std::exp(gam[i]);
-        for (int x = 0; x < dk; ++x) {
-          const double qx = Q(i, x) * ei;
-          for (int z = 0; z < dv; ++z) o[z] += qx * S[static_cast<size_t>(x) * dv + z];
-        }
-        for (int j = 0; j <= i; ++j) {
-          double d = 0;
-          for (int x = 0; x < dk; ++x) d += Q(i, x) * K(j, x);
-          d *= std::exp(gam[i] - gam[j]);
-          for (int z = 0; z < dv; ++z) o[z] += d * Vp[static_cast<size_t>(j) * dv + z];
-        }
+        for (int x = 0; x < dk; ++x) axpy(Q[i * dk + x] * ei, S.data() + x * dv, o.data(), dv);
+        for (int j = 0; j <= i; ++j)
+          axpy(dot(Q + i * dk, K + j * dk, dk) * std::exp(gam[i] - gam[j]), Vp.data() + j * dv, o.data(), dv);
+        float* out = y + (static_cast<size_t>(c0 + i) * in.hv + h) * dv;
         for (int z = 0; z < dv; ++z) out[z] = static_cast<float>(o[z]);
       }
-      // State update.
+      // S ← e^{γ_C}·S + Σ_j e^{γ_C − γ_j} k_j v'_jᵀ
       const double eC = std::exp(gam[C - 1]);
       for (auto& v : S) v *= eC;
       for (int j = 0; j < C; ++j) {
         const double e = std::exp(gam[C - 1] - gam[j]);
-        for (int x = 0; x < dk; ++x) {
-          const double kx = K(j, x) * e;
-          for (int z = 0; z < dv; ++z) S[static_cast<size_t>(x) * dv + z] += kx * Vp[static_cast<size_t>(j) * dv + z];
-        }
+        for (int x = 0; x < dk; ++x) axpy(K[j * dk + x] * e, Vp.data() + j * dv, S.data() + x * dv, dv);
       }
     }
     for (int i = 0; i < dv; ++i)

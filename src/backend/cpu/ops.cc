@@ -33,39 +33,86 @@ float dot(const float* a, const float* b, int64_t n) {
 #endif
 }
 
-// Row r of a 4-bit affine weight dotted with x, using per-group sums of x:
-// Σ_j (s·q_j + β)·x_j = s·Σ q_j x_j + β·Σ x_j.
-float dot_q4(const Weight& w, int64_t r, const float* x, const float* xsum) {
-  const int64_t ng = w.cols / w.group;
-  const uint8_t* row = w.data + static_cast<size_t>(r) * (w.cols / 2);
-  const size_t ss = dtype_size(w.sdtype);
-  float total = 0;
-  for (int64_t g = 0; g < ng; ++g) {
-    const float s = to_float(w.sdtype, w.scales + (r * ng + g) * ss);
-    const float b = to_float(w.sdtype, w.biases + (r * ng + g) * ss);
-    const uint8_t* p = row + g * w.group / 2;
-    const float* xg = x + g * w.group;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    __m512 acc = _mm512_setzero_ps();
-    for (int j = 0; j < w.group; j += 16) {
-      // 16 codes = 8 bytes: low nibble is the even element.
-      uint64_t v;
-      std::memcpy(&v, p + j / 2, 8);
-      __m128i bytes = _mm_cvtsi64_si128(static_cast<long long>(v));
-      __m128i lo = _mm_and_si128(bytes, _mm_set1_epi8(0x0F));
-      __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F));
-      __m128i inter = _mm_unpacklo_epi8(lo, hi);
-      __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(inter));
-      acc = _mm512_fmadd_ps(q, _mm512_loadu_ps(xg + j), acc);
-    }
-    total += s * _mm512_reduce_add_ps(acc) + b * xsum[g];
-#else
-    float acc = 0;
-    for (int j = 0; j < w.group; ++j) acc += static_cast<float>((p[j / 2] >> (4 * (j & 1))) & 15) * xg[j];
-    total += s * acc + b * xsum[g];
-#endif
+// out[t·ld + k] = ⟨rows[k], x_t⟩ for 4 rows and 4 consecutive tokens (x_t = x + t·n).
+void dot4x4(const float* const* rows, const float* x, int64_t n, float* out, int64_t ld) {
+#if defined(__AVX512F__)
+  __m512 acc[4][4];
+  for (auto& a : acc)
+    for (auto& v : a) v = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 xv[4], rv[4];
+    for (int t = 0; t < 4; ++t) xv[t] = _mm512_loadu_ps(x + t * n + j);
+    for (int k = 0; k < 4; ++k) rv[k] = _mm512_loadu_ps(rows[k] + j);
+    for (int t = 0; t < 4; ++t)
+      for (int k = 0; k < 4; ++k) acc[t][k] = _mm512_fmadd_ps(rv[k], xv[t], acc[t][k]);
   }
-  return total;
+  for (int t = 0; t < 4; ++t)
+    for (int k = 0; k < 4; ++k) {
+      float sum = _mm512_reduce_add_ps(acc[t][k]);
+      for (int64_t q = j; q < n; ++q) sum += rows[k][q] * x[t * n + q];
+      out[t * ld + k] = sum;
+    }
+#else
+  for (int t = 0; t < 4; ++t)
+    for (int k = 0; k < 4; ++k) out[t * ld + k] = dot(rows[k], x + t * n, n);
+#endif
+}
+
+// R rows (r0 .. r0+R-1) of a 4-bit affine weight dotted with x:
+//   y_r = Σ_g s_rg·(Σ_j q_rgj x_gj) + β_rg·(Σ_j x_gj).
+// xd holds x with each 32-value step reordered as [16 even elements | 16 odd elements],
+// matching the low and high nibbles of 16 code bytes. R rows at once give R independent
+// FMA chains (the loop is otherwise bound by FMA latency) and share the x loads.
+template <int R>
+void dot_q4_rows(const Weight& w, int64_t r0, const float* xd, const float* xsum, float* out) {
+  const int64_t ng = w.cols / w.group;
+  const size_t row_bytes = w.cols / 2, ss = dtype_size(w.sdtype);
+  float bias_total[R] = {};
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  __m512 total[R];
+  for (int i = 0; i < R; ++i) total[i] = _mm512_setzero_ps();
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  for (int64_t g = 0; g < ng; ++g) {
+    const float* xg = xd + g * w.group;
+    __m512 acc[R];
+    for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+    for (int j = 0; j < w.group; j += 32) {
+      const __m512 xe = _mm512_loadu_ps(xg + j), xo = _mm512_loadu_ps(xg + j + 16);
+      for (int i = 0; i < R; ++i) {
+        const uint8_t* p = w.data + (r0 + i) * row_bytes + (g * w.group + j) / 2;
+        _mm_prefetch(reinterpret_cast<const char*>(p + R * row_bytes), _MM_HINT_T0);
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        const __m128i lo = _mm_and_si128(bytes, mask);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), xe, acc[i]);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), xo, acc[i]);
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      const size_t k = static_cast<size_t>((r0 + i) * ng + g) * ss;
+      total[i] = _mm512_fmadd_ps(_mm512_set1_ps(to_float(w.sdtype, w.scales + k)), acc[i], total[i]);
+      bias_total[i] += to_float(w.sdtype, w.biases + k) * xsum[g];
+    }
+  }
+  for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(total[i]) + bias_total[i];
+#else
+  for (int i = 0; i < R; ++i) {
+    const uint8_t* row = w.data + (r0 + i) * row_bytes;
+    float t = 0;
+    for (int64_t g = 0; g < ng; ++g) {
+      const float* xg = xd + g * w.group;
+      const uint8_t* p = row + g * w.group / 2;
+      float acc = 0;
+      for (int j = 0; j < w.group; j += 32)
+        for (int b = 0; b < 16; ++b) acc += (p[j / 2 + b] & 15) * xg[j + b] + (p[j / 2 + b] >> 4) * xg[j + 16 + b];
+      const size_t k = static_cast<size_t>((r0 + i) * ng + g) * ss;
+      t += to_float(w.sdtype, w.scales + k) * acc;
+      bias_total[i] += to_float(w.sdtype, w.biases + k) * xsum[g];
+    }
+    out[i] = t + bias_total[i];
+  }
+#endif
 }
 }  // namespace
 
@@ -85,16 +132,28 @@ void matmul(const Weight& w, const float* x, int n, float* y, ThreadPool& pool) 
   const int64_t rows = w.rows, cols = w.cols;
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(64, rows / (8 * pool.size()) + 1));
   const size_t n_blocks = static_cast<size_t>((rows + block - 1) / block);
-  const bool q4 = w.quantized() && w.bits == 4 && w.group % 16 == 0;
-  std::vector<float> xsum;
+  // Matrix-vector (decode): the fused 4-bit kernel. Several tokens (prefill): each row
+  // is dequantized once into floats and dotted with every token.
+  const bool q4 = w.quantized() && w.bits == 4 && w.group % 32 == 0 && n <= 2;
+  std::vector<float> xsum, xd;
   if (q4) {
     const int64_t ng = cols / w.group;
     xsum.resize(static_cast<size_t>(n) * ng);
+    xd.resize(static_cast<size_t>(n) * cols);
     for (int i = 0; i < n; ++i)
       for (int64_t g = 0; g < ng; ++g) {
+        const float* src = x + i * cols + g * w.group;
+        float* dst = xd.data() + i * cols + g * w.group;
         float s = 0;
-        for (int j = 0; j < w.group; ++j) s += x[i * cols + g * w.group + j];
+        for (int j = 0; j < w.group; ++j) s += src[j];
         xsum[i * ng + g] = s;
+        // Within each 32-weight step: the 16 low nibbles are elements j, j+2, ..., the 16
+        // high nibbles j+1, j+3, ...
+        for (int j = 0; j < w.group; j += 32)
+          for (int b = 0; b < 16; ++b) {
+            dst[j + b] = src[j + 2 * b];
+            dst[j + 16 + b] = src[j + 2 * b + 1];
+          }
       }
   }
   pool.parallel_for(n_blocks, [&](size_t b, int) {
@@ -102,19 +161,39 @@ void matmul(const Weight& w, const float* x, int n, float* y, ThreadPool& pool) 
     const int64_t r0 = static_cast<int64_t>(b) * block, r1 = std::min(rows, r0 + block);
     for (int64_t r = r0; r < r1; ++r) {
       if (q4) {
-        for (int i = 0; i < n; ++i)
-          y[i * rows + r] = dot_q4(w, r, x + i * cols, xsum.data() + i * (cols / w.group));
+        for (int i = 0; i < n; ++i) {
+          float out[4];
+          const float* xi = xd.data() + i * cols;
+          const float* si = xsum.data() + i * (cols / w.group);
+          if (r + 4 <= r1) {
+            dot_q4_rows<4>(w, r, xi, si, out);
+            for (int k = 0; k < 4; ++k) y[i * rows + r + k] = out[k];
+          } else {
+            dot_q4_rows<1>(w, r, xi, si, out);
+            y[i * rows + r] = out[0];
+          }
+        }
+        if (r + 4 <= r1) r += 3;
         continue;
       }
-      const float* row;
-      if (!w.quantized() && w.dtype == DType::f32 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0) {
-        row = reinterpret_cast<const float*>(w.data) + r * cols;
-      } else {
-        buf.resize(cols);
-        w.dequantize_row(r, buf.data());
-        row = buf.data();
+      // Several tokens: up to 4 rows as floats, then a 4×4 register-blocked kernel.
+      const int nr = static_cast<int>(std::min<int64_t>(4, r1 - r));
+      const float* rp[4];
+      buf.resize(4 * cols);
+      for (int k = 0; k < nr; ++k) {
+        if (!w.quantized() && w.dtype == DType::f32 && reinterpret_cast<uintptr_t>(w.data) % 4 == 0) {
+          rp[k] = reinterpret_cast<const float*>(w.data) + (r + k) * cols;
+        } else {
+          w.dequantize_row(r + k, buf.data() + k * cols);
+          rp[k] = buf.data() + k * cols;
+        }
       }
-      for (int i = 0; i < n; ++i) y[i * rows + r] = dot(row, x + i * cols, cols);
+      int i = 0;
+      if (nr == 4)
+        for (; i + 4 <= n; i += 4) dot4x4(rp, x + i * cols, cols, y + i * rows + r, rows);
+      for (; i < n; ++i)
+        for (int k = 0; k < nr; ++k) y[i * rows + r + k] = dot(rp[k], x + i * cols, cols);
+      r += nr - 1;
     }
   });
 }
