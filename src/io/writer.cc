@@ -268,6 +268,64 @@ void make_qwen35_model(const std::string& preset, const std::string& dtype, cons
   }
 }
 
+void make_llama_family_model(const std::string& arch, const std::string& out_dir, uint64_t seed) {
+  check(arch == "llama" || arch == "qwen2" || arch == "qwen3",
+        "--arch: '{}' is not one of qwen3_5, llama, qwen2, qwen3", arch);
+  const int hidden = 128, layers = 2, heads = 4, kv_heads = 2, hd = 32, inter = 256, vocab = 512;
+  std::filesystem::create_directories(out_dir);
+  std::mt19937_64 rng(seed);
+  auto normal = [&](size_t n, float sd, float mean = 0.0f) {
+    std::vector<float> v(n);
+    std::normal_distribution<float> nd(mean, sd);
+    for (auto& x : v) x = nd(rng);
+    return v;
+  };
+  TensorSet ts;
+  const float sd = 0.05f;
+  ts.add_bf16("model.embed_tokens.weight", normal(static_cast<size_t>(vocab) * hidden, 1.0f), {vocab, hidden});
+  for (int l = 0; l < layers; ++l) {
+    const std::string L = "model.layers." + std::to_string(l) + ".";
+    ts.add_bf16(L + "input_layernorm.weight", normal(hidden, 0.05f, 1.0f), {hidden});
+    ts.add_bf16(L + "post_attention_layernorm.weight", normal(hidden, 0.05f, 1.0f), {hidden});
+    ts.add_bf16(L + "self_attn.q_proj.weight", normal(static_cast<size_t>(heads) * hd * hidden, sd), {heads * hd, hidden});
+    ts.add_bf16(L + "self_attn.k_proj.weight", normal(static_cast<size_t>(kv_heads) * hd * hidden, sd), {kv_heads * hd, hidden});
+    ts.add_bf16(L + "self_attn.v_proj.weight", normal(static_cast<size_t>(kv_heads) * hd * hidden, sd), {kv_heads * hd, hidden});
+    ts.add_bf16(L + "self_attn.o_proj.weight", normal(static_cast<size_t>(hidden) * heads * hd, sd), {hidden, heads * hd});
+    if (arch == "qwen2") {
+      ts.add_bf16(L + "self_attn.q_proj.bias", normal(static_cast<size_t>(heads) * hd, 0.1f), {heads * hd});
+      ts.add_bf16(L + "self_attn.k_proj.bias", normal(static_cast<size_t>(kv_heads) * hd, 0.1f), {kv_heads * hd});
+      ts.add_bf16(L + "self_attn.v_proj.bias", normal(static_cast<size_t>(kv_heads) * hd, 0.1f), {kv_heads * hd});
+    }
+    if (arch == "qwen3") {
+      ts.add_bf16(L + "self_attn.q_norm.weight", normal(hd, 0.05f, 1.0f), {hd});
+      ts.add_bf16(L + "self_attn.k_norm.weight", normal(hd, 0.05f, 1.0f), {hd});
+    }
+    ts.add_bf16(L + "mlp.gate_proj.weight", normal(static_cast<size_t>(inter) * hidden, sd), {inter, hidden});
+    ts.add_bf16(L + "mlp.up_proj.weight", normal(static_cast<size_t>(inter) * hidden, sd), {inter, hidden});
+    ts.add_bf16(L + "mlp.down_proj.weight", normal(static_cast<size_t>(hidden) * inter, sd), {hidden, inter});
+  }
+  ts.add_bf16("model.norm.weight", normal(hidden, 0.05f, 1.0f), {hidden});
+  ts.add_bf16("lm_head.weight", normal(static_cast<size_t>(vocab) * hidden, sd), {vocab, hidden});
+  write_safetensors(out_dir + "/model.safetensors", ts.list);
+  nlohmann::ordered_json cfg = {{"model_type", arch},
+                                {"hidden_size", hidden},
+                                {"intermediate_size", inter},
+                                {"num_hidden_layers", layers},
+                                {"num_attention_heads", heads},
+                                {"num_key_value_heads", kv_heads},
+                                {"head_dim", hd},
+                                {"vocab_size", vocab},
+                                {"max_position_embeddings", 4096},
+                                {"rms_norm_eps", 1e-6},
+                                {"rope_theta", 1000000.0},
+                                {"tie_word_embeddings", false},
+                                {"hidden_act", "silu"},
+                                {"eos_token_id", vocab - 4}};
+  if (arch == "llama") cfg["attention_bias"] = false;
+  write_text(out_dir + "/config.json", cfg.dump(2) + "\n");
+  write_text(out_dir + "/tokenizer.json", tiny_tokenizer_json(vocab) + "\n");
+}
+
 void convert_checkpoint(const std::string& in_dir, const std::string& out_dir, const std::string& scheme) {
   check(scheme == "mlx4", "--quantize: '{}' is not supported (supported: mlx4)", scheme);
   namespace fs = std::filesystem;

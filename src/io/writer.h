@@ -19,6 +19,10 @@ void quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, int g
 void convert_checkpoint(const std::string& in_dir, const std::string& out_dir, const std::string& scheme);
 
 // `preset`: tiny, 0.8b, 2b, 4b, 9b. `dtype`: bf16 or mlx4.
+// A tiny random Llama-family checkpoint (llama, qwen2 with q/k/v biases, qwen3 with
+// q/k norms) in the Hugging Face layout, for tests against transformers.
+void make_llama_family_model(const std::string& arch, const std::string& out_dir, uint64_t seed);
+
 void make_qwen35_model(const std::string& preset, const std::string& dtype, const std::string& out_dir,
                        uint64_t seed, const std::string& tokenizer_json);
 

@@ -1,5 +1,7 @@
 #include "model/deltanet.h"
 
+#include "core/thread_pool.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -38,9 +40,8 @@ void gated_delta_recurrent(const DeltaInputs& in, float* s, float* y) {
 //   V' = U − W·S
 //   O = (Q ⊙ e^{γ})·S + lower_incl(Q·Kᵀ ⊙ e^{γ_i−γ_j})·V'
 //   S ← e^{γ_C}·S + (K ⊙ e^{γ_C−γ})ᵀ·V'
-void gated_delta_chunked(const DeltaInputs& in, float* s, float* y, int chunk) {
+void gated_delta_chunked(const DeltaInputs& in, float* s, float* y, int chunk, ThreadPool* pool) {
   const int rep = in.hv / in.hk, dk = in.dk, dv = in.dv;
-  std::vector<double> S(static_cast<size_t>(dk) * dv), T, U, W, A, gam, Vp, Kc, Qc, Vc, o(dv);
   auto dot = [](const double* a, const double* b, int n) {
     double r = 0;
 #pragma omp simd reduction(+ : r)
@@ -51,7 +52,10 @@ void gated_delta_chunked(const DeltaInputs& in, float* s, float* y, int chunk) {
 #pragma omp simd
     for (int i = 0; i < n; ++i) y[i] += a * x[i];
   };
-  for (int h = 0; h < in.hv; ++h) {
+  // Value heads are independent: one work item each.
+  auto head = [&](size_t hh, int) {
+    const int h = static_cast<int>(hh);
+    std::vector<double> S(static_cast<size_t>(dk) * dv), T, U, W, A, gam, Vp, Kc, Qc, Vc, o(dv);
     float* Sh = s + static_cast<size_t>(h) * dv * dk;
     for (int i = 0; i < dv; ++i)
       for (int j = 0; j < dk; ++j) S[static_cast<size_t>(j) * dv + i] = Sh[static_cast<size_t>(i) * dk + j];
@@ -120,7 +124,11 @@ void gated_delta_chunked(const DeltaInputs& in, float* s, float* y, int chunk) {
     }
     for (int i = 0; i < dv; ++i)
       for (int j = 0; j < dk; ++j) Sh[static_cast<size_t>(i) * dk + j] = static_cast<float>(S[static_cast<size_t>(j) * dv + i]);
-  }
+  };
+  if (pool)
+    pool->parallel_for(static_cast<size_t>(in.hv), head);
+  else
+    for (int h = 0; h < in.hv; ++h) head(h, 0);
 }
 
 }  // namespace tq

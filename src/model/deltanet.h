@@ -7,6 +7,8 @@
 
 namespace tq {
 
+class ThreadPool;
+
 constexpr int kDeltaChunk = 64;
 
 struct DeltaInputs {
@@ -22,6 +24,6 @@ struct DeltaInputs {
 
 // y: [n][hv][dv]. s: [hv][dv][dk], updated in place.
 void gated_delta_recurrent(const DeltaInputs& in, float* s, float* y);
-void gated_delta_chunked(const DeltaInputs& in, float* s, float* y, int chunk = kDeltaChunk);
+void gated_delta_chunked(const DeltaInputs& in, float* s, float* y, int chunk = kDeltaChunk, ThreadPool* pool = nullptr);
 
 }  // namespace tq

@@ -199,7 +199,7 @@ class Qwen35 final : public Model {
     }
     in.q = q.data(), in.k = k.data(), in.v = v.data(), in.beta = beta.data(), in.g = gdecay.data();
     if (n >= kDeltaChunk)
-      gated_delta_chunked(in, s.s.data(), y.data());
+      gated_delta_chunked(in, s.s.data(), y.data(), kDeltaChunk, &pool);
     else
       gated_delta_recurrent(in, s.s.data(), y.data());
     // Gated RMSNorm per value head: w · y/rms(y) · silu(z).

@@ -35,6 +35,8 @@ def main():
     n_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 48
     seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     cfg_all = json.load(open(f"{model_dir}/config.json"))
+    if cfg_all.get("model_type") in ("llama", "qwen2", "qwen3"):
+        return llama_family(model_dir, cfg_all, out, n_tokens, seed)
     text = dict(cfg_all["text_config"])
     text["model_type"] = "qwen3_5_text"
     tensors = load_file(f"{model_dir}/model.safetensors")
@@ -92,6 +94,25 @@ def main():
                "dtype": "float64 model (DeltaNet kernels in their own precision)"}, open(out + ".ids.json", "w"))
     logits.astype("<f4").tofile(out + ".logits.f32")
     print("logits", logits.shape, "rms", float(np.sqrt((logits ** 2).mean())), "max", float(np.abs(logits).max()))
+
+
+def llama_family(model_dir, cfg, out, n_tokens, seed):
+    """Llama / Qwen2 / Qwen3 checkpoints in the HF layout: loaded as they are."""
+    config = transformers.AutoConfig.for_model(**cfg)
+    config._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(config).to(torch.float64)
+    sd = {k: v.to(torch.float64) for k, v in load_file(f"{model_dir}/model.safetensors").items()}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
+    print("missing:", missing, "unexpected:", unexpected)
+    assert not missing and not unexpected
+    model.eval()
+    ids = np.random.default_rng(seed).integers(0, min(cfg["vocab_size"], 500), n_tokens).tolist()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].to(torch.float32).numpy()
+    json.dump({"ids": ids, "vocab": cfg["vocab_size"], "transformers": transformers.__version__}, open(out + ".ids.json", "w"))
+    logits.astype("<f4").tofile(out + ".logits.f32")
+    print(cfg["model_type"], "logits", logits.shape, "rms", float(np.sqrt((logits ** 2).mean())))
 
 
 if __name__ == "__main__":

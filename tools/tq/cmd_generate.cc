@@ -2,6 +2,9 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
@@ -27,6 +30,9 @@ struct GenOptions {
   int ctx = 0;
   bool json = false;
   bool chat = false;
+  bool no_think = false;
+  std::string prompt_file;
+  int prompt_tokens = 0;
 };
 
 struct Loaded {
@@ -43,9 +49,15 @@ Loaded load(const std::string& dir) {
   return l;
 }
 
-std::vector<int32_t> prompt_ids(const Loaded& l, const std::string& prompt, bool chat) {
+// ChatML as Qwen's template renders one user turn; thinking on unless no_think.
+std::string chatml(const std::string& user, bool no_think) {
+  return "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n" +
+         (no_think ? "<think>\n\n</think>\n\n" : "<think>\n");
+}
+
+std::vector<int32_t> prompt_ids(const Loaded& l, const std::string& prompt, bool chat, bool no_think = false) {
   std::string text = prompt;
-  if (chat) text = "<|im_start|>user\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n";
+  if (chat) text = chatml(prompt, no_think);
   std::vector<int32_t> ids;
   const int bos = l.model->config().bos_id;
   // Models with a BOS token (Llama-style) start from it; Qwen has none.
@@ -65,11 +77,29 @@ GenerateOptions gen_options(const GenOptions& o, const Loaded& l) {
   return g;
 }
 
+std::string read_prompt(const GenOptions& o) {
+  if (o.prompt_file.empty()) return o.prompt;
+  std::ifstream f(o.prompt_file, std::ios::binary);
+  check(f.good(), "--prompt-file: cannot open {}", o.prompt_file);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string text = ss.str();
+  // With --prompt-tokens only a prefix is needed: no token spans more than 16 bytes here.
+  if (o.prompt_tokens > 0 && text.size() > static_cast<size_t>(o.prompt_tokens) * 16 + 64)
+    text.resize(static_cast<size_t>(o.prompt_tokens) * 16 + 64);
+  return text;
+}
+
 int run_generate(const GenOptions& o) {
   const std::string dir = o.model.empty() ? builtin_model_dir() : o.model;
   const CachePolicy policy = CachePolicy::parse(o.kv);
   Loaded l = load(dir);
-  auto ids = prompt_ids(l, o.prompt, o.chat);
+  auto ids = prompt_ids(l, read_prompt(o), o.chat, o.no_think);
+  if (o.prompt_tokens > 0) {
+    check(static_cast<int>(ids.size()) >= o.prompt_tokens, "--prompt-tokens {}: the prompt has only {} tokens",
+          o.prompt_tokens, ids.size());
+    ids.resize(o.prompt_tokens);
+  }
   check(!ids.empty(), "-p: empty prompt and the model has no BOS token to start from");
   auto& pool = ThreadPool::global();
   auto st = l.model->new_state(policy);
@@ -134,6 +164,51 @@ int run_run(const GenOptions& o) {
   return 0;
 }
 
+// Interactive chat: each user line becomes a ChatML turn; the sequence state is kept,
+// so every turn processes only its new tokens. Models without ChatML tokens continue
+// plain text instead. "/exit" or end of input quits.
+int run_chat(const GenOptions& o) {
+  const std::string dir = o.model.empty() ? builtin_model_dir() : o.model;
+  const CachePolicy policy = CachePolicy::parse(o.kv);
+  Loaded l = load(dir);
+  auto& pool = ThreadPool::global();
+  auto st = l.model->new_state(policy);
+  const bool chatml_ok = l.tok.id_of("<|im_start|>") >= 0;
+  fmt::print(stderr, "tq chat: {} ({}), kv {}; {} mode. Type a message, /exit to quit.\n", dir,
+             l.model->config().model_type, policy.name(), chatml_ok ? "ChatML" : "plain-text");
+  std::string line, prefix;  // prefix: what closes the previous turn
+  bool first = true;
+  while (true) {
+    fmt::print(stderr, "> ");
+    if (!std::getline(std::cin, line) || line == "/exit") break;
+    if (line.empty()) continue;
+    std::vector<int32_t> ids;
+    if (chatml_ok) {
+      ids = l.tok.encode(prefix + chatml(line, o.no_think));
+    } else {
+      ids = prompt_ids(l, line, false);
+      if (!first && !ids.empty() && ids[0] == l.model->config().bos_id) ids.erase(ids.begin());
+    }
+    first = false;
+    auto r = generate(*l.model, *st, l.tok, ids, gen_options(o, l), [](const std::string& piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }, pool);
+    // A turn that ended on <|im_end|> has it sampled but not yet in the cache: feed it.
+    prefix = "<|im_end|>\n";
+    if (r.finish_reason == "stop" && chatml_ok) {
+      std::vector<float> lg(l.model->config().vocab);
+      const int32_t end = l.tok.id_of("<|im_end|>");
+      l.model->forward(*st, &end, 1, lg.data(), false, pool);
+      prefix = "\n";
+    }
+    fmt::print("\n");
+    fmt::print(stderr, "[{} new prompt tokens, {} generated, {:.1f} tok/s, context {} tokens, KV {} bytes]\n", ids.size(),
+               r.tokens.size(), r.tokens.size() / std::max(r.decode_seconds, 1e-9), st->pos, st->kv_bytes());
+  }
+  return 0;
+}
+
 void add_common(CLI::App* c, GenOptions& o, bool model_required) {
   auto* m = c->add_option("-m,--model", o.model, "Checkpoint directory (default: the built-in model)");
   if (model_required) m->required();
@@ -148,6 +223,9 @@ void add_common(CLI::App* c, GenOptions& o, bool model_required) {
   c->add_option("--seed", o.seed, "Sampling seed")->capture_default_str();
   c->add_option("-c,--ctx-size", o.ctx, "Context limit (0 = the model's)")->capture_default_str();
   c->add_flag("--chat", o.chat, "Wrap the prompt in the ChatML template");
+  c->add_flag("--no-think", o.no_think, "With --chat: an empty <think></think> block (thinking off)");
+  c->add_option("-f,--prompt-file", o.prompt_file, "Read the prompt from a file");
+  c->add_option("--prompt-tokens", o.prompt_tokens, "Keep only the first N prompt tokens (benchmarks)");
 }
 
 }  // namespace
@@ -158,6 +236,13 @@ Runner add_generate(CLI::App& app) {
   add_common(c, *o, false);
   c->add_flag("--json", o->json, "Print one JSON object with the text and statistics");
   return [o] { return run_generate(*o); };
+}
+
+Runner add_chat(CLI::App& app) {
+  auto o = std::make_shared<GenOptions>();
+  auto* c = app.add_subcommand("chat", "Interactive chat, streaming");
+  add_common(c, *o, false);
+  return [o] { return run_chat(*o); };
 }
 
 Runner add_run(CLI::App& app) {

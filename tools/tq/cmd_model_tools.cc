@@ -20,13 +20,18 @@ Runner add_make_model(CLI::App& app) {
   };
   auto o = std::make_shared<O>();
   auto* c = app.add_subcommand("make-model", "Write a random-weight checkpoint with a real Qwen3.5 config");
-  c->add_option("--arch", o->arch, "Architecture (qwen3_5)")->capture_default_str();
+  c->add_option("--arch", o->arch, "Architecture: qwen3_5, or llama / qwen2 / qwen3 (tiny only)")->capture_default_str();
   c->add_option("--preset", o->preset, "tiny, 0.8b, 2b, 4b, 9b")->capture_default_str();
   c->add_option("--dtype", o->dtype, "mlx4 or bf16")->capture_default_str();
   c->add_option("--seed", o->seed, "Seed")->capture_default_str();
   c->add_option("--out", o->out, "Output directory")->required();
   return [o] {
-    check(o->arch == "qwen3_5", "--arch: '{}' is not supported (supported: qwen3_5)", o->arch);
+    if (o->arch != "qwen3_5") {
+      check(o->preset == "tiny", "--preset: only 'tiny' exists for --arch {}", o->arch);
+      make_llama_family_model(o->arch, o->out, o->seed);
+      fmt::print("wrote {} ({} tiny bf16)\n", o->out, o->arch);
+      return 0;
+    }
     make_qwen35_model(o->preset, o->dtype, o->out, o->seed,
                       builtin_model_dir() + "/../../tests/data/tokenizers/qwen3_tokenizer.json");
     fmt::print("wrote {} ({} {} {})\n", o->out, o->arch, o->preset, o->dtype);

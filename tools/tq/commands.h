@@ -11,6 +11,7 @@ Runner add_quant_eval(CLI::App& app);
 Runner add_kv_bench(CLI::App& app);
 Runner add_generate(CLI::App& app);
 Runner add_run(CLI::App& app);
+Runner add_chat(CLI::App& app);
 Runner add_tokenize(CLI::App& app);
 Runner add_detokenize(CLI::App& app);
 Runner add_import_llama2c(CLI::App& app);

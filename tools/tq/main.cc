@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   add(tq::cli::add_kv_bench);
   add(tq::cli::add_run);
   add(tq::cli::add_generate);
+  add(tq::cli::add_chat);
   add(tq::cli::add_tokenize);
   add(tq::cli::add_detokenize);
   add(tq::cli::add_import_llama2c);
