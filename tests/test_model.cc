@@ -170,7 +170,7 @@ std::vector<float> read_f32(const std::string& path) {
 }
 
 // Must show 2 of the model issue: logits of the tiny Qwen3.5 checkpoints match
-// transformers' Qwen3_5ForCausalLM (tools/reference/qwen35_logits.py, run on the GPU
+// transformers' Qwen3_5ForCausalLM (tools/reference/reference_logits.py, run on the GPU
 // machine in float64 on the same dequantized weights).
 //
 // Tolerance: we compute in float32 (unit roundoff u = 6e-8), the reference in float64
@@ -211,11 +211,11 @@ void compare_with_reference(const std::string& model_dir, const std::string& ref
 }
 
 TEST(Qwen35, TinyBf16MatchesTransformers) {
-  compare_with_reference(TQ_TEST_DATA "/qwen35_tiny_bf16", TQ_TEST_DATA "/qwen35_reference/qwen35_tiny_bf16");
+  compare_with_reference(TQ_TEST_DATA "/qwen35_tiny_bf16", TQ_TEST_DATA "/reference/qwen35_tiny_bf16");
 }
 
 TEST(Qwen35, TinyMlx4MatchesTransformers) {
-  compare_with_reference(TQ_TEST_DATA "/qwen35_tiny_mlx4", TQ_TEST_DATA "/qwen35_reference/qwen35_tiny_mlx4");
+  compare_with_reference(TQ_TEST_DATA "/qwen35_tiny_mlx4", TQ_TEST_DATA "/reference/qwen35_tiny_mlx4");
 }
 
 // Must show 3: the chunked gated delta rule equals the recurrent one (outputs and final
@@ -276,6 +276,19 @@ TEST(Qwen35, ChunkedPrefillMatchesOnePassTq3) {
       md = std::max(md, static_cast<double>(std::fabs(lg[i] - ref[i]))), mx = std::max(mx, static_cast<double>(std::fabs(ref[i])));
     EXPECT_LT(md, 1e-4 * mx) << "chunk " << chunk;
   }
+}
+
+}  // namespace
+}  // namespace tq
+
+namespace tq {
+namespace {
+
+// The Llama-family forward (llama; qwen2 with q/k/v biases; qwen3 with q/k norms and
+// an explicit head_dim) against transformers on tiny random checkpoints.
+TEST(LlamaFamily, TinyModelsMatchTransformers) {
+  for (const char* a : {"llama", "qwen2", "qwen3"})
+    compare_with_reference(std::string(TQ_TEST_DATA "/") + a + "_tiny", std::string(TQ_TEST_DATA "/reference/") + a + "_tiny");
 }
 
 }  // namespace

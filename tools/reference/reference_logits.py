@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Reference logits for a Qwen3.5 checkpoint directory from Hugging Face transformers.
+"""Reference logits from Hugging Face transformers for a checkpoint directory (Qwen3.5, Llama, Qwen2, Qwen3).
 
 Independent of turboquant: reads our MLX-layout checkpoint (bf16 or MLX affine 4-bit),
 maps it to transformers' Qwen3.5 text model (norm weights stored as 1 + w become w,
 conv1d [C, K, 1] becomes [C, 1, K], quantized weights dequantized as scale·q + bias),
 runs one forward pass in float64 on the given token ids and writes all-position logits.
 
-usage: qwen35_logits.py MODEL_DIR OUT_PREFIX [n_tokens] [seed]
+usage: reference_logits.py MODEL_DIR OUT_PREFIX [n_tokens] [seed]
 writes OUT_PREFIX.ids.json and OUT_PREFIX.logits.f32 ([n_tokens][vocab], little-endian)
 """
 import json
