@@ -18,5 +18,7 @@ Runner add_import_llama2c(CLI::App& app);
 Runner add_make_model(CLI::App& app);
 Runner add_convert(CLI::App& app);
 Runner add_info(CLI::App& app);
+Runner add_eval(CLI::App& app);
+Runner add_bench(CLI::App& app);
 
 }  // namespace tq::cli

@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   add(tq::cli::add_make_model);
   add(tq::cli::add_convert);
   add(tq::cli::add_info);
+  add(tq::cli::add_eval);
+  add(tq::cli::add_bench);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
