@@ -8,7 +8,7 @@ TQ=./build/tq
 MODEL=${1:-/tmp/tq-qwen35-0.8b-mlx4}
 GEN=${2:-32}
 [ -f "$MODEL/config.json" ] || $TQ make-model --preset 0.8b --dtype mlx4 --out "$MODEL" >/dev/null
-TEXT=tests/data/bench/wiki.test.raw
+TEXT=tests/data/train/wiki.test.raw
 WEIGHTS=$($TQ info -m "$MODEL" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["weight_bytes"])')
 echo "| kv | context | decode tok/s | prefill tok/s | KV MB | GB/s (weights + KV per token) |"
 echo "|---|---:|---:|---:|---:|---:|"

@@ -14,6 +14,7 @@
 #include "io/llama2c.h"
 #include "model/deltanet.h"
 #include "runtime/generate.h"
+#include "tokenizer/tokenizer.h"
 #include "test_util.h"
 
 namespace tq {
@@ -289,6 +290,27 @@ namespace {
 TEST(LlamaFamily, TinyModelsMatchTransformers) {
   for (const char* a : {"llama", "qwen2", "qwen3"})
     compare_with_reference(std::string(TQ_TEST_DATA "/") + a + "_tiny", std::string(TQ_TEST_DATA "/reference/") + a + "_tiny");
+}
+
+}  // namespace
+}  // namespace tq
+
+namespace tq {
+namespace {
+
+// The trained Qwen3.5-architecture model (tools/train/train_qwen35.py): MLX 4-bit weights
+// in the HF layout (zero-centred norms, conv1d [C, 1, K]); logits from transformers in
+// float64 on the same dequantized weights, over held-out text.
+TEST(Trained, Qwen35MatchesTransformers) {
+  compare_with_reference(TQ_TEST_DATA "/trained_qwen35", TQ_TEST_DATA "/reference/trained_qwen35");
+}
+
+// Its tokenizer.json was trained by HF tokenizers; their ids for held-out lines must match ours.
+TEST(Trained, TokenizerMatchesHfTokenizers) {
+  Tokenizer tok = Tokenizer::load(TQ_TEST_DATA "/trained_qwen35/tokenizer.json");
+  auto vec = nlohmann::json::parse(slurp(TQ_TEST_DATA "/trained_qwen35/tok_vectors.json"));
+  ASSERT_GE(vec.size(), 20u);
+  for (const auto& v : vec) EXPECT_EQ(tok.encode(v["text"].get<std::string>()), v["ids"].get<std::vector<int32_t>>());
 }
 
 }  // namespace

@@ -228,7 +228,7 @@ Weight Checkpoint::matrix(const std::string& name, int64_t rows, int64_t cols) c
     const TensorInfo& s = tensor(name + ".scales");
     check(has(name + ".biases"), "{}: tensor '{}.scales' has no matching '{}.biases'", file, name, name);
     const TensorInfo& b = tensor(name + ".biases");
-    check(w.dtype == DType::u32 && w.shape.size() == 2 && w.shape[0] == rows,
+    check((w.dtype == DType::u32 || w.dtype == DType::i32) && w.shape.size() == 2 && w.shape[0] == rows,
           "{}: quantized tensor '{}.weight' must be U32 [{}, cols·bits/32], found {} {}", file, name, rows,
           dtype_name(w.dtype), w.shape_str());
     check(s.shape.size() == 2 && s.shape[0] == rows && s.shape[1] > 0 && cols % s.shape[1] == 0,
@@ -285,7 +285,7 @@ int64_t Checkpoint::parameter_count() const {
   int64_t p = 0;
   for (const auto& [n, t] : tensors_) {
     if (n.size() > 7 && (n.ends_with(".scales") || n.ends_with(".biases"))) continue;
-    if (t->dtype == DType::u32 && n.ends_with(".weight") && has(n.substr(0, n.size() - 7) + ".scales")) {
+    if ((t->dtype == DType::u32 || t->dtype == DType::i32) && n.ends_with(".weight") && has(n.substr(0, n.size() - 7) + ".scales")) {
       // Logical elements = rows × words·32/bits; per-module bit widths default to the config's.
       const int bits = config_.quant_bits > 0 ? config_.quant_bits : 4;
       p += t->shape[0] * (t->shape[1] * 32 / bits);

@@ -113,7 +113,7 @@ int run(const O& o) {
   const int max_prompt = static_cast<int>(o.base * *std::max_element(o.scales.begin(), o.scales.end()) + 0.5);
   std::string text;
   {
-    std::string path = o.text.empty() ? builtin_model_dir() + "/../../tests/data/bench/wiki.test.raw" : o.text;
+    std::string path = o.text.empty() ? builtin_model_dir() + "/../../tests/data/train/wiki.test.raw" : o.text;
     std::ifstream f(path, std::ios::binary);
     check(f.good(), "--text: cannot open {}", path);
     std::stringstream ss;
