@@ -59,11 +59,8 @@ class Llama final : public Model {
         k(static_cast<size_t>(n) * kvd), v(k.size()), att(q.size()), o(x.size()),
         g(static_cast<size_t>(n) * I), u(g.size());
     std::vector<int32_t> pos(n);
-    for (int i = 0; i < n; ++i) {
-      check(tokens[i] >= 0 && tokens[i] < m.vocab, "token id {} out of range [0, {})", tokens[i], m.vocab);
-      pos[i] = static_cast<int32_t>(st.pos + i);
-      embed_.dequantize_row(tokens[i], &x[static_cast<size_t>(i) * H]);
-    }
+    for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(st.pos + i);
+    layers::embed(embed_, tokens, n, m.vocab, x.data());
     for (int l = 0; l < m.n_layers; ++l) {
       const Layer& L = layers_[l];
       cpu::rmsnorm(x.data(), L.in_norm.data(), n, H, static_cast<float>(m.rms_eps), xb.data());
@@ -86,16 +83,11 @@ class Llama final : public Model {
       cpu::matmul(L.o, att.data(), n, o.data(), pool);
       for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
       cpu::rmsnorm(x.data(), L.post_norm.data(), n, H, static_cast<float>(m.rms_eps), xb.data());
-      cpu::matmul(L.gate, xb.data(), n, g.data(), pool);
-      cpu::matmul(L.up, xb.data(), n, u.data(), pool);
-      for (size_t i = 0; i < g.size(); ++i) g[i] = cpu::silu(g[i]) * u[i];
-      cpu::matmul(L.down, g.data(), n, o.data(), pool);
+      layers::swiglu_mlp(L.gate, L.up, L.down, xb.data(), n, g.data(), u.data(), o.data(), pool);
       for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
     }
-    const int first = all_logits ? 0 : n - 1, rows = n - first;
-    cpu::rmsnorm(x.data() + static_cast<size_t>(first) * H, final_norm_.data(), rows, H,
-                 static_cast<float>(m.rms_eps), xb.data());
-    cpu::matmul(head_, xb.data(), rows, logits, pool);
+    layers::final_logits(head_, final_norm_, static_cast<float>(m.rms_eps), x.data(), n, H, all_logits, xb.data(),
+                         logits, pool);
     st.pos += n;
   }
 

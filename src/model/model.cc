@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include "backend/cpu/ops.h"
 #include "core/error.h"
 
 namespace tq {
@@ -22,6 +23,33 @@ void SequenceState::truncate(size_t n) {
     if (k) k->truncate(n);
   pos = std::min(pos, n);
 }
+
+namespace layers {
+
+void embed(const Weight& table, const int32_t* tokens, int n, int vocab, float* x) {
+  for (int i = 0; i < n; ++i) {
+    check(tokens[i] >= 0 && tokens[i] < vocab, "token id {} out of range [0, {})", tokens[i], vocab);
+    table.dequantize_row(tokens[i], x + static_cast<size_t>(i) * table.cols);
+  }
+}
+
+void swiglu_mlp(const Weight& gate, const Weight& up, const Weight& down, const float* xb, int n, float* g, float* u,
+                float* out, ThreadPool& pool) {
+  cpu::matmul(gate, xb, n, g, pool);
+  cpu::matmul(up, xb, n, u, pool);
+  const size_t m = static_cast<size_t>(n) * gate.rows;
+  for (size_t i = 0; i < m; ++i) g[i] = cpu::silu(g[i]) * u[i];
+  cpu::matmul(down, g, n, out, pool);
+}
+
+void final_logits(const Weight& head, const std::vector<float>& norm, float eps, const float* x, int n, int hidden,
+                  bool all_rows, float* xb, float* logits, ThreadPool& pool) {
+  const int first = all_rows ? 0 : n - 1, rows = n - first;
+  cpu::rmsnorm(x + static_cast<size_t>(first) * hidden, norm.data(), rows, hidden, eps, xb);
+  cpu::matmul(head, xb, rows, logits, pool);
+}
+
+}  // namespace layers
 
 std::unique_ptr<Model> Model::load(const std::string& dir) {
   auto ckpt = std::make_unique<Checkpoint>(dir);

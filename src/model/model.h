@@ -47,6 +47,18 @@ class Model {
   std::unique_ptr<Checkpoint> ckpt_;
 };
 
+// Layers shared by the architectures (shapes in comments; x, xb: [n][hidden]).
+namespace layers {
+// x[i] = embedding row tokens[i]; checks each id against the vocabulary.
+void embed(const Weight& table, const int32_t* tokens, int n, int vocab, float* x);
+// out = down(silu(gate(xb)) ⊙ up(xb)); g, u: [n][intermediate] scratch.
+void swiglu_mlp(const Weight& gate, const Weight& up, const Weight& down, const float* xb, int n, float* g, float* u,
+                float* out, ThreadPool& pool);
+// logits = head(rmsnorm(x)) for the last row, or every row when all_rows; xb: scratch.
+void final_logits(const Weight& head, const std::vector<float>& norm, float eps, const float* x, int n, int hidden,
+                  bool all_rows, float* xb, float* logits, ThreadPool& pool);
+}  // namespace layers
+
 std::unique_ptr<Model> make_llama(std::unique_ptr<Checkpoint> c);
 std::unique_ptr<Model> make_qwen35(std::unique_ptr<Checkpoint> c);
 
