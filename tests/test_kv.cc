@@ -55,8 +55,8 @@ Filled fill(const CachePolicy& p, const KVGeometry& g, size_t T, std::mt19937_64
 // head_dim; decode (one query) and prefill (causal block of queries) alike.
 TEST(KV, AttentionEqualsFloat64OverDecodedKV) {
   std::mt19937_64 rng(test::fresh_seed());
-  const std::vector<const char*> policies = {"f32",  "bf16", "fp16",  "tq2",  "tq3",   "tq4",        "k8v3",
-                                             "k4v3", "k16v3", "k3v16", "k2v4", "tq3+w16", "k8v4+w300+nc0"};
+  const std::vector<const char*> policies = {"f32",  "bf16",   "fp16",  "tq2+w0", "tq3+w0",  "tq4+w0",       "k8v3+w0",
+                                             "k4v3", "k16v3+w0", "k3v16", "k2v4+w0", "tq3+w16", "k8v4+w300+nc0", "tq3"};
   const std::vector<KVGeometry> geos = {{16, 4, 256}, {8, 2, 128}, {4, 4, 64}, {6, 2, 80}, {4, 2, 8}};
   ThreadPool pool(3);
   for (bool scalar : {false, true}) {
@@ -67,17 +67,22 @@ TEST(KV, AttentionEqualsFloat64OverDecodedKV) {
         const size_t T = 200 + rng() % 500;
         auto f = fill(p, g, T, rng);
         ASSERT_EQ(f.slot->size(), T);
-        // Decoded view of the cache.
-        std::vector<double> kd(T * g.n_kv_heads * g.head_dim), vd(kd.size());
-        std::vector<float> kr(g.head_dim), vr(g.head_dim);
-        for (size_t t = 0; t < T; ++t)
-          for (int h = 0; h < g.n_kv_heads; ++h) {
-            f.slot->decode(t, h, kr.data(), vr.data());
-            for (int j = 0; j < g.head_dim; ++j) {
-              kd[(t * g.n_kv_heads + h) * g.head_dim + j] = kr[j];
-              vd[(t * g.n_kv_heads + h) * g.head_dim + j] = vr[j];
+        // Decoded view of the cache, as a query at position `as_of` sees it.
+        auto decoded = [&](int64_t as_of, std::vector<double>& kd, std::vector<double>& vd) {
+          kd.assign(T * g.n_kv_heads * g.head_dim, 0.0);
+          vd.assign(kd.size(), 0.0);
+          std::vector<float> kr(g.head_dim), vr(g.head_dim);
+          for (size_t t = 0; t < T; ++t)
+            for (int h = 0; h < g.n_kv_heads; ++h) {
+              f.slot->decode(t, h, kr.data(), vr.data(), as_of);
+              for (int j = 0; j < g.head_dim; ++j) {
+                kd[(t * g.n_kv_heads + h) * g.head_dim + j] = kr[j];
+                vd[(t * g.n_kv_heads + h) * g.head_dim + j] = vr[j];
+              }
             }
-          }
+        };
+        std::vector<double> kd, vd;
+        decoded(-1, kd, vd);
         for (size_t n_q : {size_t{1}, size_t{37}}) {
           auto q = test::gaussian(n_q * g.n_heads * g.head_dim, rng, 0.5f);
           std::vector<int32_t> pos(n_q);
@@ -87,7 +92,20 @@ TEST(KV, AttentionEqualsFloat64OverDecodedKV) {
           const double scale = 1.0 / std::sqrt(static_cast<double>(g.head_dim));
           f.slot->attend(q, pos, out, 0, pool);
           std::vector<double> qd(q.begin(), q.end());
-          auto ref = ref::attention(qd, pos, kd, vd, g.n_heads, g.n_kv_heads, g.head_dim, scale);
+          std::vector<double> ref;
+          if (p.window > 0 && n_q > 1) {
+            // With a window, each query sees its own recent tokens at full precision.
+            const size_t qsz = static_cast<size_t>(g.n_heads) * g.head_dim;
+            std::vector<double> kq, vq;
+            for (size_t i = 0; i < n_q; ++i) {
+              decoded(pos[i], kq, vq);
+              std::vector<double> qi(qd.begin() + i * qsz, qd.begin() + (i + 1) * qsz);
+              auto r = ref::attention(qi, {pos[i]}, kq, vq, g.n_heads, g.n_kv_heads, g.head_dim, scale);
+              ref.insert(ref.end(), r.begin(), r.end());
+            }
+          } else {
+            ref = ref::attention(qd, pos, kd, vd, g.n_heads, g.n_kv_heads, g.head_dim, scale);
+          }
           const double err = worst_rel(out, ref, g.head_dim);
           EXPECT_LT(err, 1e-5) << name << " hd=" << g.head_dim << " H=" << g.n_heads << " G=" << g.n_kv_heads
                                << " n_q=" << n_q << " scalar=" << scalar;
@@ -112,7 +130,7 @@ TEST(KV, AttentionEqualsFloat64OverDecodedKV) {
 TEST(KV, ResidentBytesMatchPrediction) {
   std::mt19937_64 rng(test::fresh_seed());
   const KVGeometry g{16, 4, 256};
-  auto tq3 = make_kv_slot(CachePolicy::parse("tq3"), g);
+  auto tq3 = make_kv_slot(CachePolicy::parse("tq3+w0"), g);
   auto fp16 = make_kv_slot(CachePolicy::parse("fp16"), g);
   auto* tqs = dynamic_cast<TurboQuantKV*>(tq3.get());
   ASSERT_NE(tqs, nullptr);
@@ -138,6 +156,13 @@ TEST(KV, ResidentBytesMatchPrediction) {
   EXPECT_GT(ratio, 5.0);
   tq3->truncate(100);
   EXPECT_EQ(tq3->resident_bytes(), tq_block + signs);
+  // The default tq3 adds an fp16 ring for its 128-token window: after a decode step it holds
+  // 128 rows × 4 heads × (256 + 256) values × 2 bytes (+ 64 bytes of alignment slack).
+  auto tq3w = make_kv_slot(CachePolicy::parse("tq3"), g);
+  tq3w->append(k, v, T);
+  std::vector<float> k1(row), v1(row);
+  tq3w->append(k1, v1, 1);
+  EXPECT_EQ(tq3w->resident_bytes(), (T + 1 + 255) / 256 * tq_block + signs + 128 * 4 * 512 * 2 + 64);
 }
 
 TEST(KV, TruncateThenAppendEqualsFresh) {
@@ -189,7 +214,18 @@ TEST(KV, SaveLoadRoundTripAndCorruption) {
     std::vector<float> o1(q.size()), o2(q.size());
     f.slot->attend(q, pos, o1, 0, pool);
     back->attend(q, pos, o2, 0, pool);
-    EXPECT_EQ(o1, o2) << name;
+    // Same bytes; a loaded window ring may be sized differently, which changes only the
+    // order of float sums (≤ a few ulps of the output's scale).
+    double scale = 0;
+    for (float x : o1) scale = std::max(scale, static_cast<double>(std::fabs(x)));
+    for (size_t i = 0; i < o1.size(); ++i) EXPECT_NEAR(o1[i], o2[i], 1e-6 * scale) << name;
+    std::vector<float> k1(g.head_dim), v1(g.head_dim), k2(g.head_dim), v2(g.head_dim);
+    for (size_t t = 0; t < 333; t += 37) {
+      f.slot->decode(t, 1, k1.data(), v1.data());
+      back->decode(t, 1, k2.data(), v2.data());
+      EXPECT_EQ(k1, k2) << name << " t=" << t;
+      EXPECT_EQ(v1, v2) << name << " t=" << t;
+    }
     // A flipped byte, a truncated file and a bad magic are each a clear error.
     std::string bad = bytes;
     bad[bad.size() / 2] ^= 0x40;

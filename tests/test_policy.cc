@@ -17,6 +17,9 @@ TEST(Policy, ParsesValidForms) {
   EXPECT_FALSE(p.dense);
   EXPECT_EQ(p.k_bits, 3);
   EXPECT_EQ(p.v_bits, 3);
+  EXPECT_EQ(p.window, 128);  // the measured default (docs/QUALITY.md)
+  EXPECT_EQ(CachePolicy::parse("tq3+w0").window, 0);
+  EXPECT_EQ(CachePolicy::parse("tq3+w0").name(), "tq3+w0");
   p = CachePolicy::parse("k8v3");
   EXPECT_EQ(p.k_bits, 8);
   EXPECT_EQ(p.v_bits, 3);
@@ -26,7 +29,7 @@ TEST(Policy, ParsesValidForms) {
   EXPECT_EQ(p.window, 128);
   EXPECT_FALSE(p.norm_correction);
   for (const char* s : {"f32", "bf16", "fp16", "tq2", "tq3", "tq4", "k8v3", "k4v3", "k16v3", "k3v4", "k2v2",
-                        "k8v16", "tq3+w64", "k8v4+nc0"})
+                        "k8v16", "tq3+w64", "k8v4+nc0", "tq3+w0"})
     EXPECT_EQ(CachePolicy::parse(CachePolicy::parse(s).name()).name(), CachePolicy::parse(s).name()) << s;
   EXPECT_EQ(CachePolicy::parse_list("fp16,tq3,k8v3").size(), 3u);
 }

@@ -295,7 +295,7 @@ void attend(const Source& src, const float* q, const int32_t* positions, size_t 
   const size_t T = src.n_tokens();
 
   // Queries of KV head g, in blocks of qb query tokens: local query index = i·rep + r.
-  const int qb = std::max(1, 32 / rep);
+  const int qb = src.per_query_view() && n_q > 1 ? 1 : std::max(1, 32 / rep);
   const size_t n_qblocks = (n_q + qb - 1) / qb;
   const size_t base_items = n_qblocks * G;
   size_t n_chunks = 1;
@@ -345,7 +345,7 @@ void attend(const Source& src, const float* q, const int32_t* positions, size_t 
       qlimit[lq] = limit[i];
     }
     for (size_t t = t_begin; t < t_end;) {
-      Segment seg = src.segment(g, t);
+      Segment seg = src.segment(g, t, max_limit - 1);
       const int nt = static_cast<int>(std::min<size_t>({static_cast<size_t>(kTile), seg.n, t_end - t}));
       run_tile(seg.k, 0, nt, kd, true, nq, qptr.data(), nullptr, nullptr, s.data(), buf.data());
       // Scale, mask, online softmax update.

@@ -46,8 +46,13 @@ class Source {
   virtual int head_dim() const = 0;
   virtual int k_dim() const = 0;  // length of a prepared query (K's domain)
   virtual int v_dim() const = 0;  // length of the value accumulator (V's domain)
-  // The run of rows of KV head g starting at token t0 < n_tokens().
-  virtual Segment segment(int g, size_t t0) const = 0;
+  // The run of rows of KV head g starting at token t0 < n_tokens(), as seen by a query
+  // at position `pos` (only slots with per_query_view() look at it).
+  virtual Segment segment(int g, size_t t0, size_t pos) const = 0;
+  // True when what a token looks like depends on the query's position (a window of
+  // recent tokens kept at full precision): the kernel then gives each query token its
+  // own work item.
+  virtual bool per_query_view() const { return false; }
   // q[head_dim] of a query head attached to KV head g → out[k_dim()].
   virtual void prepare_query(int g, const float* q, float* out) const = 0;
   // acc[v_dim()] (already divided by the softmax sum; may be overwritten) → out[head_dim].

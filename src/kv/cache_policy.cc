@@ -11,7 +11,7 @@ namespace {
 
 constexpr const char* kValid =
     "valid forms: f32, bf16, fp16, tq2, tq3, tq4, kXvY with X in {16,8,4,3,2} and Y in {16,4,3,2} "
-    "(e.g. k8v3, k4v3, k16v3), optionally followed by +wN (fp16 window of the newest N tokens) "
+    "(e.g. k8v3, k4v3, k16v3), optionally followed by +wN (fp16 window of the newest N tokens; default 128) "
     "and/or +nc0 (no norm correction)";
 
 bool parse_int(const std::string& s, int& out) {
@@ -63,6 +63,7 @@ CachePolicy CachePolicy::parse(const std::string& text) {
   } else {
     return bad("unknown name");
   }
+  if (!p.dense) p.window = kDefaultWindow;
   for (const auto& s : suffixes) {
     if (p.dense) return bad("suffixes apply to TurboQuant policies only");
     int n = 0;
@@ -100,7 +101,7 @@ std::string CachePolicy::name() const {
     }
   }
   std::string s = k_bits == v_bits ? fmt::format("tq{}", k_bits) : fmt::format("k{}v{}", k_bits, v_bits);
-  if (window > 0) s += fmt::format("+w{}", window);
+  if (window != kDefaultWindow) s += fmt::format("+w{}", window);
   if (!norm_correction) s += "+nc0";
   return s;
 }

@@ -51,7 +51,7 @@ void DenseKV::append_impl(const float* k, const float* v, size_t n_new) {
     }
 }
 
-attn::Segment DenseKV::segment(int g, size_t t0) const {
+attn::Segment DenseKV::segment(int g, size_t t0, size_t) const {
   attn::Segment s;
   s.n = std::min(store_.run(t0), n_tokens_ - t0);
   s.k = {fmt_, store_.row(2 * g, t0), store_.row_bytes(2 * g), nullptr, 0, nullptr, 1};
@@ -62,7 +62,7 @@ attn::Segment DenseKV::segment(int g, size_t t0) const {
 void DenseKV::prepare_query(int, const float* q, float* out) const { std::copy(q, q + geo_.head_dim, out); }
 void DenseKV::finish(int, float* acc, float* out) const { std::copy(acc, acc + geo_.head_dim, out); }
 
-void DenseKV::decode(size_t t, int g, float* k, float* v) const {
+void DenseKV::decode(size_t t, int g, float* k, float* v, int64_t) const {
   attn::Segment s = segment(g, t);
   attn::decode_row(s.k, 0, geo_.head_dim, k);
   attn::decode_row(s.v, 0, geo_.head_dim, v);

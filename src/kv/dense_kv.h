@@ -8,7 +8,7 @@ namespace tq {
 class DenseKV final : public KVSlot {
  public:
   DenseKV(const CachePolicy& p, const KVGeometry& g, int layer);
-  void decode(size_t t, int g, float* k, float* v) const override;
+  void decode(size_t t, int g, float* k, float* v, int64_t as_of = -1) const override;
   size_t resident_bytes() const override { return store_.resident_bytes(); }
   size_t bytes_per_token() const override;
   void truncate(size_t n) override;
@@ -20,7 +20,7 @@ class DenseKV final : public KVSlot {
 
   int k_dim() const override { return geo_.head_dim; }
   int v_dim() const override { return geo_.head_dim; }
-  attn::Segment segment(int g, size_t t0) const override;
+  attn::Segment segment(int g, size_t t0, size_t pos = 0) const override;
   void prepare_query(int g, const float* q, float* out) const override;
   void finish(int g, float* acc, float* out) const override;
 

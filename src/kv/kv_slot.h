@@ -41,8 +41,9 @@ class KVSlot : protected attn::Source {
   // Query i attends to cached tokens t <= positions[i]. scale 0 means 1/√head_dim.
   void attend(std::span<const float> q, std::span<const int32_t> positions, std::span<float> out,
               float scale, ThreadPool& pool) const;
-  // The slot's view of token t of KV head g (what attention sees), head_dim floats each.
-  virtual void decode(size_t t, int g, float* k, float* v) const = 0;
+  // The slot's view of token t of KV head g, head_dim floats each, as a query at position
+  // `as_of` sees it (default: the newest position). Attention computes exactly this.
+  virtual void decode(size_t t, int g, float* k, float* v, int64_t as_of = -1) const = 0;
   // Bytes of every allocation the slot holds (storage blocks, window, rotation tables).
   virtual size_t resident_bytes() const = 0;
   // Bytes one token takes in the compressed (or dense) store, all KV heads, K and V.

@@ -46,7 +46,7 @@ TurboQuantKV::TurboQuantKV(const CachePolicy& p, const KVGeometry& g, int layer)
   if (p.window > 0) {
     wk_row_ = 2 * static_cast<size_t>(k_dim());
     wv_row_ = 2 * static_cast<size_t>(v_dim());
-    window_.resize(static_cast<size_t>(p.window) * g.n_kv_heads * (wk_row_ + wv_row_) + kAlign);
+    resize_ring(static_cast<size_t>(p.window));
   }
 }
 
@@ -67,10 +67,28 @@ uint8_t* TurboQuantKV::window_row(bool is_v, int g, size_t t) {
   return const_cast<uint8_t*>(static_cast<const TurboQuantKV*>(this)->window_row(is_v, g, t));
 }
 const uint8_t* TurboQuantKV::window_row(bool is_v, int g, size_t t) const {
-  const size_t W = policy_.window;
-  const size_t k_area = W * geo_.n_kv_heads * wk_row_;
-  const size_t r = t % W;
-  return is_v ? window_.data() + k_area + (g * W + r) * wv_row_ : window_.data() + (g * W + r) * wk_row_;
+  const size_t R = ring_rows_;
+  const size_t k_area = R * geo_.n_kv_heads * wk_row_;
+  const size_t r = t % R;
+  return is_v ? window_.data() + k_area + (g * R + r) * wv_row_ : window_.data() + (g * R + r) * wk_row_;
+}
+
+void TurboQuantKV::resize_ring(size_t rows) {
+  if (rows == ring_rows_) return;
+  AlignedBuffer old = std::move(window_);
+  const size_t old_rows = ring_rows_;
+  window_ = AlignedBuffer(rows * geo_.n_kv_heads * (wk_row_ + wv_row_) + kAlign);
+  const size_t keep_from = std::max(ring_lo_, n_tokens_ > rows ? n_tokens_ - rows : 0);
+  ring_rows_ = rows;
+  if (old_rows > 0) {
+    const size_t k_area = old_rows * geo_.n_kv_heads * wk_row_;
+    for (size_t t = keep_from; t < n_tokens_; ++t)
+      for (int g = 0; g < geo_.n_kv_heads; ++g) {
+        std::memcpy(window_row(false, g, t), old.data() + (g * old_rows + t % old_rows) * wk_row_, wk_row_);
+        std::memcpy(window_row(true, g, t), old.data() + k_area + (g * old_rows + t % old_rows) * wv_row_, wv_row_);
+      }
+  }
+  ring_lo_ = std::max(ring_lo_, keep_from);
 }
 
 void TurboQuantKV::to_domain(bool is_v, int g, const float* x, float* out) const {
@@ -95,41 +113,44 @@ void TurboQuantKV::put_quantized(bool is_v, int g, const float* x_dom, size_t t)
 void TurboQuantKV::append_impl(const float* k, const float* v, size_t n_new) {
   const int G = geo_.n_kv_heads, hd = geo_.head_dim;
   const size_t W = policy_.window;
+  if (W > 0) {
+    // Queries of this append reach back W − 1 tokens before its first token.
+    const size_t need = W - 1 + n_new;
+    if (ring_rows_ < need || ring_rows_ > 2 * need) resize_ring(need);
+    ring_lo_ = std::max(ring_lo_, n_tokens_ + n_new > ring_rows_ ? n_tokens_ + n_new - ring_rows_ : 0);
+  }
+  store_.reserve(n_tokens_ + n_new);
   std::vector<float> dom(std::max(k_dim(), v_dim()));
   for (size_t i = 0; i < n_new; ++i) {
     const size_t t = n_tokens_ + i;
-    if (W > 0 && t - n_quantized_ == W) {
-      // The oldest window token leaves the window: quantize it from its fp16 row.
-      store_.reserve(n_quantized_ + 1);
-      for (int g = 0; g < G; ++g) {
-        from_f16(window_row(false, g, n_quantized_), k_dim(), dom.data());
-        put_quantized(false, g, dom.data(), n_quantized_);
-        from_f16(window_row(true, g, n_quantized_), v_dim(), dom.data());
-        put_quantized(true, g, dom.data(), n_quantized_);
-      }
-      ++n_quantized_;
-    }
-    if (W == 0) store_.reserve(t + 1);
-    for (int g = 0; g < G; ++g) {
+    for (int g = 0; g < G; ++g)
       for (int side = 0; side < 2; ++side) {
         const bool is_v = side == 1;
         to_domain(is_v, g, (is_v ? v : k) + (i * G + g) * hd, dom.data());
-        if (W > 0)
-          to_f16(dom.data(), is_v ? v_dim() : k_dim(), window_row(is_v, g, t));
-        else
-          put_quantized(is_v, g, dom.data(), t);
+        if (W > 0) {
+          // The window row is what full precision means here (fp16); the codes are made
+          // from the same fp16 values, so the two views of a token differ by quantization only.
+          uint8_t* row = window_row(is_v, g, t);
+          const int n = is_v ? v_dim() : k_dim();
+          to_f16(dom.data(), n, row);
+          from_f16(row, n, dom.data());
+        }
+        put_quantized(is_v, g, dom.data(), t);
       }
-    }
-    if (W == 0) n_quantized_ = t + 1;
   }
 }
 
-attn::Segment TurboQuantKV::segment(int g, size_t t0) const {
+attn::Segment TurboQuantKV::segment(int g, size_t t0, size_t pos) const {
+  // Tokens from `boundary` on are seen as fp16 window rows by a query at `pos`.
+  const size_t W = policy_.window;
+  size_t boundary = n_tokens_;
+  if (W > 0) boundary = std::max(ring_lo_, pos + 1 > W ? pos + 1 - W : 0);
+  const bool from_window = t0 >= boundary;
   attn::Segment s;
   auto side = [&](bool is_v) {
     attn::Rows r;
     const auto& qs = is_v ? vq_ : kq_;
-    if (t0 >= n_quantized_) {
+    if (from_window) {
       r.fmt = attn::RowFormat::f16;
       r.data = window_row(is_v, g, t0);
       r.stride = is_v ? wv_row_ : wk_row_;
@@ -149,12 +170,10 @@ attn::Segment TurboQuantKV::segment(int g, size_t t0) const {
     }
     return r;
   };
-  if (t0 >= n_quantized_) {
-    const size_t W = policy_.window;
-    s.n = std::min(W - t0 % W, n_tokens_ - t0);
-  } else {
-    s.n = std::min(store_.run(t0), n_quantized_ - t0);
-  }
+  if (from_window)
+    s.n = std::min(ring_rows_ - t0 % ring_rows_, n_tokens_ - t0);
+  else
+    s.n = std::min({store_.run(t0), n_tokens_ - t0, boundary - t0});
   s.k = side(false);
   s.v = side(true);
   return s;
@@ -167,8 +186,8 @@ void TurboQuantKV::finish(int g, float* acc, float* out) const {
   std::copy(acc, acc + geo_.head_dim, out);
 }
 
-void TurboQuantKV::decode(size_t t, int g, float* k, float* v) const {
-  attn::Segment s = segment(g, t);
+void TurboQuantKV::decode(size_t t, int g, float* k, float* v, int64_t as_of) const {
+  attn::Segment s = segment(g, t, as_of < 0 ? n_tokens_ - 1 : static_cast<size_t>(as_of));
   std::vector<float> buf(std::max(k_dim(), v_dim()));
   attn::decode_row(s.k, 0, k_dim(), buf.data());
   if (k_codes()) kq_[g].rotation().inverse_inplace(buf.data());
@@ -180,17 +199,21 @@ void TurboQuantKV::decode(size_t t, int g, float* k, float* v) const {
 
 void TurboQuantKV::truncate(size_t n) {
   n_tokens_ = std::min(n, n_tokens_);
-  if (n_quantized_ > n_tokens_) n_quantized_ = n_tokens_;
-  store_.shrink(n_quantized_);
+  ring_lo_ = std::min(ring_lo_, n_tokens_);
+  store_.shrink(n_tokens_);
 }
 
+// State: every token's codes (and norms), then u64 count and the fp16 window rows of the
+// newest `count` tokens (at most W: all that queries at later positions can need).
 void TurboQuantKV::write_state(std::ostream& os) const {
-  const uint64_t nq = n_quantized_;
-  os.write(reinterpret_cast<const char*>(&nq), sizeof(nq));
-  for (size_t t = 0; t < n_quantized_; ++t)
+  for (size_t t = 0; t < n_tokens_; ++t)
     for (size_t s = 0; s < store_.n_sections(); ++s)
       os.write(reinterpret_cast<const char*>(store_.row(s, t)), static_cast<std::streamsize>(store_.row_bytes(s)));
-  for (size_t t = n_quantized_; t < n_tokens_; ++t)
+  const size_t W = policy_.window;
+  const size_t from = W == 0 ? n_tokens_ : std::max(ring_lo_, n_tokens_ > W ? n_tokens_ - W : 0);
+  const uint64_t count = n_tokens_ - from;
+  os.write(reinterpret_cast<const char*>(&count), sizeof(count));
+  for (size_t t = from; t < n_tokens_; ++t)
     for (int g = 0; g < geo_.n_kv_heads; ++g) {
       os.write(reinterpret_cast<const char*>(window_row(false, g, t)), static_cast<std::streamsize>(wk_row_));
       os.write(reinterpret_cast<const char*>(window_row(true, g, t)), static_cast<std::streamsize>(wv_row_));
@@ -198,23 +221,23 @@ void TurboQuantKV::write_state(std::ostream& os) const {
 }
 
 void TurboQuantKV::read_state(std::istream& is, size_t n_tokens) {
-  uint64_t nq = 0;
-  is.read(reinterpret_cast<char*>(&nq), sizeof(nq));
-  check(is.good() && nq <= n_tokens && n_tokens - nq <= static_cast<size_t>(policy_.window),
-        "KV slot state: quantized token count {} is inconsistent with {} tokens and window {}", nq, n_tokens,
-        policy_.window);
   store_.shrink(0);
-  store_.reserve(nq);
-  for (size_t t = 0; t < nq; ++t)
+  store_.reserve(n_tokens);
+  for (size_t t = 0; t < n_tokens; ++t)
     for (size_t s = 0; s < store_.n_sections(); ++s)
       is.read(reinterpret_cast<char*>(store_.row(s, t)), static_cast<std::streamsize>(store_.row_bytes(s)));
-  for (size_t t = nq; t < n_tokens; ++t)
+  uint64_t count = 0;
+  is.read(reinterpret_cast<char*>(&count), sizeof(count));
+  check(is.good() && count <= n_tokens && count <= static_cast<size_t>(policy_.window),
+        "KV slot state: window row count {} is inconsistent with {} tokens and window {}", count, n_tokens,
+        policy_.window);
+  n_tokens_ = n_tokens;
+  ring_lo_ = n_tokens - count;
+  for (size_t t = ring_lo_; t < n_tokens; ++t)
     for (int g = 0; g < geo_.n_kv_heads; ++g) {
       is.read(reinterpret_cast<char*>(window_row(false, g, t)), static_cast<std::streamsize>(wk_row_));
       is.read(reinterpret_cast<char*>(window_row(true, g, t)), static_cast<std::streamsize>(wv_row_));
     }
-  n_quantized_ = nq;
-  n_tokens_ = n_tokens;
 }
 
 }  // namespace tq

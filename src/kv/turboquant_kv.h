@@ -5,8 +5,10 @@
 // fp16 norm (D = head_dim padded to a power of two): 98 bytes at head_dim 256, 3 bits.
 // Rotation seeds: one sign vector per (layer, KV head, K or V), derived from the
 // policy seed, so errors of different heads and layers are independent.
-// Optional window: the newest W tokens stay as fp16 rows in the rotation's domain
-// and are quantized when they leave it (from those fp16 values).
+// Optional window W: a query at position p sees tokens p−W+1 … p as fp16 rows (in the
+// rotation's domain) and older tokens from their codes. Every token is quantized on
+// arrival; a ring keeps fp16 copies of the tokens any query of the current append can
+// still need (W − 1 + n_new rows), so results do not depend on how prefill is chunked.
 #pragma once
 #include <vector>
 
@@ -20,11 +22,10 @@ namespace tq {
 class TurboQuantKV final : public KVSlot {
  public:
   TurboQuantKV(const CachePolicy& p, const KVGeometry& g, int layer);
-  void decode(size_t t, int g, float* k, float* v) const override;
+  void decode(size_t t, int g, float* k, float* v, int64_t as_of = -1) const override;
   size_t resident_bytes() const override;
   size_t bytes_per_token() const override;
   void truncate(size_t n) override;
-  size_t n_quantized() const { return n_quantized_; }
   // Bytes per stored vector of one side (codes + norm, or fp16 row).
   size_t k_bytes_per_vector() const { return store_.row_bytes(0) + (k_codes() ? 2 : 0); }
   size_t v_bytes_per_vector() const;
@@ -36,7 +37,8 @@ class TurboQuantKV final : public KVSlot {
 
   int k_dim() const override { return k_codes() ? kq_[0].padded_dim() : geo_.head_dim; }
   int v_dim() const override { return v_codes() ? vq_[0].padded_dim() : geo_.head_dim; }
-  attn::Segment segment(int g, size_t t0) const override;
+  attn::Segment segment(int g, size_t t0, size_t pos) const override;
+  bool per_query_view() const override { return policy_.window > 0; }
   void prepare_query(int g, const float* q, float* out) const override;
   void finish(int g, float* acc, float* out) const override;
 
@@ -48,17 +50,19 @@ class TurboQuantKV final : public KVSlot {
   size_t sv(int g) const { return 4 * g + 2; }
   // Stores side x (K or V, domain-transformed) of one token into the compressed store.
   void put_quantized(bool is_v, int g, const float* x_dom, size_t t);
+  // Makes the ring hold `rows` rows, keeping the valid ones.
+  void resize_ring(size_t rows);
   // x in head_dim → its domain form (rotated, padded, for a quantized side).
   void to_domain(bool is_v, int g, const float* x, float* out) const;
   uint8_t* window_row(bool is_v, int g, size_t t);
   const uint8_t* window_row(bool is_v, int g, size_t t) const;
 
   std::vector<VectorQuantizer> kq_, vq_;  // per KV head (empty for a dense side)
-  BlockStore store_;
-  size_t n_quantized_ = 0;  // tokens [0, n_quantized_) are in store_, the rest in the window
-  // Window ring: W rows per (head, side), fp16, in the side's domain; token t at t % W.
+  BlockStore store_;  // every token, quantized
+  // Window ring: ring_rows_ rows per (head, side), fp16, in the side's domain; token t at
+  // t % ring_rows_; rows of tokens [ring_lo_, n_tokens_) are valid.
   AlignedBuffer window_;
-  size_t wk_row_ = 0, wv_row_ = 0;
+  size_t wk_row_ = 0, wv_row_ = 0, ring_rows_ = 0, ring_lo_ = 0;
 };
 
 }  // namespace tq
