@@ -137,7 +137,6 @@ TEST(KV, ResidentBytesMatchPrediction) {
   EXPECT_EQ(tqs->k_bytes_per_vector(), 98u);
   EXPECT_EQ(tqs->v_bytes_per_vector(), 98u);
   EXPECT_EQ(tq3->bytes_per_token(), 4u * 2 * 98);
-  EXPECT_GE(512.0 / 98, 5.1);
   const size_t T = 1000 + rng() % 3000;
   const size_t row = 4 * 256;
   auto k = test::gaussian(T * row, rng), v = test::gaussian(T * row, rng);
