@@ -7,11 +7,16 @@
 #include <ostream>
 #include <sstream>
 
+#include "core/binio.h"
 #include "core/error.h"
 #include "kv/dense_kv.h"
 #include "kv/turboquant_kv.h"
 
 namespace tq {
+
+using binio::fnv1a;
+using binio::get;
+using binio::put;
 
 void KVGeometry::validate() const {
   check(n_heads > 0, "KV geometry: n_heads must be > 0, got {}", n_heads);
@@ -58,23 +63,6 @@ void KVSlot::attend(std::span<const float> q, std::span<const int32_t> positions
 //   u64 seed | u64 n_tokens | slot state | u64 FNV-1a of everything before it.
 namespace {
 constexpr uint32_t kVersion = 1;
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
-template <typename T>
-void put(std::ostream& os, T v) {
-  os.write(reinterpret_cast<const char*>(&v), sizeof(T));
-}
-template <typename T>
-T get(std::istream& is, const std::string& what, const char* field) {
-  T v{};
-  is.read(reinterpret_cast<char*>(&v), sizeof(T));
-  check(is.good(), "{}: truncated while reading field '{}'", what, field);
-  return v;
-}
 }  // namespace
 
 void KVSlot::save(std::ostream& os) const {

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "runtime/session.h"
 
 namespace tq {
 
@@ -74,52 +75,124 @@ std::vector<int32_t> stop_tokens_for(const std::string& dir, const ModelConfig& 
   return s;
 }
 
+Generation::Generation(const Model& model, SequenceState& state, const Tokenizer& tok, std::vector<int32_t> prompt,
+                       const GenerateOptions& opt, Session* session)
+    : model_(model),
+      st_(state),
+      tok_(tok),
+      prompt_(std::move(prompt)),
+      opt_(opt),
+      session_(session),
+      logits_(model.config().vocab),
+      sampler_(opt.sampler),
+      stream_(std::make_unique<StreamDecoder>(tok)) {
+  const ModelConfig& c = model.config();
+  ctx_ = opt.context > 0 ? opt.context : (c.max_position > 0 ? c.max_position : SIZE_MAX);
+  check(!prompt_.empty(), "generate: empty prompt (no tokens; the model has no BOS token to start from)");
+  check(st_.pos + prompt_.size() <= ctx_, "generate: prompt of {} tokens does not fit the context of {} tokens",
+        prompt_.size() + st_.pos, ctx_);
+  check(opt.prefill_chunk > 0, "generate: prefill_chunk must be > 0, got {}", opt.prefill_chunk);
+  check(session == nullptr || &session->state() == &state, "generate: state must be the session's state");
+  r_.n_prompt = static_cast<int>(prompt_.size());
+  r_.finish_reason = "length";
+  history_ = session ? session->tokens() : std::vector<int32_t>{};
+  history_.insert(history_.end(), prompt_.begin(), prompt_.end());
+}
+
+Generation::~Generation() = default;
+
+std::string Generation::step(ThreadPool& pool) {
+  if (done_) return {};
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string piece;
+  if (prefilling()) {
+    prefill_chunk(pool);
+    r_.prefill_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!prefilling() && opt_.max_tokens == 0) piece = finish("length", false);
+    return piece;
+  }
+  piece = decode_one(pool);
+  r_.decode_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return piece;
+}
+
+void Generation::prefill_chunk(ThreadPool& pool) {
+  size_t n = std::min<size_t>(opt_.prefill_chunk, prompt_.size() - prefilled_);
+  if (session_ && opt_.checkpoint_every > 0) {  // end chunks on checkpoint positions
+    const size_t every = opt_.checkpoint_every, next = (st_.pos / every + 1) * every;
+    n = std::min(n, next - st_.pos);
+  }
+  const int32_t* t = prompt_.data() + prefilled_;
+  if (session_) session_->forward(t, static_cast<int>(n), logits_.data(), false, pool);
+  else model_.forward(st_, t, static_cast<int>(n), logits_.data(), false, pool);
+  prefilled_ += n;
+  if (session_ && (!prefilling() || (opt_.checkpoint_every > 0 && st_.pos % opt_.checkpoint_every == 0)))
+    session_->checkpoint();
+}
+
+std::string Generation::decode_one(ThreadPool& pool) {
+  const int32_t next = sampler_.sample(logits_, history_);
+  if (std::binary_search(opt_.stop_tokens.begin(), opt_.stop_tokens.end(), next)) return finish("stop", false);
+  r_.tokens.push_back(next);
+  history_.push_back(next);
+  text_ += stream_->feed(next);
+  if (cut_at_stop_string()) return finish("stop", true);
+  if (r_.tokens.size() == static_cast<size_t>(opt_.max_tokens)) return finish("length", false);
+  if (st_.pos + 1 > ctx_) return finish("context", false);
+  if (session_) session_->forward(&next, 1, logits_.data(), false, pool);
+  else model_.forward(st_, &next, 1, logits_.data(), false, pool);
+  return release_text(false);
+}
+
+// Text up to where a stop string could still begin (all of it when none can).
+std::string Generation::release_text(bool all) {
+  size_t upto = text_.size();
+  if (!all) {
+    for (const auto& s : opt_.stop_strings)
+      for (size_t k = std::min(s.size() - (s.empty() ? 0 : 1), text_.size() - released_); k > 0; --k)
+        if (text_.compare(text_.size() - k, k, s, 0, k) == 0) {
+          upto = std::min(upto, text_.size() - k);
+          break;
+        }
+  }
+  std::string out = text_.substr(released_, upto - released_);
+  released_ = upto;
+  return out;
+}
+
+// Cuts text_ at the earliest stop string. Released text never holds the start of one
+// (release_text keeps back any suffix that begins a stop string), so search from there.
+bool Generation::cut_at_stop_string() {
+  size_t at = std::string::npos;
+  for (const auto& s : opt_.stop_strings)
+    if (!s.empty()) at = std::min(at, text_.find(s, released_));
+  if (at == std::string::npos) return false;
+  text_.resize(at);
+  return true;
+}
+
+std::string Generation::finish(const std::string& reason, bool cut) {
+  r_.finish_reason = reason;
+  if (!cut) {  // incomplete UTF-8 at the end comes out as U+FFFD, and may complete a stop string
+    text_ += stream_->flush();
+    if (cut_at_stop_string()) r_.finish_reason = "stop";
+  }
+  done_ = true;
+  r_.kv_bytes = st_.kv_bytes();
+  std::string out = release_text(true);
+  r_.text = text_;
+  return out;
+}
+
 GenerateResult generate(const Model& model, SequenceState& st, const Tokenizer& tok,
                         const std::vector<int32_t>& prompt, const GenerateOptions& opt,
                         const std::function<void(const std::string&)>& on_text, ThreadPool& pool) {
-  const ModelConfig& c = model.config();
-  const size_t ctx = opt.context > 0 ? opt.context : (c.max_position > 0 ? c.max_position : SIZE_MAX);
-  check(!prompt.empty(), "generate: empty prompt (no tokens; the model has no BOS token to start from)");
-  check(st.pos + prompt.size() <= ctx, "generate: prompt of {} tokens does not fit the context of {} tokens",
-        prompt.size() + st.pos, ctx);
-  GenerateResult r;
-  r.n_prompt = static_cast<int>(prompt.size());
-  std::vector<float> logits(c.vocab);
-  auto t0 = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < prompt.size(); i += opt.prefill_chunk) {
-    const int n = static_cast<int>(std::min<size_t>(opt.prefill_chunk, prompt.size() - i));
-    model.forward(st, prompt.data() + i, n, logits.data(), false, pool);
-  }
-  auto t1 = std::chrono::steady_clock::now();
-  r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
-  Sampler sampler(opt.sampler);
-  std::vector<int32_t> history(prompt);
-  StreamDecoder stream(tok);
-  r.finish_reason = "length";
-  for (int step = 0; step < opt.max_tokens; ++step) {
-    int32_t next = sampler.sample(logits, history);
-    if (std::binary_search(opt.stop_tokens.begin(), opt.stop_tokens.end(), next)) {
-      r.finish_reason = "stop";
-      break;
-    }
-    r.tokens.push_back(next);
-    history.push_back(next);
-    std::string piece = stream.feed(next);
-    r.text += piece;
+  Generation g(model, st, tok, prompt, opt);
+  while (!g.done()) {
+    const std::string piece = g.step(pool);
     if (on_text && !piece.empty()) on_text(piece);
-    if (step + 1 == opt.max_tokens) break;
-    if (st.pos + 1 > ctx) {
-      r.finish_reason = "context";
-      break;
-    }
-    model.forward(st, &next, 1, logits.data(), false, pool);
   }
-  std::string rest = stream.flush();
-  r.text += rest;
-  if (on_text && !rest.empty()) on_text(rest);
-  r.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-  r.kv_bytes = st.kv_bytes();
-  return r;
+  return g.result();
 }
 
 }  // namespace tq

@@ -1,4 +1,7 @@
-// Generation: chunked prefill, then a decode loop with a sampler and stop tokens.
+// Generation: chunked prefill, then a decode loop with a sampler, stop tokens and stop
+// strings. `Generation` is the step-at-a-time form (one prefill chunk or one decoded
+// token per step) that the server interleaves across requests; `generate` runs it to
+// the end.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -36,7 +39,9 @@ struct GenerateOptions {
   int prefill_chunk = 256;
   int context = 0;  // 0: the model's max_position_embeddings (or unlimited if unknown)
   SamplerConfig sampler;
-  std::vector<int32_t> stop_tokens;
+  std::vector<int32_t> stop_tokens;   // sorted
+  std::vector<std::string> stop_strings;  // text never includes them; generation ends at the first
+  int checkpoint_every = 512;  // with a Session: DeltaNet checkpoints at multiples of this position
 };
 
 struct GenerateResult {
@@ -46,6 +51,47 @@ struct GenerateResult {
   double prefill_seconds = 0, decode_seconds = 0;
   std::string finish_reason;  // "stop", "length", "context"
   size_t kv_bytes = 0;
+};
+
+class Session;
+
+class Generation {
+ public:
+  // Continues `state` with `prompt` (tokens not yet processed), then generates. With a
+  // session, tokens go through it (recorded, DeltaNet checkpoints at the end of the
+  // prompt and at multiples of checkpoint_every); `state` must then be session->state().
+  Generation(const Model& model, SequenceState& state, const Tokenizer& tok, std::vector<int32_t> prompt,
+             const GenerateOptions& opt, Session* session = nullptr);
+  ~Generation();
+  bool done() const { return done_; }
+  bool prefilling() const { return prefilled_ < prompt_.size(); }
+  // One prefill chunk or one decoded token; returns the text that became final.
+  std::string step(ThreadPool& pool);
+  const GenerateResult& result() const { return r_; }
+
+ private:
+  void prefill_chunk(ThreadPool& pool);
+  std::string decode_one(ThreadPool& pool);
+  std::string finish(const std::string& reason, bool cut_by_stop_string);
+  bool cut_at_stop_string();
+  std::string release_text(bool all);
+
+  const Model& model_;
+  SequenceState& st_;
+  const Tokenizer& tok_;
+  std::vector<int32_t> prompt_;
+  GenerateOptions opt_;
+  Session* session_;
+  size_t ctx_;
+  size_t prefilled_ = 0;
+  std::vector<float> logits_;
+  Sampler sampler_;
+  std::vector<int32_t> history_;
+  std::unique_ptr<StreamDecoder> stream_;
+  std::string text_;     // all decoded text (stop string cut off when found)
+  size_t released_ = 0;  // bytes of text_ handed out
+  GenerateResult r_;
+  bool done_ = false;
 };
 
 // Stop tokens of a checkpoint: config eos ids, generation_config.json, and the

@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <queue>
+#include <shared_mutex>
 #include <sstream>
 
 #include "core/error.h"
@@ -88,7 +90,9 @@ struct Tokenizer::Impl {
   std::unique_ptr<Regex> split;  // pre-tokenizer regex (byte-level)
   std::string byte_to_char[256];
   std::unordered_map<std::string, unsigned char> char_to_byte;
+  // Piece → ids memo; encode() is const and may run on several threads at once.
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+  mutable std::shared_mutex cache_mutex;
 
   void bpe(const std::vector<std::string>& symbols_in, std::vector<int32_t>& out) const;
   void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
@@ -150,10 +154,13 @@ void Tokenizer::Impl::bpe(const std::vector<std::string>& syms_in, std::vector<i
 
 void Tokenizer::Impl::encode_piece(std::string_view piece, std::vector<int32_t>& out) const {
   std::string key(piece);
-  auto c = cache.find(key);
-  if (c != cache.end()) {
-    out.insert(out.end(), c->second.begin(), c->second.end());
-    return;
+  {
+    std::shared_lock lock(cache_mutex);
+    auto c = cache.find(key);
+    if (c != cache.end()) {
+      out.insert(out.end(), c->second.begin(), c->second.end());
+      return;
+    }
   }
   std::vector<std::string> syms;
   if (kind == Kind::byte_level) {
@@ -163,7 +170,10 @@ void Tokenizer::Impl::encode_piece(std::string_view piece, std::vector<int32_t>&
   }
   std::vector<int32_t> ids;
   bpe(syms, ids);
-  if (cache.size() < 200000) cache.emplace(std::move(key), ids);
+  {
+    std::unique_lock lock(cache_mutex);
+    if (cache.size() < 200000) cache.emplace(std::move(key), ids);
+  }
   out.insert(out.end(), ids.begin(), ids.end());
 }
 

@@ -1,0 +1,87 @@
+// A Session is one sequence a client can come back to: the tokens it has processed,
+// its SequenceState (KV slots + DeltaNet states), and checkpoints of the DeltaNet
+// states at chosen positions.
+//
+// Resuming a later request that shares a prefix with the session: KV slots truncate to
+// any position, but a DeltaNet state cannot be rolled back, so a hybrid model resumes
+// from the live state (when the whole session is a prefix of the request) or from the
+// longest checkpoint inside the shared prefix. Pure-attention models resume anywhere.
+#pragma once
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kv/cache_policy.h"
+#include "model/model.h"
+
+namespace tq {
+
+class ThreadPool;
+
+struct SessionFileStats {
+  size_t total_bytes = 0;  // the whole file
+  size_t kv_bytes = 0;     // the KV slots' records (compressed codes, norms, fp16 window)
+  size_t state_bytes = 0;  // DeltaNet states and checkpoints (policy-independent)
+};
+
+class Session {
+ public:
+  static constexpr int kMaxCheckpoints = 8;
+
+  Session(const Model& model, const CachePolicy& policy);
+
+  const Model& model() const { return model_; }
+  const CachePolicy& policy() const { return policy_; }
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  size_t pos() const { return tokens_.size(); }
+  SequenceState& state() { return *state_; }
+  const SequenceState& state() const { return *state_; }
+  bool recurrent() const { return recurrent_; }
+  std::vector<size_t> checkpoint_positions() const;
+
+  // How many leading tokens of `prompt` this session can skip: at most
+  // min(common prefix, prompt.size() − 1), since the last prompt token must run to
+  // give logits; for a hybrid model only the live position or a checkpoint qualifies.
+  size_t reusable_prefix(std::span<const int32_t> prompt) const;
+  // Moves the session back to `pos`, a value reusable_prefix returned (0 always works).
+  void rewind(size_t pos);
+  // Runs tokens at the end of the session (see Model::forward) and records them.
+  void forward(const int32_t* tokens, int n, float* logits, bool all_logits, ThreadPool& pool);
+  // Records the DeltaNet states at the current position (no-op for pure attention, or
+  // when one exists there). Keeps at most kMaxCheckpoints, thinning where they are densest.
+  void checkpoint();
+
+  size_t kv_bytes() const { return state_->kv_bytes(); }
+  size_t bytes() const;  // KV + DeltaNet states + checkpoints
+
+  // File form: "TQPC" | u32 version | u64 model id | policy | tokens | live DeltaNet
+  // states | checkpoints | KV slots (each its own checksummed TQKV record) | u64 FNV-1a.
+  SessionFileStats save(std::ostream& os, uint64_t model_id) const;
+  // Reads a session saved for the same model (model_id) and policy; `what` names the file.
+  static std::unique_ptr<Session> load(std::istream& is, const Model& model, const CachePolicy& policy,
+                                       uint64_t model_id, const std::string& what);
+  // Only the token list of a session file (cheap: for indexing a cache directory).
+  static std::vector<int32_t> peek_tokens(std::istream& is, uint64_t model_id, const CachePolicy& policy,
+                                          const std::string& what);
+
+ private:
+  struct Checkpoint {
+    size_t pos = 0;
+    std::vector<DeltaState> delta;
+  };
+  const Model& model_;
+  CachePolicy policy_;
+  std::unique_ptr<SequenceState> state_;
+  std::vector<int32_t> tokens_;
+  std::vector<Checkpoint> checkpoints_;  // ascending pos
+  bool recurrent_ = false;
+};
+
+// A stable identity of a checkpoint directory's model (config, tokenizer, weight file
+// sizes), stored in session files so a cache is never restored into another model.
+uint64_t model_fingerprint(const std::string& dir);
+
+}  // namespace tq
