@@ -39,7 +39,9 @@ void check_vectors(const Tokenizer& t, const std::string& inp, const std::string
     EXPECT_EQ(got, want) << "input " << i << ": '" << inputs[i] << "'";
     ok += got == want;
     // Decoding the ids gives the input back (NFC-normalized inputs aside).
-    if (got == want && inputs[i].find("\xcc") == std::string::npos) EXPECT_EQ(t.decode(got), inputs[i]) << i;
+    if (got == want && inputs[i].find("\xcc") == std::string::npos) {
+      EXPECT_EQ(t.decode(got), inputs[i]) << i;
+    }
     ++i;
   }
   EXPECT_EQ(i, expect_n);

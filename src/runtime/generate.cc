@@ -84,8 +84,7 @@ Generation::Generation(const Model& model, SequenceState& state, const Tokenizer
       opt_(opt),
       session_(session),
       logits_(model.config().vocab),
-      sampler_(opt.sampler),
-      stream_(std::make_unique<StreamDecoder>(tok)) {
+      sampler_(opt.sampler) {
   const ModelConfig& c = model.config();
   ctx_ = opt.context > 0 ? opt.context : (c.max_position > 0 ? c.max_position : SIZE_MAX);
   check(!prompt_.empty(), "generate: empty prompt (no tokens; the model has no BOS token to start from)");
@@ -97,6 +96,9 @@ Generation::Generation(const Model& model, SequenceState& state, const Tokenizer
   r_.finish_reason = "length";
   history_ = session ? session->tokens() : std::vector<int32_t>{};
   history_.insert(history_.end(), prompt_.begin(), prompt_.end());
+  // Generated text continues the prompt's text, if it has any (a lone BOS has none).
+  const bool at_start = std::all_of(history_.begin(), history_.end(), [&](int32_t t) { return tok.is_special(t); });
+  stream_ = std::make_unique<StreamDecoder>(tok, at_start);
 }
 
 Generation::~Generation() = default;

@@ -140,6 +140,14 @@ void Session::checkpoint() {
   checkpoints_.erase(checkpoints_.begin() + static_cast<std::ptrdiff_t>(drop));
 }
 
+std::unique_ptr<Session> Session::fork(size_t pos) const {
+  std::stringstream buf;
+  save(buf, 0);
+  auto s = load(buf, model_, policy_, 0, "session fork");
+  s->rewind(pos);
+  return s;
+}
+
 size_t Session::bytes() const {
   size_t b = state_->kv_bytes() + state_->state_bytes();
   for (const auto& c : checkpoints_)

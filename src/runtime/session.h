@@ -54,6 +54,10 @@ class Session {
   // when one exists there). Keeps at most kMaxCheckpoints, thinning where they are densest.
   void checkpoint();
 
+  // A copy holding the first `pos` tokens (pos: a reusable_prefix value), so a request
+  // that shares only part of this session leaves the session itself intact.
+  std::unique_ptr<Session> fork(size_t pos) const;
+
   size_t kv_bytes() const { return state_->kv_bytes(); }
   size_t bytes() const;  // KV + DeltaNet states + checkpoints
 

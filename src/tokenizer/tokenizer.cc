@@ -414,11 +414,11 @@ Tokenizer Tokenizer::parse(const std::string& text, const std::string& path) {
   return t;
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_prefix) const {
   const Impl& im = *impl_;
   std::vector<int32_t> out;
   size_t start = 0;
-  bool first = true;
+  bool first = add_prefix;
   for (size_t i = 0; i < text.size();) {
     bool matched = false;
     for (const auto& [c, id] : im.added) {

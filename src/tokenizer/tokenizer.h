@@ -24,7 +24,9 @@ class Tokenizer {
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
 
-  std::vector<int32_t> encode(std::string_view text) const;
+  // add_prefix: SentencePiece models prepend "▁" (the dummy prefix) to the text; off when
+  // the text continues earlier text (its own leading space, if any, is kept as "▁").
+  std::vector<int32_t> encode(std::string_view text, bool add_prefix = true) const;
   std::string decode(const std::vector<int32_t>& ids) const;
   // The bytes token `id` contributes to decoded text (no leading-space stripping).
   const std::string& token_bytes(int32_t id) const;
@@ -42,7 +44,9 @@ class Tokenizer {
 // Turns a stream of ids into text pieces that are always complete UTF-8.
 class StreamDecoder {
  public:
-  explicit StreamDecoder(const Tokenizer& t) : tok_(t) {}
+  // at_text_start: the ids begin the text, so a SentencePiece leading space (the dummy
+  // prefix) is dropped; false when they continue a prompt (the space belongs to the text).
+  explicit StreamDecoder(const Tokenizer& t, bool at_text_start = true) : tok_(t), started_(!at_text_start) {}
   std::string feed(int32_t id);
   std::string flush();
 

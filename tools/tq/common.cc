@@ -5,6 +5,8 @@
 #include <fstream>
 #include <string>
 
+#include "core/error.h"
+
 namespace tq::cli {
 
 std::string builtin_model_dir() {
@@ -25,6 +27,22 @@ size_t peak_rss_bytes() {
   while (std::getline(f, line))
     if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
   return 0;
+}
+
+size_t parse_bytes(const std::string& text, const char* flag) {
+  size_t i = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+  std::string unit = text.substr(i);
+  if (!unit.empty() && (unit.back() == 'B' || unit.back() == 'b')) unit.pop_back();
+  if (unit.size() == 2 && (unit[1] == 'i' || unit[1] == 'I')) unit.pop_back();
+  int shift = -1;
+  if (unit.empty()) shift = 0;
+  else if (unit == "K" || unit == "k") shift = 10;
+  else if (unit == "M" || unit == "m") shift = 20;
+  else if (unit == "G" || unit == "g") shift = 30;
+  else if (unit == "T" || unit == "t") shift = 40;
+  check(i > 0 && i <= 15 && shift >= 0, "{}: expected a size like 4096, 512K, 64M or 8G, got '{}'", flag, text);
+  return static_cast<size_t>(std::stoull(text.substr(0, i))) << shift;
 }
 
 }  // namespace tq::cli

@@ -30,6 +30,10 @@ int main(int argc, char** argv) {
   add(tq::cli::add_info);
   add(tq::cli::add_eval);
   add(tq::cli::add_bench);
+#ifdef TQ_HAVE_SERVER
+  add(tq::cli::add_serve);
+  add(tq::cli::add_load_test);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
