@@ -59,10 +59,10 @@ void KVSlot::attend(std::span<const float> q, std::span<const int32_t> positions
 }
 
 // Layout (little-endian):
-//   "TQKV" | u32 version (1) | u32 len | policy name | i32 n_heads, n_kv_heads, head_dim, layer |
+//   "TQKV" | u32 version (2) | u32 len | policy name | i32 n_heads, n_kv_heads, head_dim, layer |
 //   u64 seed | u64 n_tokens | slot state | u64 FNV-1a of everything before it.
 namespace {
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: TurboQuant slots record their window ring size
 }  // namespace
 
 void KVSlot::save(std::ostream& os) const {

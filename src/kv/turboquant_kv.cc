@@ -211,7 +211,10 @@ void TurboQuantKV::write_state(std::ostream& os) const {
       os.write(reinterpret_cast<const char*>(store_.row(s, t)), static_cast<std::streamsize>(store_.row_bytes(s)));
   const size_t W = policy_.window;
   const size_t from = W == 0 ? n_tokens_ : std::max(ring_lo_, n_tokens_ > W ? n_tokens_ - W : 0);
-  const uint64_t count = n_tokens_ - from;
+  const uint64_t count = n_tokens_ - from, rows = ring_rows_;
+  // The ring's size fixes where it wraps, which is where attention splits the window
+  // into segments: restoring it makes a loaded slot compute bit-identically.
+  os.write(reinterpret_cast<const char*>(&rows), sizeof(rows));
   os.write(reinterpret_cast<const char*>(&count), sizeof(count));
   for (size_t t = from; t < n_tokens_; ++t)
     for (int g = 0; g < geo_.n_kv_heads; ++g) {
@@ -226,11 +229,17 @@ void TurboQuantKV::read_state(std::istream& is, size_t n_tokens) {
   for (size_t t = 0; t < n_tokens; ++t)
     for (size_t s = 0; s < store_.n_sections(); ++s)
       is.read(reinterpret_cast<char*>(store_.row(s, t)), static_cast<std::streamsize>(store_.row_bytes(s)));
-  uint64_t count = 0;
+  uint64_t count = 0, rows = 0;
+  is.read(reinterpret_cast<char*>(&rows), sizeof(rows));
   is.read(reinterpret_cast<char*>(&count), sizeof(count));
-  check(is.good() && count <= n_tokens && count <= static_cast<size_t>(policy_.window),
-        "KV slot state: window row count {} is inconsistent with {} tokens and window {}", count, n_tokens,
-        policy_.window);
+  const size_t W = policy_.window;
+  check(is.good() && count <= n_tokens && count <= W, "KV slot state: window row count {} is inconsistent with {} tokens and window {}",
+        count, n_tokens, W);
+  check(W == 0 ? rows == 0 : rows >= W && rows <= W + n_tokens,
+        "KV slot state: window ring of {} rows is inconsistent with {} tokens and window {}", rows, n_tokens, W);
+  n_tokens_ = 0;
+  ring_lo_ = 0;
+  if (W > 0) resize_ring(rows);
   n_tokens_ = n_tokens;
   ring_lo_ = n_tokens - count;
   for (size_t t = ring_lo_; t < n_tokens; ++t)
