@@ -11,13 +11,13 @@ ChatFormat ChatFormat::of(const Tokenizer& tok, int32_t model_bos) {
   return f;
 }
 
-std::string chatml_user_turn(const std::string& user, bool enable_thinking) {
-  return "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n" +
-         (enable_thinking ? "<think>\n" : "<think>\n\n</think>\n\n");
-}
+namespace {
+constexpr const char* kThinkOpen = "<think>\n";
+constexpr const char* kThinkEmpty = "<think>\n\n</think>\n\n";
+}  // namespace
 
 std::vector<int32_t> render_chat(const Tokenizer& tok, const ChatFormat& f, const std::vector<ChatMessage>& messages,
-                                 bool add_generation_prompt, bool enable_thinking) {
+                                 bool add_generation_prompt, bool enable_thinking, std::vector<size_t>* message_ends) {
   std::vector<int32_t> ids;
   if (f.bos >= 0) ids.push_back(f.bos);
   auto add = [&](const std::string& text, bool add_prefix) {
@@ -28,7 +28,9 @@ std::vector<int32_t> render_chat(const Tokenizer& tok, const ChatFormat& f, cons
   for (const auto& m : messages) {
     if (f.chatml) {
       const std::string role = m.role == "developer" ? "system" : m.role;
-      add("<|im_start|>" + role + "\n" + m.content + "<|im_end|>\n", true);
+      std::string body = m.content;
+      if (role == "assistant" && body.rfind("<think>", 0) != 0) body = (enable_thinking ? kThinkOpen : kThinkEmpty) + body;
+      add("<|im_start|>" + role + "\n" + body + "<|im_end|>\n", true);
     } else if (!m.content.empty()) {
       // Plain text: the first message starts the text; an assistant message continues it
       // exactly as generated; other messages continue it after a space.
@@ -36,9 +38,10 @@ std::vector<int32_t> render_chat(const Tokenizer& tok, const ChatFormat& f, cons
       add(space ? " " + m.content : m.content, first);
       first = false;
     }
+    if (message_ends) message_ends->push_back(ids.size());
   }
   if (add_generation_prompt && f.chatml)
-    add(std::string("<|im_start|>assistant\n") + (enable_thinking ? "<think>\n" : "<think>\n\n</think>\n\n"), true);
+    add(std::string("<|im_start|>assistant\n") + (enable_thinking ? kThinkOpen : kThinkEmpty), true);
   return ids;
 }
 

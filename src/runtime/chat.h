@@ -27,10 +27,13 @@ struct ChatFormat {
 
 // Tokens of `messages`; add_generation_prompt opens the assistant turn (ChatML:
 // "<|im_start|>assistant\n" then "<think>\n" or, thinking off, an empty think block).
+// An assistant message in the history is rendered as its turn was generated, so that a
+// reply sent back verbatim gives the tokens that were run: after "<think>\n" (thinking
+// on) or after the empty think block (thinking off), unless it starts with "<think>".
+// (Qwen's own template drops earlier turns' reasoning, which makes every turn re-run.)
+// message_ends (optional): the token position after each message.
 std::vector<int32_t> render_chat(const Tokenizer& tok, const ChatFormat& f, const std::vector<ChatMessage>& messages,
-                                 bool add_generation_prompt = true, bool enable_thinking = true);
-
-// One user turn as text (ChatML), for the command line's --chat.
-std::string chatml_user_turn(const std::string& user, bool enable_thinking);
+                                 bool add_generation_prompt = true, bool enable_thinking = true,
+                                 std::vector<size_t>* message_ends = nullptr);
 
 }  // namespace tq

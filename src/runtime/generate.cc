@@ -120,16 +120,22 @@ std::string Generation::step(ThreadPool& pool) {
 
 void Generation::prefill_chunk(ThreadPool& pool) {
   size_t n = std::min<size_t>(opt_.prefill_chunk, prompt_.size() - prefilled_);
-  if (session_ && opt_.checkpoint_every > 0) {  // end chunks on checkpoint positions
-    const size_t every = opt_.checkpoint_every, next = (st_.pos / every + 1) * every;
-    n = std::min(n, next - st_.pos);
+  bool at_checkpoint = false;
+  if (session_) {  // end chunks on checkpoint positions
+    const size_t pos = st_.pos;
+    size_t next = pos + n;
+    if (opt_.checkpoint_every > 0) next = std::min(next, (pos / opt_.checkpoint_every + 1) * opt_.checkpoint_every);
+    for (size_t c : opt_.checkpoint_at)
+      if (c > pos) next = std::min(next, c);
+    n = next - pos;
+    at_checkpoint = (opt_.checkpoint_every > 0 && next % opt_.checkpoint_every == 0) ||
+                    std::find(opt_.checkpoint_at.begin(), opt_.checkpoint_at.end(), next) != opt_.checkpoint_at.end();
   }
   const int32_t* t = prompt_.data() + prefilled_;
   if (session_) session_->forward(t, static_cast<int>(n), logits_.data(), false, pool);
   else model_.forward(st_, t, static_cast<int>(n), logits_.data(), false, pool);
   prefilled_ += n;
-  if (session_ && (!prefilling() || (opt_.checkpoint_every > 0 && st_.pos % opt_.checkpoint_every == 0)))
-    session_->checkpoint();
+  if (session_ && (at_checkpoint || !prefilling())) session_->checkpoint();
 }
 
 std::string Generation::decode_one(ThreadPool& pool) {

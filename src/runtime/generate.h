@@ -42,6 +42,7 @@ struct GenerateOptions {
   std::vector<int32_t> stop_tokens;   // sorted
   std::vector<std::string> stop_strings;  // text never includes them; generation ends at the first
   int checkpoint_every = 512;  // with a Session: DeltaNet checkpoints at multiples of this position
+  std::vector<size_t> checkpoint_at;  // with a Session: and at these absolute positions (e.g. message ends)
 };
 
 struct GenerateResult {

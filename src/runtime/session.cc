@@ -41,8 +41,8 @@ void get_delta(std::istream& is, std::vector<DeltaState>& d, const std::string& 
   }
 }
 
-// Header shared by load and peek_tokens; returns the token list.
-std::vector<int32_t> read_header(std::istream& in, uint64_t model_id, const CachePolicy& policy, size_t size,
+// Header shared by load and peek: tokens and checkpoint positions.
+Session::Head read_header(std::istream& in, uint64_t model_id, const CachePolicy& policy, size_t size,
                                  const std::string& what) {
   char magic[4];
   in.read(magic, 4);
@@ -59,9 +59,19 @@ std::vector<int32_t> read_header(std::istream& in, uint64_t model_id, const Cach
         policy.name());
   const uint64_t n = get<uint64_t>(in, what, "n_tokens");
   check(n <= size / 4, "{}: field 'n_tokens' = {} does not fit a file of {} bytes", what, n, size);
-  std::vector<int32_t> tokens(n);
-  binio::get_array(in, tokens.data(), n, what, "tokens");
-  return tokens;
+  Session::Head h;
+  h.tokens.resize(n);
+  binio::get_array(in, h.tokens.data(), n, what, "tokens");
+  const uint32_t n_ck = get<uint32_t>(in, what, "checkpoint count");
+  check(n_ck <= static_cast<uint32_t>(Session::kMaxCheckpoints), "{}: field 'checkpoint count' is {}, expected <= {}",
+        what, n_ck, Session::kMaxCheckpoints);
+  for (uint32_t i = 0; i < n_ck; ++i) {
+    const uint64_t pos = get<uint64_t>(in, what, "checkpoint position");
+    check(pos > 0 && pos <= n && (h.checkpoints.empty() || pos > h.checkpoints.back()),
+          "{}: checkpoint {} at position {}, expected ascending positions within the {} tokens", what, i, pos, n);
+    h.checkpoints.push_back(pos);
+  }
+  return h;
 }
 
 // The whole stream, its checksum verified and removed.
@@ -87,17 +97,18 @@ std::vector<size_t> Session::checkpoint_positions() const {
   return p;
 }
 
-size_t Session::reusable_prefix(std::span<const int32_t> prompt) const {
+size_t reusable_prefix(std::span<const int32_t> tokens, std::span<const size_t> checkpoints, bool recurrent,
+                       std::span<const int32_t> prompt) {
   if (prompt.empty()) return 0;
-  const size_t n = std::min(tokens_.size(), prompt.size());
+  const size_t n = std::min(tokens.size(), prompt.size());
   size_t common = 0;
-  while (common < n && tokens_[common] == prompt[common]) ++common;
+  while (common < n && tokens[common] == prompt[common]) ++common;
   const size_t limit = std::min(common, prompt.size() - 1);
-  if (!recurrent_) return limit;
-  if (tokens_.size() <= limit) return tokens_.size();
+  if (!recurrent) return limit;
+  if (tokens.size() <= limit) return tokens.size();
   size_t best = 0;
-  for (const auto& c : checkpoints_)
-    if (c.pos <= limit) best = std::max(best, c.pos);
+  for (size_t c : checkpoints)
+    if (c <= limit) best = std::max(best, c);
   return best;
 }
 
@@ -166,13 +177,11 @@ SessionFileStats Session::save(std::ostream& os, uint64_t model_id) const {
   body.write(name.data(), static_cast<std::streamsize>(name.size()));
   put<uint64_t>(body, tokens_.size());
   binio::put_array(body, tokens_.data(), tokens_.size());
+  put<uint32_t>(body, static_cast<uint32_t>(checkpoints_.size()));
+  for (const auto& c : checkpoints_) put<uint64_t>(body, c.pos);
   const auto before_state = body.tellp();
   put_delta(body, state_->delta);
-  put<uint32_t>(body, static_cast<uint32_t>(checkpoints_.size()));
-  for (const auto& c : checkpoints_) {
-    put<uint64_t>(body, c.pos);
-    put_delta(body, c.delta);
-  }
+  for (const auto& c : checkpoints_) put_delta(body, c.delta);
   const auto after_state = body.tellp();
   for (const auto& k : state_->kv) {
     if (!k) continue;
@@ -195,18 +204,11 @@ std::unique_ptr<Session> Session::load(std::istream& is, const Model& model, con
   const std::string all = read_verified(is, what);
   std::istringstream in(all);
   auto s = std::make_unique<Session>(model, policy);
-  s->tokens_ = read_header(in, model_id, policy, all.size(), what);
+  Head h = read_header(in, model_id, policy, all.size(), what);
+  s->tokens_ = std::move(h.tokens);
   get_delta(in, s->state_->delta, what);
-  const uint32_t n_ck = get<uint32_t>(in, what, "checkpoint count");
-  check(n_ck <= static_cast<uint32_t>(kMaxCheckpoints), "{}: field 'checkpoint count' is {}, expected <= {}", what,
-        n_ck, kMaxCheckpoints);
-  for (uint32_t i = 0; i < n_ck; ++i) {
-    Checkpoint c;
-    c.pos = get<uint64_t>(in, what, "checkpoint position");
-    check(c.pos > 0 && c.pos <= s->tokens_.size() && (s->checkpoints_.empty() || c.pos > s->checkpoints_.back().pos),
-          "{}: checkpoint {} at position {}, expected ascending positions within the {} tokens", what, i, c.pos,
-          s->tokens_.size());
-    c.delta = s->state_->delta;  // right sizes
+  for (size_t pos : h.checkpoints) {
+    Checkpoint c{pos, s->state_->delta};  // right sizes
     get_delta(in, c.delta, what);
     s->checkpoints_.push_back(std::move(c));
   }
@@ -230,8 +232,7 @@ std::unique_ptr<Session> Session::load(std::istream& is, const Model& model, con
   return s;
 }
 
-std::vector<int32_t> Session::peek_tokens(std::istream& is, uint64_t model_id, const CachePolicy& policy,
-                                          const std::string& what) {
+Session::Head Session::peek(std::istream& is, uint64_t model_id, const CachePolicy& policy, const std::string& what) {
   const std::string all = read_verified(is, what);
   std::istringstream in(all);
   return read_header(in, model_id, policy, all.size(), what);

@@ -27,6 +27,10 @@ struct SessionFileStats {
   size_t state_bytes = 0;  // DeltaNet states and checkpoints (policy-independent)
 };
 
+// The rule of Session::reusable_prefix, for a session given by its tokens and checkpoints.
+size_t reusable_prefix(std::span<const int32_t> tokens, std::span<const size_t> checkpoints, bool recurrent,
+                       std::span<const int32_t> prompt);
+
 class Session {
  public:
   static constexpr int kMaxCheckpoints = 8;
@@ -45,7 +49,9 @@ class Session {
   // How many leading tokens of `prompt` this session can skip: at most
   // min(common prefix, prompt.size() − 1), since the last prompt token must run to
   // give logits; for a hybrid model only the live position or a checkpoint qualifies.
-  size_t reusable_prefix(std::span<const int32_t> prompt) const;
+  size_t reusable_prefix(std::span<const int32_t> prompt) const {
+    return tq::reusable_prefix(tokens_, checkpoint_positions(), recurrent_, prompt);
+  }
   // Moves the session back to `pos`, a value reusable_prefix returned (0 always works).
   void rewind(size_t pos);
   // Runs tokens at the end of the session (see Model::forward) and records them.
@@ -61,15 +67,18 @@ class Session {
   size_t kv_bytes() const { return state_->kv_bytes(); }
   size_t bytes() const;  // KV + DeltaNet states + checkpoints
 
-  // File form: "TQPC" | u32 version | u64 model id | policy | tokens | live DeltaNet
-  // states | checkpoints | KV slots (each its own checksummed TQKV record) | u64 FNV-1a.
+  // File form: "TQPC" | u32 version | u64 model id | policy | tokens | checkpoint
+  // positions | live DeltaNet states | checkpoint states | KV slots (each its own checksummed TQKV record) | u64 FNV-1a.
   SessionFileStats save(std::ostream& os, uint64_t model_id) const;
   // Reads a session saved for the same model (model_id) and policy; `what` names the file.
   static std::unique_ptr<Session> load(std::istream& is, const Model& model, const CachePolicy& policy,
                                        uint64_t model_id, const std::string& what);
-  // Only the token list of a session file (cheap: for indexing a cache directory).
-  static std::vector<int32_t> peek_tokens(std::istream& is, uint64_t model_id, const CachePolicy& policy,
-                                          const std::string& what);
+  // Only the tokens and checkpoint positions of a session file (for indexing a cache directory).
+  struct Head {
+    std::vector<int32_t> tokens;
+    std::vector<size_t> checkpoints;
+  };
+  static Head peek(std::istream& is, uint64_t model_id, const CachePolicy& policy, const std::string& what);
 
  private:
   struct Checkpoint {

@@ -174,7 +174,9 @@ CompletionRequest parse_chat_request(const json& b, const Tokenizer& tok, const 
     if (!k->is_object()) bad("chat_template_kwargs", "expected an object");
     thinking = boolean(*k, "enable_thinking", true);
   }
-  r.prompt = render_chat(tok, f, m, true, thinking);
+  // Checkpoints of a hybrid model's state at message ends let a later request that
+  // shares the messages but not the reply (regenerate, edit) resume there.
+  r.prompt = render_chat(tok, f, m, true, thinking, &r.gen.checkpoint_at);
   parse_common(b, lim, default_seed, r);
   return r;
 }

@@ -52,6 +52,7 @@ void Job::finish(const GenerateResult& r, std::string error) {
 Engine::Engine(const Model& model, const Tokenizer& tok, EngineOptions opt)
     : model_(model), tok_(tok), opt_(std::move(opt)) {
   check(opt_.parallel >= 1, "--parallel: expected >= 1, got {}", opt_.parallel);
+  recurrent_ = Session(model_, opt_.policy).recurrent();
   if (!opt_.cache_dir.empty()) {
     std::error_code ec;
     fs::create_directories(opt_.cache_dir, ec);
@@ -154,6 +155,7 @@ void Engine::start(const std::shared_ptr<Job>& job) {
     GenerateOptions g = job->gen;
     g.prefill_chunk = opt_.prefill_chunk;
     g.checkpoint_every = opt_.checkpoint_every;
+    g.checkpoint_at.push_back(job->prompt.size() - 1);  // the same prompt again (regenerate) resumes here
     std::vector<int32_t> rest(job->prompt.begin() + static_cast<std::ptrdiff_t>(reuse), job->prompt.end());
     auto gen = std::make_unique<Generation>(model_, e->session->state(), tok_, std::move(rest), g, e->session.get());
     e->busy = e->dirty = true;
@@ -192,13 +194,8 @@ Engine::Entry* Engine::best_entry(const std::vector<int32_t>& prompt, size_t& re
     size_t r = 0;
     if (e.session) {
       r = e.session->reusable_prefix(prompt);
-    } else {  // on disk: only the token list is known; a hybrid model resumes at its end
-      const auto& t = e.disk_tokens;
-      size_t common = 0;
-      while (common < t.size() && common + 1 < prompt.size() && t[common] == prompt[common]) ++common;
-      const bool recurrent = std::any_of(model_.config().is_linear.begin(), model_.config().is_linear.end(),
-                                         [](bool b) { return b; });
-      r = !recurrent || common == t.size() ? common : 0;
+    } else {  // on disk: the file's tokens and checkpoint positions tell
+      r = reusable_prefix(e.disk_tokens, e.disk_checkpoints, recurrent_, prompt);
     }
     if (r > reuse) reuse = r, best = &e;
   }
@@ -213,6 +210,7 @@ bool Engine::ensure_loaded(Entry& e) {
     check(f.good(), "{}: cannot open", e.file);
     e.session = Session::load(f, model_, opt_.policy, opt_.model_id, e.file);
     e.disk_tokens.clear();
+    e.disk_checkpoints.clear();
     std::lock_guard lock(m_);
     metrics_.restored_from_disk++;
     return true;
@@ -265,6 +263,7 @@ void Engine::enforce_budget() {
       try {
         if (lru->dirty || lru->file.empty()) write(*lru);
         lru->disk_tokens = lru->session->tokens();
+        lru->disk_checkpoints = lru->session->checkpoint_positions();
         lru->session.reset();
         kept = true;
         std::lock_guard lock(m_);
@@ -305,7 +304,9 @@ void Engine::index_cache_dir() {
     try {
       std::ifstream f(de.path(), std::ios::binary);
       Entry e;
-      e.disk_tokens = Session::peek_tokens(f, opt_.model_id, opt_.policy, de.path().string());
+      auto head = Session::peek(f, opt_.model_id, opt_.policy, de.path().string());
+      e.disk_tokens = std::move(head.tokens);
+      e.disk_checkpoints = std::move(head.checkpoints);
       e.file = de.path().string();
       e.file_bytes = de.file_size();
       entries_.push_back(std::move(e));

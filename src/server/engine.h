@@ -97,6 +97,7 @@ class Engine {
   struct Entry {
     std::unique_ptr<Session> session;  // null: only on disk
     std::vector<int32_t> disk_tokens;  // tokens of the file (when on disk)
+    std::vector<size_t> disk_checkpoints;
     std::string file;                  // "" until first written
     size_t file_bytes = 0;
     uint64_t last_used = 0;
@@ -124,6 +125,7 @@ class Engine {
   std::list<Entry> entries_;  // engine thread only (and flush_to_disk under the same lock)
   std::vector<Running> running_;
   uint64_t clock_ = 0;
+  bool recurrent_ = false;  // the model has DeltaNet layers
 
   mutable std::mutex m_;  // queue, stop flag, metrics
   std::condition_variable cv_;
