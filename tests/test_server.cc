@@ -168,6 +168,17 @@ TEST(Server, CompletionMatchesDirectGeneration) {
   EXPECT_EQ(k["choices"][0]["text"], r.text);
 }
 
+TEST(Server, TokenizeEndpointsMatchTheTokenizer) {
+  Served s(kTrained);
+  const std::string text = "Once upon a time, in a land far away.";
+  const json t = ok_json(s.post("/tokenize", {{"content", text}}));
+  EXPECT_EQ(t["tokens"].get<std::vector<int32_t>>(), s.tok.encode(text));
+  const json d = ok_json(s.post("/detokenize", {{"tokens", t["tokens"]}}));
+  EXPECT_EQ(d["content"], text);
+  expect_error(s.post("/tokenize", {{"content", 3}}), 400, "content");
+  expect_error(s.post("/detokenize", {{"tokens", {1, -5}}}), 400, "tokens");
+}
+
 TEST(Server, StreamingEqualsNonStreaming) {
   Served s(kStories);
   for (bool chat : {true, false}) {

@@ -166,7 +166,9 @@ size_t Session::bytes() const {
   return b;
 }
 
-SessionFileStats Session::save(std::ostream& os, uint64_t model_id) const {
+SessionFileStats Session::save(std::ostream& os, uint64_t model_id, int max_checkpoints) const {
+  const size_t first_ck =
+      checkpoints_.size() > static_cast<size_t>(std::max(0, max_checkpoints)) ? checkpoints_.size() - max_checkpoints : 0;
   std::ostringstream body;
   SessionFileStats st;
   body.write("TQPC", 4);
@@ -177,11 +179,11 @@ SessionFileStats Session::save(std::ostream& os, uint64_t model_id) const {
   body.write(name.data(), static_cast<std::streamsize>(name.size()));
   put<uint64_t>(body, tokens_.size());
   binio::put_array(body, tokens_.data(), tokens_.size());
-  put<uint32_t>(body, static_cast<uint32_t>(checkpoints_.size()));
-  for (const auto& c : checkpoints_) put<uint64_t>(body, c.pos);
+  put<uint32_t>(body, static_cast<uint32_t>(checkpoints_.size() - first_ck));
+  for (size_t i = first_ck; i < checkpoints_.size(); ++i) put<uint64_t>(body, checkpoints_[i].pos);
   const auto before_state = body.tellp();
   put_delta(body, state_->delta);
-  for (const auto& c : checkpoints_) put_delta(body, c.delta);
+  for (size_t i = first_ck; i < checkpoints_.size(); ++i) put_delta(body, checkpoints_[i].delta);
   const auto after_state = body.tellp();
   for (const auto& k : state_->kv) {
     if (!k) continue;

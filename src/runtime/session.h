@@ -25,6 +25,8 @@ struct SessionFileStats {
   size_t total_bytes = 0;  // the whole file
   size_t kv_bytes = 0;     // the KV slots' records (compressed codes, norms, fp16 window)
   size_t state_bytes = 0;  // DeltaNet states and checkpoints (policy-independent)
+  std::string file;        // where it was written (set by the caller that names files)
+  size_t tokens = 0;
 };
 
 // The rule of Session::reusable_prefix, for a session given by its tokens and checkpoints.
@@ -33,7 +35,9 @@ size_t reusable_prefix(std::span<const int32_t> tokens, std::span<const size_t> 
 
 class Session {
  public:
-  static constexpr int kMaxCheckpoints = 8;
+  // A Qwen3.5-9B DeltaNet state is ~50 MB (24 layers × 32 heads × 128² × fp32), so
+  // checkpoints are few: in memory, and fewer (the newest) in files.
+  static constexpr int kMaxCheckpoints = 4;
 
   Session(const Model& model, const CachePolicy& policy);
 
@@ -69,7 +73,8 @@ class Session {
 
   // File form: "TQPC" | u32 version | u64 model id | policy | tokens | checkpoint
   // positions | live DeltaNet states | checkpoint states | KV slots (each its own checksummed TQKV record) | u64 FNV-1a.
-  SessionFileStats save(std::ostream& os, uint64_t model_id) const;
+  // max_checkpoints: keep only the newest ones in the file.
+  SessionFileStats save(std::ostream& os, uint64_t model_id, int max_checkpoints = kMaxCheckpoints) const;
   // Reads a session saved for the same model (model_id) and policy; `what` names the file.
   static std::unique_ptr<Session> load(std::istream& is, const Model& model, const CachePolicy& policy,
                                        uint64_t model_id, const std::string& what);

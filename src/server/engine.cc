@@ -84,15 +84,15 @@ EngineMetrics Engine::metrics() const {
   return metrics_;
 }
 
-void Engine::shutdown() {
+std::vector<SessionFileStats> Engine::shutdown() {
   {
     std::lock_guard lock(m_);
-    if (stop_ && !thread_.joinable()) return;
+    if (stop_ && !thread_.joinable()) return {};
     stop_ = true;
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
-  if (!opt_.cache_dir.empty()) flush_to_disk();
+  return flush_to_disk();
 }
 
 void Engine::loop() {
@@ -232,7 +232,7 @@ SessionFileStats Engine::write(Entry& e) {
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     check(f.good(), "{}: cannot write", tmp);
-    st = e.session->save(f, opt_.model_id);
+    st = e.session->save(f, opt_.model_id, opt_.file_checkpoints);
     f.close();
     check(f.good(), "{}: write failed", tmp);
   }
@@ -289,6 +289,8 @@ std::vector<SessionFileStats> Engine::flush_to_disk() {
     if (!e.session || e.busy || (!e.dirty && !e.file.empty())) continue;
     try {
       out.push_back(write(e));
+      out.back().file = e.file;
+      out.back().tokens = e.session->pos();
     } catch (const std::exception& ex) {
       fmt::print(stderr, "tq serve: prompt cache: {}\n", ex.what());
     }

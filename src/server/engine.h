@@ -35,6 +35,7 @@ struct EngineOptions {
   uint64_t model_id = 0;                // model_fingerprint of the checkpoint
   int prefill_chunk = 256;
   int checkpoint_every = 512;
+  int file_checkpoints = 2;  // DeltaNet checkpoints kept in a session file (the newest)
 };
 
 // One request as the engine sees it. The HTTP thread reads text pieces as they come.
@@ -86,8 +87,8 @@ class Engine {
   void submit(const std::shared_ptr<Job>& job);
   EngineMetrics metrics() const;
   // Finishes running jobs as "cancelled" errors, stops the thread, and writes every
-  // changed session to the prompt cache directory. Idempotent.
-  void shutdown();
+  // changed session to the prompt cache directory (returns what it wrote). Idempotent.
+  std::vector<SessionFileStats> shutdown();
   const EngineOptions& options() const { return opt_; }
   // Writes all changed in-memory sessions to the cache directory now (engine idle or not).
   // Returns the per-file statistics of what was written (for reports and tests).

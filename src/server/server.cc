@@ -30,7 +30,8 @@ void send_error(httplib::Response& res, int status, const std::string& msg, cons
 
 // Endpoint label for metrics: known paths as they are, everything else "other".
 std::string endpoint_label(const std::string& path) {
-  for (const char* p : {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"})
+  for (const char* p :
+       {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"})
     if (path == p) return path;
   return "other";
 }
@@ -131,6 +132,35 @@ void HttpServer::routes() {
                    {"model_type", model_->config().model_type}};
     }
     send_json(res, 200, {{"object", "list"}, {"data", json::array({m})}});
+  });
+  // Tokenizer endpoints (as llama-server has them): no BOS is added.
+  s.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    if (!ready_) return send_error(res, 503, "the model is loading", "server_error");
+    try {
+      const json b = parse_body(req.body);
+      if (!b.contains("content") || !b["content"].is_string())
+        throw ApiError(400, "'content': expected a string", "content");
+      send_json(res, 200, {{"tokens", tok_->encode(b["content"].get<std::string>())}});
+    } catch (const ApiError& e) {
+      send_error(res, e.status, e.what(), e.type, e.param);
+    }
+  });
+  s.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    if (!ready_) return send_error(res, 503, "the model is loading", "server_error");
+    try {
+      const json b = parse_body(req.body);
+      const int64_t vocab = static_cast<int64_t>(tok_->vocab_size());
+      std::vector<int32_t> ids;
+      if (!b.contains("tokens") || !b["tokens"].is_array()) throw ApiError(400, "'tokens': expected an array", "tokens");
+      for (const auto& x : b["tokens"]) {
+        if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= vocab)
+          throw ApiError(400, fmt::format("'tokens': expected token ids in [0, {}), got {}", vocab, x.dump()), "tokens");
+        ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
+      }
+      send_json(res, 200, {{"content", tok_->decode(ids)}});
+    } catch (const ApiError& e) {
+      send_error(res, e.status, e.what(), e.type, e.param);
+    }
   });
   s.Post("/v1/chat/completions",
          [this](const httplib::Request& req, httplib::Response& res) { handle_completion(req, res, true); });

@@ -83,7 +83,9 @@ int run_serve(const ServeOptions& o) {
   sigwait(&sigs, &sig);
   fmt::print(stderr, "tq serve: {} received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
   http.stop();
-  engine.shutdown();
+  for (const auto& f : engine.shutdown())
+    fmt::print(stderr, "tq serve: wrote {}: {} tokens, {} bytes (KV {} bytes, DeltaNet states {} bytes)\n", f.file,
+               f.tokens, f.total_bytes, f.kv_bytes, f.state_bytes);
   const auto m = engine.metrics();
   fmt::print(stderr, "tq serve: {} requests, {} prompt tokens ({} resumed from sessions), {} generated{}\n",
              m.requests, m.prompt_tokens, m.cached_tokens, m.generated_tokens,
