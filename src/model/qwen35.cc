@@ -9,90 +9,14 @@
 #include "core/thread_pool.h"
 #include "model/deltanet.h"
 #include "model/model.h"
+#include "model/weights.h"
 
 namespace tq {
 namespace {
 
-struct AttnLayer {
-  Weight q, k, v, o;  // q yields [q | gate] per head, interleaved
-  std::vector<float> q_norm, k_norm;
-};
-
-struct DeltaLayer {
-  Weight qkv, z, b, a, out;
-  std::vector<float> conv;    // [conv_dim][K], tap K-1 multiplies the newest input
-  std::vector<float> a_log, dt_bias, norm;
-};
-
-struct Layer {
-  std::vector<float> in_norm, post_norm;
-  Weight gate, up, down;
-  AttnLayer attn;
-  DeltaLayer delta;
-};
-
 class Qwen35 final : public Model {
  public:
-  explicit Qwen35(std::unique_ptr<Checkpoint> c) : Model(std::move(c)) {
-    const ModelConfig& m = config();
-    const Checkpoint& ck = *ckpt_;
-    const int64_t H = m.hidden, hd = m.head_dim;
-    const int64_t kd = m.lin_k_heads * m.lin_k_dim, vd = m.lin_v_heads * m.lin_v_dim, conv_dim = 2 * kd + vd;
-    const int K = m.conv_kernel;
-    // MLX-converted checkpoints store conv1d as [C, K, 1] and norm weights as 1 + w;
-    // raw HF checkpoints store conv1d as [C, 1, K] and zero-centred norm weights.
-    bool hf_layout = false;
-    for (int l = 0; l < m.n_layers && !hf_layout; ++l)
-      if (m.is_linear[l]) {
-        const auto& t = ck.tensor("model.layers." + std::to_string(l) + ".linear_attn.conv1d.weight");
-        check(t.shape.size() == 3 && t.shape[0] == conv_dim && t.shape[1] * t.shape[2] == K,
-              "{}: conv1d.weight of layer {} has shape {}, expected [{}, {}, 1] or [{}, 1, {}]", ck.dir(), l,
-              t.shape_str(), conv_dim, K, conv_dim, K);
-        hf_layout = t.shape[2] != 1;
-        break;
-      }
-    const float shift = hf_layout ? 1.0f : 0.0f;
-    auto norm_vec = [&](const std::string& name, int64_t n) {
-      auto v = ck.vector(name, n);
-      for (auto& x : v) x += shift;
-      return v;
-    };
-    embed_ = ck.matrix("model.embed_tokens", m.vocab, H);
-    head_ = m.tie_embeddings || !ck.has("lm_head.weight") ? embed_ : ck.matrix("lm_head", m.vocab, H);
-    final_norm_ = norm_vec("model.norm.weight", H);
-    for (int l = 0; l < m.n_layers; ++l) {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      Layer L;
-      L.in_norm = norm_vec(p + "input_layernorm.weight", H);
-      L.post_norm = norm_vec(p + "post_attention_layernorm.weight", H);
-      L.gate = ck.matrix(p + "mlp.gate_proj", m.intermediate, H);
-      L.up = ck.matrix(p + "mlp.up_proj", m.intermediate, H);
-      L.down = ck.matrix(p + "mlp.down_proj", H, m.intermediate);
-      if (m.is_linear[l]) {
-        DeltaLayer& D = L.delta;
-        const std::string q = p + "linear_attn.";
-        D.qkv = ck.matrix(q + "in_proj_qkv", conv_dim, H);
-        D.z = ck.matrix(q + "in_proj_z", vd, H);
-        D.b = ck.matrix(q + "in_proj_b", m.lin_v_heads, H);
-        D.a = ck.matrix(q + "in_proj_a", m.lin_v_heads, H);
-        D.out = ck.matrix(q + "out_proj", H, vd);
-        D.conv = ck.vector(q + "conv1d.weight", conv_dim * K);  // [C][K] in both layouts
-        D.a_log = ck.vector(q + "A_log", m.lin_v_heads);
-        D.dt_bias = ck.vector(q + "dt_bias", m.lin_v_heads);
-        D.norm = ck.vector(q + "norm.weight", m.lin_v_dim);  // plain weight, never shifted
-      } else {
-        AttnLayer& A = L.attn;
-        const std::string q = p + "self_attn.";
-        A.q = ck.matrix(q + "q_proj", 2 * m.n_heads * hd, H);
-        A.k = ck.matrix(q + "k_proj", m.n_kv_heads * hd, H);
-        A.v = ck.matrix(q + "v_proj", m.n_kv_heads * hd, H);
-        A.o = ck.matrix(q + "o_proj", H, m.n_heads * hd);
-        A.q_norm = norm_vec(q + "q_norm.weight", hd);
-        A.k_norm = norm_vec(q + "k_norm.weight", hd);
-      }
-      layers_.push_back(std::move(L));
-    }
-  }
+  explicit Qwen35(std::unique_ptr<Checkpoint> c) : Model(std::move(c)), w_(load_weights(*ckpt_)) {}
 
   void forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,
                ThreadPool& pool) const override {
@@ -103,9 +27,9 @@ class Qwen35 final : public Model {
     std::vector<float> g(static_cast<size_t>(n) * m.intermediate), u(g.size());
     std::vector<int32_t> pos(n);
     for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(st.pos + i);
-    layers::embed(embed_, tokens, n, m.vocab, x.data());
+    layers::embed(w_.embed, tokens, n, m.vocab, x.data());
     for (int l = 0; l < m.n_layers; ++l) {
-      const Layer& L = layers_[l];
+      const LayerWeights& L = w_.layers[l];
       cpu::rmsnorm(x.data(), L.in_norm.data(), n, H, eps, xb.data());
       if (m.is_linear[l])
         delta_mixer(L.delta, st.delta[l], xb.data(), n, o.data(), pool);
@@ -116,13 +40,13 @@ class Qwen35 final : public Model {
       layers::swiglu_mlp(L.gate, L.up, L.down, xb.data(), n, g.data(), u.data(), o.data(), pool);
       for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
     }
-    layers::final_logits(head_, final_norm_, eps, x.data(), n, H, all_logits, xb.data(), logits, pool);
+    layers::final_logits(w_.head, w_.final_norm, eps, x.data(), n, H, all_logits, xb.data(), logits, pool);
     st.pos += n;
   }
 
  private:
   // Gated attention: q/gate interleaved per head, q/k RMSNorm, partial RoPE, output × σ(gate).
-  void attention_mixer(const AttnLayer& A, KVSlot& kv, const float* xb, int n, const int32_t* pos, float* out,
+  void attention_mixer(const AttnWeights& A, KVSlot& kv, const float* xb, int n, const int32_t* pos, float* out,
                        ThreadPool& pool) const {
     const ModelConfig& m = config();
     const int nh = m.n_heads, nkv = m.n_kv_heads, hd = m.head_dim;
@@ -148,7 +72,7 @@ class Qwen35 final : public Model {
 
   // Gated DeltaNet: projections, causal depthwise conv + SiLU, L2-normalized q/k,
   // the gated delta rule on the fp32 state, gated RMSNorm, out projection.
-  void delta_mixer(const DeltaLayer& D, DeltaState& s, const float* xb, int n, float* out, ThreadPool& pool) const {
+  void delta_mixer(const DeltaWeights& D, DeltaState& s, const float* xb, int n, float* out, ThreadPool& pool) const {
     const ModelConfig& m = config();
     const int Hk = m.lin_k_heads, Hv = m.lin_v_heads, Dk = m.lin_k_dim, Dv = m.lin_v_dim, K = m.conv_kernel;
     const int kd = Hk * Dk, vd = Hv * Dv, C = 2 * kd + vd;
@@ -208,9 +132,7 @@ class Qwen35 final : public Model {
     for (int i = 0; i < n; ++i) out[i] = x[i] * inv;
   }
 
-  Weight embed_, head_;
-  std::vector<float> final_norm_;
-  std::vector<Layer> layers_;
+  ModelWeights w_;
 };
 
 }  // namespace
