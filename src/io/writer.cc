@@ -163,10 +163,22 @@ void make_qwen35_model(const std::string& preset, const std::string& dtype, cons
   std::filesystem::create_directories(out_dir);
   TensorSet ts;
   std::mt19937_64 rng(seed);
+  // Large tensors draw in parallel chunks, each from its own generator seeded by one draw
+  // of the main one (small presets, whose tensors stay under a chunk, are unchanged).
   auto normal = [&](size_t n, float sd) {
+    constexpr size_t kChunk = size_t(1) << 20;
     std::vector<float> v(n);
-    std::normal_distribution<float> nd(0.0f, sd);
-    for (auto& x : v) x = nd(rng);
+    if (n <= kChunk) {
+      std::normal_distribution<float> nd(0.0f, sd);
+      for (auto& x : v) x = nd(rng);
+      return v;
+    }
+    const uint64_t base = rng();
+    ThreadPool::global().parallel_for((n + kChunk - 1) / kChunk, [&](size_t c, int) {
+      std::mt19937_64 r(base ^ (0x9e3779b97f4a7c15ull * (c + 1)));
+      std::normal_distribution<float> nd(0.0f, sd);
+      for (size_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) v[i] = nd(r);
+    });
     return v;
   };
   auto uniform = [&](size_t n, float lo, float hi) {

@@ -6,14 +6,14 @@
 namespace tq {
 
 size_t SequenceState::kv_bytes() const {
-  size_t b = 0;
+  size_t b = device ? device->kv_bytes() : 0;
   for (const auto& k : kv)
     if (k) b += k->resident_bytes();
   return b;
 }
 
 size_t SequenceState::state_bytes() const {
-  size_t b = 0;
+  size_t b = device ? device->state_bytes() : 0;
   for (const auto& d : delta) b += d.bytes();
   return b;
 }
@@ -21,6 +21,7 @@ size_t SequenceState::state_bytes() const {
 void SequenceState::truncate(size_t n) {
   for (auto& k : kv)
     if (k) k->truncate(n);
+  if (device) device->truncate(n);
   pos = std::min(pos, n);
 }
 
@@ -55,6 +56,17 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
   auto ckpt = std::make_unique<Checkpoint>(dir);
   if (ckpt->config().model_type == "qwen3_5") return make_qwen35(std::move(ckpt));
   return make_llama(std::move(ckpt));
+}
+
+void Model::fill_synthetic(SequenceState& st, size_t n, uint64_t seed, ThreadPool& pool) const {
+  std::vector<int32_t> t(std::min<size_t>(n, 512));
+  std::vector<float> logits(config().vocab);
+  uint64_t x = seed;
+  for (size_t done = 0; done < n; done += t.size()) {
+    const size_t c = std::min(t.size(), n - done);
+    for (size_t i = 0; i < c; ++i) t[i] = static_cast<int32_t>((x = x * 6364136223846793005ull + 1442695040888963407ull) >> 33) % config().vocab;
+    forward(st, t.data(), static_cast<int>(c), logits.data(), false, pool);
+  }
 }
 
 std::unique_ptr<SequenceState> Model::new_state(const CachePolicy& policy) const {

@@ -21,9 +21,19 @@ struct DeltaState {
   size_t bytes() const { return (conv.capacity() + s.capacity()) * sizeof(float); }
 };
 
+// A sequence's state held by another device (the CUDA backend keeps KV caches and
+// DeltaNet states in GPU memory; the CPU-side vectors of SequenceState stay empty).
+struct DeviceSequence {
+  virtual ~DeviceSequence() = default;
+  virtual size_t kv_bytes() const = 0;     // resident bytes of the KV caches
+  virtual size_t state_bytes() const = 0;  // DeltaNet states
+  virtual void truncate(size_t n) = 0;     // KV only
+};
+
 struct SequenceState {
   std::vector<std::unique_ptr<KVSlot>> kv;  // per layer; null for DeltaNet layers
   std::vector<DeltaState> delta;            // per layer; empty for attention layers
+  std::unique_ptr<DeviceSequence> device;   // set by device backends instead of kv/delta
   size_t pos = 0;                           // tokens processed
   size_t kv_bytes() const;                  // resident bytes of all KV slots
   size_t state_bytes() const;               // DeltaNet states
@@ -36,11 +46,16 @@ class Model {
   static std::unique_ptr<Model> load(const std::string& dir);
   const ModelConfig& config() const { return ckpt_->config(); }
   const Checkpoint& checkpoint() const { return *ckpt_; }
-  std::unique_ptr<SequenceState> new_state(const CachePolicy& policy) const;
+  virtual std::unique_ptr<SequenceState> new_state(const CachePolicy& policy) const;
+  virtual std::string device() const { return "cpu"; }
   // Runs tokens[n] at positions state.pos ... state.pos+n-1 and advances state.pos.
   // logits: [n][vocab] if all_logits, else [vocab] for the last token.
   virtual void forward(SequenceState& state, const int32_t* tokens, int n, float* logits, bool all_logits,
                        ThreadPool& pool) const = 0;
+  // Advances the state by n tokens for speed measurements at depth: the CPU runs random
+  // tokens through forward; the CUDA backend appends random K/V to the caches directly
+  // (decode speed does not depend on the values).
+  virtual void fill_synthetic(SequenceState& state, size_t n, uint64_t seed, ThreadPool& pool) const;
 
  protected:
   explicit Model(std::unique_ptr<Checkpoint> c) : ckpt_(std::move(c)) {}

@@ -88,6 +88,8 @@ std::string read_verified(std::istream& is, const std::string& what) {
 
 Session::Session(const Model& model, const CachePolicy& policy)
     : model_(model), policy_(policy), state_(model.new_state(policy)) {
+  check(!state_->device, "sessions (server prefix reuse, prompt cache) are not supported on the {} backend yet",
+        model.device());
   for (const auto& d : state_->delta) recurrent_ = recurrent_ || !d.s.empty();
 }
 

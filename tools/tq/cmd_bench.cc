@@ -28,6 +28,7 @@ struct O {
   std::string model, kv = "fp16,tq4,tq3", out = "bench-out", text;
   std::vector<double> scales{1, 1.5, 2.25, 3};
   int base = 512, gen = 32, repeats = 3;
+  std::string device = "cpu";
 };
 
 struct Row {
@@ -106,7 +107,7 @@ int run(const O& o) {
   const auto policies = CachePolicy::parse_list(o.kv);
   check(o.base >= 1 && o.gen >= 1 && o.repeats >= 1, "--base-tokens, --gen and --repeats must be >= 1");
   for (double s : o.scales) check(s > 0, "--prompt-scales: each scale must be > 0, got {}", s);
-  auto model = Model::load(dir);
+  auto model = load_model(dir, o.device);
   Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
   fs::create_directories(o.out);
   // Prompt tokens: the given text (or the built-in WikiText sample), repeated as needed.
@@ -225,6 +226,7 @@ Runner add_bench(CLI::App& app) {
   c->add_option("--repeats", o->repeats, "Repeats (medians reported)")->capture_default_str();
   c->add_option("--out", o->out, "Output directory")->capture_default_str();
   c->add_option("--text", o->text, "Prompt text file (default: WikiText-2 sample)");
+  c->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   return [o] { return run(*o); };
 }
 

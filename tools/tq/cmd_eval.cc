@@ -25,6 +25,7 @@ Runner add_eval(CLI::App& app) {
     std::vector<double> niah_depths{0.0, 0.25, 0.5, 0.75, 1.0};
     int niah_trials = 2;
     uint64_t seed = 1;
+    std::string device = "cpu";
   };
   auto o = std::make_shared<O>();
   auto* c = app.add_subcommand("eval", "Perplexity, KL divergence and top-1 agreement per cache policy vs the f32 cache");
@@ -40,10 +41,11 @@ Runner add_eval(CLI::App& app) {
   c->add_option("--niah-depths", o->niah_depths, "Needle depths in [0, 1]")->delimiter(',')->capture_default_str();
   c->add_option("--niah-trials", o->niah_trials, "Trials per cell")->capture_default_str();
   c->add_option("--seed", o->seed, "Seed of the passkeys")->capture_default_str();
+  c->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   return [o] {
     const std::string dir = o->model.empty() ? builtin_model_dir() : o->model;
     const auto policies = CachePolicy::parse_list(o->kv);
-    auto model = Model::load(dir);
+    auto model = load_model(dir, o->device);
     Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
     std::ifstream f(o->text, std::ios::binary);
     check(f.good(), "--text: cannot open {}", o->text);

@@ -33,6 +33,7 @@ struct GenOptions {
   bool no_think = false;
   std::string prompt_file;
   int prompt_tokens = 0;
+  std::string device = "cpu";
 };
 
 struct Loaded {
@@ -41,9 +42,9 @@ struct Loaded {
   std::vector<int32_t> stops;
 };
 
-Loaded load(const std::string& dir) {
+Loaded load(const std::string& dir, const std::string& device) {
   Loaded l;
-  l.model = Model::load(dir);
+  l.model = load_model(dir, device);
   l.tok = Tokenizer::load(dir + "/tokenizer.json");
   l.stops = stop_tokens_for(dir, l.model->config(), l.tok);
   return l;
@@ -93,7 +94,7 @@ std::string read_prompt(const GenOptions& o) {
 int run_generate(const GenOptions& o) {
   const std::string dir = o.model.empty() ? builtin_model_dir() : o.model;
   const CachePolicy policy = CachePolicy::parse(o.kv);
-  Loaded l = load(dir);
+  Loaded l = load(dir, o.device);
   auto ids = prompt_ids(l, read_prompt(o), o.chat, o.no_think);
   if (o.prompt_tokens > 0) {
     check(static_cast<int>(ids.size()) >= o.prompt_tokens, "--prompt-tokens {}: the prompt has only {} tokens",
@@ -132,7 +133,7 @@ int run_generate(const GenOptions& o) {
 
 int run_run(const GenOptions& o) {
   const std::string dir = o.model.empty() ? builtin_model_dir() : o.model;
-  Loaded l = load(dir);
+  Loaded l = load(dir, o.device);
   auto ids = prompt_ids(l, o.prompt, o.chat);
   check(!ids.empty(), "-p: empty prompt and the model has no BOS token to start from");
   auto& pool = ThreadPool::global();
@@ -170,7 +171,7 @@ int run_run(const GenOptions& o) {
 int run_chat(const GenOptions& o) {
   const std::string dir = o.model.empty() ? builtin_model_dir() : o.model;
   const CachePolicy policy = CachePolicy::parse(o.kv);
-  Loaded l = load(dir);
+  Loaded l = load(dir, o.device);
   auto& pool = ThreadPool::global();
   auto st = l.model->new_state(policy);
   const bool chatml_ok = l.tok.id_of("<|im_start|>") >= 0;
@@ -226,6 +227,7 @@ void add_common(CLI::App* c, GenOptions& o, bool model_required) {
   c->add_flag("--no-think", o.no_think, "With --chat: an empty <think></think> block (thinking off)");
   c->add_option("-f,--prompt-file", o.prompt_file, "Read the prompt from a file");
   c->add_option("--prompt-tokens", o.prompt_tokens, "Keep only the first N prompt tokens (benchmarks)");
+  c->add_option("--device", o.device, "cpu or cuda")->capture_default_str();
 }
 
 }  // namespace

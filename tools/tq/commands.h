@@ -20,6 +20,7 @@ Runner add_convert(CLI::App& app);
 Runner add_info(CLI::App& app);
 Runner add_eval(CLI::App& app);
 Runner add_bench(CLI::App& app);
+Runner add_bench_depth(CLI::App& app);
 Runner add_serve(CLI::App& app);
 Runner add_load_test(CLI::App& app);
 

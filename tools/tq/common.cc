@@ -5,6 +5,7 @@
 #include <fstream>
 #include <string>
 
+#include "backend/cuda/cuda_backend.h"
 #include "core/error.h"
 
 namespace tq::cli {
@@ -43,6 +44,12 @@ size_t parse_bytes(const std::string& text, const char* flag) {
   else if (unit == "T" || unit == "t") shift = 40;
   check(i > 0 && i <= 15 && shift >= 0, "{}: expected a size like 4096, 512K, 64M or 8G, got '{}'", flag, text);
   return static_cast<size_t>(std::stoull(text.substr(0, i))) << shift;
+}
+
+std::unique_ptr<Model> load_model(const std::string& dir, const std::string& device) {
+  if (device == "cpu") return Model::load(dir);
+  if (device == "cuda") return cuda::load_model(dir);
+  fail("--device: expected cpu or cuda, got '{}'", device);
 }
 
 }  // namespace tq::cli

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   add(tq::cli::add_info);
   add(tq::cli::add_eval);
   add(tq::cli::add_bench);
+  add(tq::cli::add_bench_depth);
 #ifdef TQ_HAVE_SERVER
   add(tq::cli::add_serve);
   add(tq::cli::add_load_test);

@@ -1,0 +1,45 @@
+// The CUDA backend: the Llama-family and Qwen3.5 forward passes on an NVIDIA GPU, with
+// the weights uploaded once and every sequence's state (KV caches, compressed or fp16,
+// and DeltaNet states) in GPU memory. Attention reads TurboQuant codes directly (queries
+// rotated once, codebook dot products, values accumulated in the rotated domain, one
+// inverse rotation per head); new K/V are encoded on the GPU. Same results as the CPU
+// backend up to float rounding (tests/test_cuda.cc).
+//
+// This header needs no CUDA: builds without it (TQ_CUDA off) get cuda_stub.cc, whose
+// functions say why CUDA is unavailable.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kv/kv_slot.h"
+#include "model/deltanet.h"
+#include "model/model.h"
+
+namespace tq::cuda {
+
+// "" when the backend can run here; otherwise why not (no CUDA build, no GPU).
+std::string unavailable_reason();
+// Loads a checkpoint directory onto the GPU. Throws tq::Error when CUDA is unavailable
+// or for what the backend does not support yet (naming it).
+std::unique_ptr<Model> load_model(const std::string& dir);
+
+// Bytes of GPU memory in use on the device (cudaMemGetInfo: total − free).
+size_t device_memory_used();
+// Device-to-device copy bandwidth, GB/s counting bytes read + written (median of 7).
+double copy_bandwidth_gbs(size_t bytes = size_t(2) << 30);
+
+// Single ops on the GPU with host data, for parity tests against the CPU ops.
+namespace ops {
+// y[n][rows] = W · x[n][cols].
+std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n);
+// The gated delta rule over in.n tokens (recurrent form); s updated in place.
+void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y);
+// A KV cache of this policy on the GPU: appends k, v ([n_kv][n_kv_heads][head_dim]) in
+// chunks of at most `chunk` tokens, then attends q ([n_q][n_heads][head_dim]) at `pos`.
+std::vector<float> attention(const CachePolicy& p, const KVGeometry& g, int layer, const std::vector<float>& k,
+                             const std::vector<float>& v, size_t n_kv, size_t chunk, const std::vector<float>& q,
+                             const std::vector<int32_t>& pos);
+}  // namespace ops
+
+}  // namespace tq::cuda

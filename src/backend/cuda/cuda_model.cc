@@ -1,0 +1,558 @@
+// The CUDA Model: weights uploaded once from the shared weight description
+// (model/weights.h), per-sequence state in GPU memory, and the forward pass of the
+// Llama family and Qwen3.5 written against the kernels of kernels.cu.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/kernels.cuh"
+#include "core/error.h"
+#include "core/rng.h"
+#include "model/weights.h"
+#include "quant/codebook.h"
+#include "quant/rotation.h"
+
+namespace tq::cuda {
+
+void cuda_error(cudaError_t e, const char* file, int line) {
+  fail("CUDA error {} at {}:{}: {}", cudaGetErrorName(e), file, line, cudaGetErrorString(e));
+}
+void cuda_unsupported(const char* what) { fail("{}", what); }
+
+namespace {
+
+constexpr int kChunk = 512;  // tokens per forward pass on the GPU (prefill chunks)
+
+// An owned device allocation.
+class DevBuf {
+ public:
+  DevBuf() = default;
+  explicit DevBuf(size_t bytes) : bytes_(bytes) {
+    if (bytes) TQ_CUDA_CHECK(cudaMalloc(&p_, bytes));
+  }
+  DevBuf(DevBuf&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr, o.bytes_ = 0; }
+  DevBuf& operator=(DevBuf&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  DevBuf(const DevBuf&) = delete;
+  ~DevBuf() {
+    if (p_) cudaFree(p_);
+  }
+  template <typename T = void>
+  T* get() const {
+    return static_cast<T*>(p_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+template <typename T>
+DevBuf upload(const T* host, size_t n) {
+  DevBuf b(n * sizeof(T));
+  if (n) TQ_CUDA_CHECK(cudaMemcpy(b.get(), host, n * sizeof(T), cudaMemcpyHostToDevice));
+  return b;
+}
+template <typename T>
+DevBuf upload(const std::vector<T>& v) {
+  return upload(v.data(), v.size());
+}
+
+void ensure_device() {
+  const std::string why = unavailable_reason();
+  check(why.empty(), "--device cuda: {}", why);
+}
+
+// Weights on the device: MLX 4-bit as stored (codes, bf16 or f32 scales/biases); any
+// other weight dequantized to float32.
+struct Uploaded {
+  DevWeight w;
+  std::vector<DevBuf> bufs;
+};
+
+Uploaded upload_weight(const Weight& w) {
+  Uploaded u;
+  DevWeight& d = u.w;
+  d.rows = static_cast<int>(w.rows);
+  d.cols = static_cast<int>(w.cols);
+  if (w.quantized() && w.bits == 4 && w.group % 32 == 0 && w.cols % 32 == 0) {
+    d.q4 = true;
+    d.group = w.group;
+    const size_t groups = static_cast<size_t>(w.rows) * (w.cols / w.group);
+    u.bufs.push_back(upload(w.data, static_cast<size_t>(w.rows) * w.cols / 2));
+    d.codes = u.bufs.back().get<uint8_t>();
+    if (w.sdtype == DType::bf16) {
+      d.sbf16 = true;
+      u.bufs.push_back(upload(w.scales, groups * 2));
+      u.bufs.push_back(upload(w.biases, groups * 2));
+    } else {
+      d.sbf16 = false;
+      const size_t es = w.sdtype == DType::f32 ? 4 : 2;
+      std::vector<float> s(groups), b(groups);
+      for (size_t i = 0; i < groups; ++i) s[i] = to_float(w.sdtype, w.scales + i * es), b[i] = to_float(w.sdtype, w.biases + i * es);
+      u.bufs.push_back(upload(s));
+      u.bufs.push_back(upload(b));
+    }
+    d.scales = u.bufs[1].get();
+    d.biases = u.bufs[2].get();
+    return u;
+  }
+  std::vector<float> f(static_cast<size_t>(w.rows) * w.cols);
+  for (int64_t r = 0; r < w.rows; ++r) w.dequantize_row(r, f.data() + r * w.cols);
+  u.bufs.push_back(upload(f));
+  d.f32 = u.bufs.back().get<float>();
+  return u;
+}
+
+// One attention layer's cache on the device (grows in 1024-token steps).
+class DevKV {
+ public:
+  DevKV(const CachePolicy& p, int n_heads, int n_kv_heads, int head_dim, int layer) {
+    check(!p.dense || p.dense_type != DenseType::bf16,
+          "--device cuda: cache policy '{}' is not supported on the GPU (use f32, fp16 or a TurboQuant policy)",
+          p.name());
+    L_.n_heads = n_heads, L_.n_kv_heads = n_kv_heads, L_.head_dim = head_dim;
+    const int dense_bits = p.dense_type == DenseType::f32 ? 32 : 16;
+    const int kb = p.dense ? dense_bits : p.k_bits, vb = p.dense ? dense_bits : p.v_bits;
+    const bool codes = kb < 16 || vb < 16;
+    L_.window = codes ? p.window : 0;
+    L_.ring_rows = L_.window > 0 ? L_.window + kChunk : 0;
+    side(L_.k, kb, p, layer, 0, k_tables_);
+    side(L_.v, vb, p, layer, 1, v_tables_);
+    if (L_.window > 0) {
+      for (DevKVSide* s : {&L_.k, &L_.v})
+        if (s->bits < 16) {
+          ring_.emplace_back(static_cast<size_t>(n_kv_heads) * L_.ring_rows * s->dim * sizeof(__half));
+          s->ring = ring_.back().get<__half>();
+        }
+    }
+  }
+  DevKVLayer& layer() { return L_; }
+  size_t tokens() const { return n_; }
+  void reserve(size_t need, cudaStream_t s) {
+    if (need <= L_.cap) return;
+    const size_t cap = (std::max(need, L_.cap + L_.cap / 4) + 1023) / 1024 * 1024;
+    grow(L_.k, k_rows_, k_norms_, cap, s);
+    grow(L_.v, v_rows_, v_norms_, cap, s);
+    L_.cap = cap;
+  }
+  void appended(size_t n_new) {
+    if (L_.ring_rows > 0) L_.ring_lo = std::max(L_.ring_lo, n_ + n_new > static_cast<size_t>(L_.ring_rows) ? n_ + n_new - L_.ring_rows : 0);
+    n_ += n_new;
+  }
+  void truncate(size_t n) {
+    n_ = std::min(n, n_);
+    L_.ring_lo = std::min(L_.ring_lo, n_);
+  }
+  size_t resident_bytes() const {
+    size_t b = k_rows_.bytes() + k_norms_.bytes() + v_rows_.bytes() + v_norms_.bytes();
+    for (const auto& r : ring_) b += r.bytes();
+    for (const auto& t : k_tables_) b += t.bytes();
+    for (const auto& t : v_tables_) b += t.bytes();
+    return b;
+  }
+
+ private:
+  void side(DevKVSide& s, int bits, const CachePolicy& p, int layer, int which, std::vector<DevBuf>& tables) {
+    s.bits = bits;
+    s.norm_correction = p.norm_correction;
+    if (bits >= 16) {
+      s.dim = L_.head_dim;
+      s.row_bytes = bits / 8 * L_.head_dim;
+      return;
+    }
+    const int D = next_pow2(L_.head_dim);
+    s.dim = D;
+    s.row_bytes = ((D * bits + 7) / 8 + 2 + 3) / 4 * 4;  // codes + 1 byte read-ahead, 4-byte aligned
+    std::vector<float> signs;
+    for (int h = 0; h < L_.n_kv_heads; ++h) {
+      Rotation r(L_.head_dim, derive_seed(p.seed, layer, h, which));
+      signs.insert(signs.end(), r.signs().begin(), r.signs().end());
+    }
+    const Codebook& cb = lloyd_max_codebook(D, bits);
+    tables.push_back(upload(signs));
+    tables.push_back(upload(cb.centroids_f));
+    tables.push_back(upload(cb.boundaries_f));
+    s.signs = tables[0].get<float>();
+    s.centroids = tables[1].get<float>();
+    s.boundaries = tables[2].get<float>();
+  }
+  void grow(DevKVSide& s, DevBuf& rows, DevBuf& norms, size_t cap, cudaStream_t st) {
+    const int G = L_.n_kv_heads;
+    DevBuf nr(static_cast<size_t>(G) * cap * s.row_bytes + 16);
+    DevBuf nn(s.bits >= 16 ? 0 : static_cast<size_t>(G) * cap * 2);
+    for (int g = 0; g < G && n_ > 0; ++g) {
+      TQ_CUDA_CHECK(cudaMemcpyAsync(nr.get<uint8_t>() + static_cast<size_t>(g) * cap * s.row_bytes,
+                                    rows.get<uint8_t>() + static_cast<size_t>(g) * L_.cap * s.row_bytes,
+                                    n_ * s.row_bytes, cudaMemcpyDeviceToDevice, st));
+      if (s.bits < 16)
+        TQ_CUDA_CHECK(cudaMemcpyAsync(nn.get<uint16_t>() + static_cast<size_t>(g) * cap,
+                                      norms.get<uint16_t>() + static_cast<size_t>(g) * L_.cap, n_ * 2,
+                                      cudaMemcpyDeviceToDevice, st));
+    }
+    TQ_CUDA_CHECK(cudaStreamSynchronize(st));
+    rows = std::move(nr);
+    norms = std::move(nn);
+    s.rows = rows.get<uint8_t>();
+    s.norms = norms.get<uint16_t>();
+  }
+
+  DevKVLayer L_;
+  size_t n_ = 0;
+  DevBuf k_rows_, k_norms_, v_rows_, v_norms_;
+  std::vector<DevBuf> ring_, k_tables_, v_tables_;
+};
+
+class CudaSequence final : public DeviceSequence {
+ public:
+  std::vector<std::unique_ptr<DevKV>> kv;  // per layer (null for DeltaNet layers)
+  std::vector<DevBuf> conv, state;         // per layer (empty for attention layers)
+  size_t kv_bytes() const override {
+    size_t b = 0;
+    for (const auto& k : kv)
+      if (k) b += k->resident_bytes();
+    return b;
+  }
+  size_t state_bytes() const override {
+    size_t b = 0;
+    for (const auto& c : conv) b += c.bytes();
+    for (const auto& s : state) b += s.bytes();
+    return b;
+  }
+  void truncate(size_t n) override {
+    for (auto& k : kv)
+      if (k) k->truncate(n);
+  }
+};
+
+struct DevLayer {
+  bool linear = false;
+  DevBuf in_norm, post_norm;
+  Uploaded gate, up, down;
+  // attention
+  Uploaded q, k, v, o;
+  DevBuf q_norm, k_norm, q_bias, k_bias, v_bias;
+  // DeltaNet
+  Uploaded qkv, z, b, a, out;
+  DevBuf conv, a_log, dt_bias, norm;
+};
+
+DevBuf upload_opt(const std::vector<float>& v) { return v.empty() ? DevBuf() : upload(v); }
+
+class CudaModel final : public Model {
+ public:
+  explicit CudaModel(std::unique_ptr<Checkpoint> c) : Model(std::move(c)) {
+    const ModelConfig& m = config();
+    check(m.model_type == "llama" || m.model_type == "qwen2" || m.model_type == "qwen3" || m.model_type == "qwen3_5",
+          "--device cuda: model type '{}' is not supported", m.model_type);
+    TQ_CUDA_CHECK(cudaStreamCreate(&stream_));
+    const ModelWeights w = load_weights(*ckpt_);
+    embed_ = upload_weight(w.embed);
+    tied_ = w.head.data == w.embed.data;
+    if (!tied_) head_ = upload_weight(w.head);
+    final_norm_ = upload(w.final_norm);
+    for (const LayerWeights& L : w.layers) {
+      DevLayer d;
+      d.linear = L.linear;
+      d.in_norm = upload(L.in_norm);
+      d.post_norm = upload(L.post_norm);
+      d.gate = upload_weight(L.gate);
+      d.up = upload_weight(L.up);
+      d.down = upload_weight(L.down);
+      if (L.linear) {
+        const DeltaWeights& D = L.delta;
+        d.qkv = upload_weight(D.qkv), d.z = upload_weight(D.z), d.b = upload_weight(D.b), d.a = upload_weight(D.a);
+        d.out = upload_weight(D.out);
+        d.conv = upload(D.conv), d.a_log = upload(D.a_log), d.dt_bias = upload(D.dt_bias), d.norm = upload(D.norm);
+      } else {
+        const AttnWeights& A = L.attn;
+        d.q = upload_weight(A.q), d.k = upload_weight(A.k), d.v = upload_weight(A.v), d.o = upload_weight(A.o);
+        d.q_norm = upload_opt(A.q_norm), d.k_norm = upload_opt(A.k_norm);
+        d.q_bias = upload_opt(A.q_bias), d.k_bias = upload_opt(A.k_bias), d.v_bias = upload_opt(A.v_bias);
+      }
+      layers_.push_back(std::move(d));
+    }
+    alloc_scratch();
+  }
+  ~CudaModel() override {
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  std::string device() const override { return "cuda"; }
+
+  std::unique_ptr<SequenceState> new_state(const CachePolicy& policy) const override {
+    const ModelConfig& m = config();
+    auto st = std::make_unique<SequenceState>();
+    auto ds = std::make_unique<CudaSequence>();
+    ds->kv.resize(m.n_layers);
+    ds->conv.resize(m.n_layers);
+    ds->state.resize(m.n_layers);
+    for (int l = 0; l < m.n_layers; ++l) {
+      if (layers_[l].linear) {
+        const int C = 2 * m.lin_k_heads * m.lin_k_dim + m.lin_v_heads * m.lin_v_dim;
+        ds->conv[l] = DevBuf(static_cast<size_t>(m.conv_kernel - 1) * C * sizeof(float));
+        ds->state[l] = DevBuf(static_cast<size_t>(m.lin_v_heads) * m.lin_v_dim * m.lin_k_dim * sizeof(float));
+        TQ_CUDA_CHECK(cudaMemset(ds->conv[l].get(), 0, ds->conv[l].bytes()));
+        TQ_CUDA_CHECK(cudaMemset(ds->state[l].get(), 0, ds->state[l].bytes()));
+      } else {
+        ds->kv[l] = std::make_unique<DevKV>(policy, m.n_heads, m.n_kv_heads, m.head_dim, l);
+      }
+    }
+    st->device = std::move(ds);
+    return st;
+  }
+
+  void fill_synthetic(SequenceState& st, size_t n, uint64_t seed, ThreadPool&) const override {
+    check(st.device != nullptr, "--device cuda: this sequence state was made by another backend");
+    auto& ds = static_cast<CudaSequence&>(*st.device);
+    const ModelConfig& m = config();
+    for (size_t done = 0; done < n; done += kChunk) {
+      const int c = static_cast<int>(std::min<size_t>(kChunk, n - done));
+      const size_t cnt = static_cast<size_t>(c) * m.n_kv_heads * m.head_dim;
+      for (int l = 0; l < m.n_layers; ++l) {
+        if (!ds.kv[l]) continue;
+        DevKV& kv = *ds.kv[l];
+        kv.reserve(st.pos + c, stream_);
+        fill_random(k_, cnt, seed + 2 * (st.pos * m.n_layers + l), stream_);
+        fill_random(v_, cnt, seed + 2 * (st.pos * m.n_layers + l) + 1, stream_);
+        kv_append(kv.layer(), k_, v_, c, st.pos, stream_);
+        kv.appended(c);
+      }
+      st.pos += c;
+    }
+    TQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,
+               ThreadPool&) const override {
+    check(st.device != nullptr, "--device cuda: this sequence state was made by another backend");
+    auto& ds = static_cast<CudaSequence&>(*st.device);
+    const int V = config().vocab;
+    for (int i = 0; i < n; i += kChunk) {
+      const int c = std::min(kChunk, n - i);
+      const bool last = i + c == n;
+      float* out = all_logits ? logits + static_cast<size_t>(i) * V : (last ? logits : nullptr);
+      run_chunk(ds, st.pos, tokens + i, c, out, all_logits);
+      st.pos += c;
+    }
+  }
+
+ private:
+  void alloc_scratch() {
+    const ModelConfig& m = config();
+    const size_t n = kChunk, H = m.hidden, hd = m.head_dim;
+    const size_t kd = static_cast<size_t>(m.lin_k_heads) * m.lin_k_dim, vd = static_cast<size_t>(m.lin_v_heads) * m.lin_v_dim;
+    const size_t C = 2 * kd + vd;
+    struct Want {
+      float** p;
+      size_t n;
+    };
+    const size_t att_scr = (n * m.n_heads + 264 * static_cast<size_t>(m.n_heads)) * (2 + std::max<size_t>(256, hd));
+    std::vector<Want> want = {{&x_, n * H}, {&xb_, n * H}, {&o_, n * H}, {&g_, n * m.intermediate},
+                              {&u_, n * m.intermediate}, {&qg_, n * 2 * m.n_heads * hd}, {&q_, n * m.n_heads * hd},
+                              {&gt_, n * m.n_heads * hd}, {&att_, n * m.n_heads * hd}, {&k_, n * m.n_kv_heads * hd},
+                              {&v_, n * m.n_kv_heads * hd}, {&att_scr_, att_scr}, {&qkv_, n * C}, {&z_, n * vd},
+                              {&b_, n * m.lin_v_heads}, {&a_, n * m.lin_v_heads}, {&beta_, n * m.lin_v_heads},
+                              {&gd_, n * m.lin_v_heads}, {&dq_, n * kd}, {&dk_, n * kd}, {&dv_, n * vd}, {&y_, n * vd},
+                              {&logits_, static_cast<size_t>(m.vocab)}};
+    size_t total = 0;
+    std::vector<size_t> at;
+    for (const auto& w : want) {
+      total = (total + 15) / 16 * 16;
+      at.push_back(total);
+      total += std::max<size_t>(w.n, 16);
+    }
+    arena_ = DevBuf(total * sizeof(float));
+    for (size_t i = 0; i < want.size(); ++i) *want[i].p = arena_.get<float>() + at[i];
+    tok_dev_ = DevBuf(n * sizeof(int32_t));
+    pos_dev_ = DevBuf(n * sizeof(int32_t));
+  }
+
+  void run_chunk(CudaSequence& ds, size_t pos0, const int32_t* tokens, int n, float* logits, bool all) const {
+    const ModelConfig& m = config();
+    const int H = m.hidden, hd = m.head_dim;
+    const float eps = static_cast<float>(m.rms_eps);
+    cudaStream_t s = stream_;
+    for (int i = 0; i < n; ++i)
+      check(tokens[i] >= 0 && tokens[i] < m.vocab, "token id {} out of range [0, {})", tokens[i], m.vocab);
+    std::vector<int32_t> pos(n);
+    for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(pos0 + i);
+    TQ_CUDA_CHECK(cudaMemcpyAsync(tok_dev_.get(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    TQ_CUDA_CHECK(cudaMemcpyAsync(pos_dev_.get(), pos.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    const int32_t* dpos = pos_dev_.get<int32_t>();
+    embed(embed_.w, tok_dev_.get<int32_t>(), n, x_, s);
+    const float* pending = nullptr;  // sublayer output not yet added to x
+    for (int l = 0; l < m.n_layers; ++l) {
+      const DevLayer& L = layers_[l];
+      rmsnorm(x_, pending, L.in_norm.get<float>(), n, H, eps, xb_, s);
+      if (L.linear) {
+        delta_mixer(L, ds.conv[l].get<float>(), ds.state[l].get<float>(), n);
+      } else {
+        DevKV& kv = *ds.kv[l];
+        kv.reserve(pos0 + n, s);
+        matmul(L.q.w, xb_, n, m.attn_output_gate ? qg_ : q_, s);
+        matmul(L.k.w, xb_, n, k_, s);
+        matmul(L.v.w, xb_, n, v_, s);
+        AttnPrep ap{n, m.n_heads, m.n_kv_heads, hd, m.rot_dims(), m.rope_theta, eps, m.attn_output_gate,
+                    L.q_norm.get<float>(), L.k_norm.get<float>(), L.q_bias.get<float>(), L.k_bias.get<float>(),
+                    L.v_bias.get<float>()};
+        attn_prep(ap, m.attn_output_gate ? qg_ : q_, q_, gt_, k_, v_, dpos, s);
+        kv_append(kv.layer(), k_, v_, n, pos0, s);
+        kv.appended(n);
+        attention(kv.layer(), q_, dpos, n, static_cast<int>(pos0 + n - 1), kv.tokens(),
+                  m.attn_output_gate ? gt_ : nullptr, 1.0f / std::sqrt(static_cast<float>(hd)), att_scr_, att_, s);
+        matmul(L.o.w, att_, n, o_, s);
+      }
+      rmsnorm(x_, o_, L.post_norm.get<float>(), n, H, eps, xb_, s);
+      matmul(L.gate.w, xb_, n, g_, s);
+      matmul(L.up.w, xb_, n, u_, s);
+      swiglu(g_, u_, static_cast<size_t>(n) * m.intermediate, s);
+      matmul(L.down.w, g_, n, o_, s);
+      pending = o_;
+    }
+    if (logits) {
+      const int first = all ? 0 : n - 1, rows = n - first;
+      float* xr = x_ + static_cast<size_t>(first) * H;
+      add(xr, o_ + static_cast<size_t>(first) * H, static_cast<size_t>(rows) * H, s);
+      rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s);
+      const DevWeight& head = tied_ ? embed_.w : head_.w;
+      for (int r = 0; r < rows; ++r) {  // logits_ holds one row
+        matmul(head, xb_ + static_cast<size_t>(r) * H, 1, logits_, s);
+        TQ_CUDA_CHECK(cudaMemcpyAsync(logits + static_cast<size_t>(r) * m.vocab, logits_, m.vocab * sizeof(float),
+                                      cudaMemcpyDeviceToHost, s));
+      }
+    }
+    TQ_CUDA_CHECK(cudaStreamSynchronize(s));
+  }
+
+  void delta_mixer(const DevLayer& L, float* conv_state, float* state, int n) const {
+    const ModelConfig& m = config();
+    cudaStream_t s = stream_;
+    DeltaDims d{n, m.lin_k_heads, m.lin_v_heads, m.lin_k_dim, m.lin_v_dim, m.conv_kernel};
+    matmul(L.qkv.w, xb_, n, qkv_, s);
+    matmul(L.z.w, xb_, n, z_, s);
+    matmul(L.b.w, xb_, n, b_, s);
+    matmul(L.a.w, xb_, n, a_, s);
+    delta_conv(d, qkv_, conv_state, L.conv.get<float>(), s);
+    delta_prep(d, qkv_, b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_, dk_, dv_, beta_, gd_, s);
+    delta_rule(d, dq_, dk_, dv_, beta_, gd_, state, y_, s);
+    gated_norm(d, y_, z_, L.norm.get<float>(), static_cast<float>(m.rms_eps), s);
+    matmul(L.out.w, y_, n, o_, s);
+  }
+
+  cudaStream_t stream_ = nullptr;
+  Uploaded embed_, head_;
+  bool tied_ = false;
+  DevBuf final_norm_;
+  std::vector<DevLayer> layers_;
+  DevBuf arena_, tok_dev_, pos_dev_;
+  float *x_, *xb_, *o_, *g_, *u_, *qg_, *q_, *gt_, *att_, *k_, *v_, *att_scr_, *qkv_, *z_, *b_, *a_, *beta_, *gd_,
+      *dq_, *dk_, *dv_, *y_, *logits_;
+};
+
+}  // namespace
+
+std::string unavailable_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) return std::string("no usable CUDA device (") + cudaGetErrorString(e) + ")";
+  if (n == 0) return "no CUDA device found";
+  return "";
+}
+
+std::unique_ptr<Model> load_model(const std::string& dir) {
+  ensure_device();
+  return std::make_unique<CudaModel>(std::make_unique<Checkpoint>(dir));
+}
+
+double copy_bandwidth_gbs(size_t bytes) {
+  ensure_device();
+  DevBuf a(bytes), b(bytes);
+  TQ_CUDA_CHECK(cudaMemset(a.get(), 1, bytes));
+  cudaEvent_t e0, e1;
+  TQ_CUDA_CHECK(cudaEventCreate(&e0));
+  TQ_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int r = 0; r < 7; ++r) {
+    TQ_CUDA_CHECK(cudaEventRecord(e0));
+    TQ_CUDA_CHECK(cudaMemcpy(b.get(), a.get(), bytes, cudaMemcpyDeviceToDevice));
+    TQ_CUDA_CHECK(cudaEventRecord(e1));
+    TQ_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    TQ_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;  // bytes read + written
+}
+
+size_t device_memory_used() {
+  size_t free_b = 0, total = 0;
+  TQ_CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
+  return total - free_b;
+}
+
+namespace ops {
+
+std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n) {
+  ensure_device();
+  Uploaded u = upload_weight(w);
+  DevBuf dx = upload(x), dy(static_cast<size_t>(n) * w.rows * sizeof(float));
+  cuda::matmul(u.w, dx.get<float>(), n, dy.get<float>(), nullptr);
+  std::vector<float> y(static_cast<size_t>(n) * w.rows);
+  TQ_CUDA_CHECK(cudaMemcpy(y.data(), dy.get(), y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  return y;
+}
+
+void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y) {
+  ensure_device();
+  const size_t n = in.n;
+  DevBuf q = upload(in.q, n * in.hk * in.dk), k = upload(in.k, n * in.hk * in.dk), v = upload(in.v, n * in.hv * in.dv);
+  DevBuf beta = upload(in.beta, n * in.hv), g = upload(in.g, n * in.hv), ds = upload(s);
+  DevBuf dy(n * in.hv * in.dv * sizeof(float));
+  DeltaDims d{in.n, in.hk, in.hv, in.dk, in.dv, 0};
+  delta_rule(d, q.get<float>(), k.get<float>(), v.get<float>(), beta.get<float>(), g.get<float>(), ds.get<float>(),
+             dy.get<float>(), nullptr);
+  y.resize(n * in.hv * in.dv);
+  TQ_CUDA_CHECK(cudaMemcpy(y.data(), dy.get(), y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  TQ_CUDA_CHECK(cudaMemcpy(s.data(), ds.get(), s.size() * sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int layer, const std::vector<float>& k,
+                             const std::vector<float>& v, size_t n_kv, size_t chunk, const std::vector<float>& q,
+                             const std::vector<int32_t>& pos) {
+  ensure_device();
+  check(chunk >= 1 && chunk <= static_cast<size_t>(kChunk), "attention: chunk must be in 1..{}", kChunk);
+  DevKV kv(p, geo.n_heads, geo.n_kv_heads, geo.head_dim, layer);
+  kv.reserve(n_kv, nullptr);
+  const size_t row = static_cast<size_t>(geo.n_kv_heads) * geo.head_dim;
+  DevBuf dk = upload(k), dv = upload(v);
+  for (size_t t = 0; t < n_kv; t += chunk) {
+    const size_t c = std::min(chunk, n_kv - t);
+    kv_append(kv.layer(), dk.get<float>() + t * row, dv.get<float>() + t * row, static_cast<int>(c), t, nullptr);
+    kv.appended(c);
+  }
+  const int n_q = static_cast<int>(pos.size());
+  DevBuf dq = upload(q), dpos = upload(pos);
+  DevBuf scr(attention_scratch_floats(kv.layer(), n_q, n_kv) * sizeof(float));
+  DevBuf out(static_cast<size_t>(n_q) * geo.n_heads * geo.head_dim * sizeof(float));
+  const int max_pos = *std::max_element(pos.begin(), pos.end());
+  cuda::attention(kv.layer(), dq.get<float>(), dpos.get<int32_t>(), n_q, max_pos, n_kv, nullptr,
+                  1.0f / std::sqrt(static_cast<float>(geo.head_dim)), scr.get<float>(), out.get<float>(), nullptr);
+  std::vector<float> o(static_cast<size_t>(n_q) * geo.n_heads * geo.head_dim);
+  TQ_CUDA_CHECK(cudaMemcpy(o.data(), out.get(), o.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  return o;
+}
+
+}  // namespace ops
+
+}  // namespace tq::cuda

@@ -1,0 +1,27 @@
+// Builds without CUDA: the backend's entry points say why it is unavailable.
+#include "backend/cuda/cuda_backend.h"
+#include "core/error.h"
+
+namespace tq::cuda {
+
+namespace {
+const char* kWhy = "this build has no CUDA backend (nvcc was not found when it was configured; install the CUDA toolkit "
+                   "and configure with -DTQ_CUDA=ON)";
+}
+
+std::string unavailable_reason() { return kWhy; }
+std::unique_ptr<Model> load_model(const std::string&) { fail("--device cuda: {}", kWhy); }
+size_t device_memory_used() { return 0; }
+double copy_bandwidth_gbs(size_t) { fail("{}", kWhy); }
+
+namespace ops {
+std::vector<float> matmul(const Weight&, const std::vector<float>&, int) { fail("{}", kWhy); }
+void gated_delta(const DeltaInputs&, std::vector<float>&, std::vector<float>&) { fail("{}", kWhy); }
+std::vector<float> attention(const CachePolicy&, const KVGeometry&, int, const std::vector<float>&,
+                             const std::vector<float>&, size_t, size_t, const std::vector<float>&,
+                             const std::vector<int32_t>&) {
+  fail("{}", kWhy);
+}
+}  // namespace ops
+
+}  // namespace tq::cuda

@@ -1,0 +1,94 @@
+// CUDA kernels of the backend and their launch helpers. Activations are float32; weights
+// are MLX affine 4-bit (codes + bf16/f32 scale and bias per group) or float32; KV caches
+// are fp16 rows or TurboQuant codes with an fp16 norm. Each kernel mirrors a CPU op
+// (src/backend/cpu/ops.cc, src/kv, src/model/deltanet.cc) so the two agree up to rounding.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace tq::cuda {
+
+// Throw tq::Error (defined in cuda_model.cc: nvcc never sees fmt).
+[[noreturn]] void cuda_error(cudaError_t e, const char* file, int line);
+[[noreturn]] void cuda_unsupported(const char* what);
+
+#define TQ_CUDA_CHECK(expr)                                           \
+  do {                                                                \
+    cudaError_t err_ = (expr);                                        \
+    if (err_ != cudaSuccess) ::tq::cuda::cuda_error(err_, __FILE__, __LINE__); \
+  } while (0)
+#define TQ_CUDA_LAUNCHED() TQ_CUDA_CHECK(cudaGetLastError())
+
+// A weight on the device. kind q4: codes [rows][cols/2] bytes (value j: nibble j of the
+// row's little-endian stream), scales/biases [rows][cols/group] (bf16 if sbf16 else f32).
+struct DevWeight {
+  int rows = 0, cols = 0, group = 0;
+  bool q4 = false, sbf16 = true;
+  const uint8_t* codes = nullptr;
+  const void* scales = nullptr;
+  const void* biases = nullptr;
+  const float* f32 = nullptr;  // dense kind
+};
+
+// One side (K or V) of a KV cache layer on the device.
+struct DevKVSide {
+  int bits = 16;          // 16 / 32: fp16 / f32 rows of the original vector; else TurboQuant codes
+  int dim = 0;            // head_dim (fp16) or padded D (codes)
+  int row_bytes = 0;      // bytes per token per head in `rows`
+  uint8_t* rows = nullptr;   // [n_kv_heads][cap][row_bytes]
+  uint16_t* norms = nullptr; // [n_kv_heads][cap] (codes)
+  const float* signs = nullptr;      // [n_kv_heads][D] rotation signs (codes)
+  const float* centroids = nullptr;  // [2^bits] (codes)
+  const float* boundaries = nullptr; // [2^bits − 1] (codes)
+  bool norm_correction = true;
+  __half* ring = nullptr;  // window: [n_kv_heads][ring_rows][D], rotated domain (codes with window)
+};
+
+struct DevKVLayer {
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  size_t cap = 0;    // tokens allocated
+  int window = 0;    // fp16 window (TurboQuant), 0 = none
+  int ring_rows = 0;  // ring slots (token t at t % ring_rows)
+  size_t ring_lo = 0; // ring rows of tokens [ring_lo, n_tokens) are valid
+  DevKVSide k, v;
+};
+
+void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s);
+void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s);
+// out = rmsnorm(x (+= add when add != nullptr)) · w, rows × dim.
+void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s);
+// Attention inputs: split q/gate, biases, q/k RMSNorm, partial RoPE, in place; pos device array.
+struct AttnPrep {
+  int n, n_heads, n_kv_heads, head_dim, rot_dims;
+  double theta;
+  float eps;
+  bool gate;
+  const float *q_norm, *k_norm, *q_bias, *k_bias, *v_bias;  // device or null
+};
+void attn_prep(const AttnPrep& a, const float* qg, float* q, float* gate, float* k, float* v, const int32_t* pos,
+               cudaStream_t s);
+// Appends n tokens (positions first..first+n−1) of k, v [n][n_kv_heads][head_dim].
+void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t first, cudaStream_t s);
+// att[n_q][n_heads][head_dim] for queries at pos (device) over tokens [0, pos]; n_tokens
+// cached; gate (optional): att ·= σ(gate). scratch: see attention_scratch_floats.
+size_t attention_scratch_floats(const DevKVLayer& L, int n_q, size_t n_tokens);
+void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, int max_pos, size_t n_tokens,
+               const float* gate, float scale, float* scratch, float* att, cudaStream_t s);
+// Gated DeltaNet pieces.
+struct DeltaDims {
+  int n, hk, hv, dk, dv, conv_k;
+};
+void delta_conv(const DeltaDims& d, float* qkv, float* conv_state, const float* conv_w, cudaStream_t s);
+void delta_prep(const DeltaDims& d, const float* qkv, const float* b, const float* a, const float* a_log,
+                const float* dt_bias, float* q, float* k, float* v, float* beta, float* g, cudaStream_t s);
+void delta_rule(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta,
+                const float* g, float* state, float* y, cudaStream_t s);
+void gated_norm(const DeltaDims& d, float* y, const float* z, const float* w, float eps, cudaStream_t s);
+void swiglu(float* g, const float* u, size_t n, cudaStream_t s);
+void add(float* x, const float* o, size_t n, cudaStream_t s);
+// x[i] = pseudo-random in [-1, 1) from (seed, i).
+void fill_random(float* x, size_t n, uint64_t seed, cudaStream_t s);
+
+}  // namespace tq::cuda
