@@ -354,7 +354,7 @@ class CudaModel final : public Model {
       float** p;
       size_t n;
     };
-    const size_t att_scr = (n * m.n_heads + 264 * static_cast<size_t>(m.n_heads)) * (2 + std::max<size_t>(256, hd));
+    const size_t att_scr = (n * m.n_heads + 1056 * static_cast<size_t>(m.n_heads)) * (2 + std::max<size_t>(256, hd));
     std::vector<Want> want = {{&x_, n * H}, {&xb_, n * H}, {&o_, n * H}, {&g_, n * m.intermediate},
                               {&u_, n * m.intermediate}, {&qg_, n * 2 * m.n_heads * hd}, {&q_, n * m.n_heads * hd},
                               {&gt_, n * m.n_heads * hd}, {&att_, n * m.n_heads * hd}, {&k_, n * m.n_kv_heads * hd},
@@ -397,9 +397,9 @@ class CudaModel final : public Model {
       } else {
         DevKV& kv = *ds.kv[l];
         kv.reserve(pos0 + n, s);
-        matmul(L.q.w, xb_, n, m.attn_output_gate ? qg_ : q_, s);
-        matmul(L.k.w, xb_, n, k_, s);
-        matmul(L.v.w, xb_, n, v_, s);
+        const DevWeight* ws[3] = {&L.q.w, &L.k.w, &L.v.w};
+        float* ys[3] = {m.attn_output_gate ? qg_ : q_, k_, v_};
+        matmul_many(ws, ys, 3, xb_, n, s);
         AttnPrep ap{n, m.n_heads, m.n_kv_heads, hd, m.rot_dims(), m.rope_theta, eps, m.attn_output_gate,
                     L.q_norm.get<float>(), L.k_norm.get<float>(), L.q_bias.get<float>(), L.k_bias.get<float>(),
                     L.v_bias.get<float>()};
@@ -411,9 +411,7 @@ class CudaModel final : public Model {
         matmul(L.o.w, att_, n, o_, s);
       }
       rmsnorm(x_, o_, L.post_norm.get<float>(), n, H, eps, xb_, s);
-      matmul(L.gate.w, xb_, n, g_, s);
-      matmul(L.up.w, xb_, n, u_, s);
-      swiglu(g_, u_, static_cast<size_t>(n) * m.intermediate, s);
+      swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s);
       matmul(L.down.w, g_, n, o_, s);
       pending = o_;
     }
@@ -436,10 +434,9 @@ class CudaModel final : public Model {
     const ModelConfig& m = config();
     cudaStream_t s = stream_;
     DeltaDims d{n, m.lin_k_heads, m.lin_v_heads, m.lin_k_dim, m.lin_v_dim, m.conv_kernel};
-    matmul(L.qkv.w, xb_, n, qkv_, s);
-    matmul(L.z.w, xb_, n, z_, s);
-    matmul(L.b.w, xb_, n, b_, s);
-    matmul(L.a.w, xb_, n, a_, s);
+    const DevWeight* ws[4] = {&L.qkv.w, &L.z.w, &L.b.w, &L.a.w};
+    float* ys[4] = {qkv_, z_, b_, a_};
+    matmul_many(ws, ys, 4, xb_, n, s);
     delta_conv(d, qkv_, conv_state, L.conv.get<float>(), s);
     delta_prep(d, qkv_, b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_, dk_, dv_, beta_, gd_, s);
     delta_rule(d, dq_, dk_, dv_, beta_, gd_, state, y_, s);

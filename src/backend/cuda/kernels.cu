@@ -34,45 +34,117 @@ __device__ __forceinline__ float scale_at(const void* p, bool bf16, size_t i) {
   return bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]) : static_cast<const float*>(p)[i];
 }
 
-// ---- matmul: one warp per output row; 4-bit rows in 16-byte chunks of 32 values ----
+// ---- matmul: one warp per 4 output rows; lane reads one 32-bit word (8 values) of each
+// row per step, so the warp's weight loads are 128-byte coalesced and the 8 x values a
+// lane loads serve all 4 rows (x from L1 is the other stream: reuse it) ----
+constexpr int kRowsPerWarp = 4;
+
+// acc[r][t] = Σ_j W[row r][j] · x[t][j] for 4 rows given by their code/scale/bias rows.
 template <int NT>
-__global__ void q4_matvec_kernel(DevWeight w, const float* __restrict__ x, int n, float* __restrict__ y) {
-  const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-  if (row >= w.rows) return;
-  const uint4* rc = reinterpret_cast<const uint4*>(w.codes + static_cast<size_t>(row) * (w.cols / 2));
-  const int chunks = w.cols / 32, gpr = w.cols / w.group;
-  float acc[NT];
+__device__ __forceinline__ void q4_rows(const uint32_t* const (&rc)[kRowsPerWarp], const uint8_t* const (&sr)[kRowsPerWarp],
+                                        const uint8_t* const (&br)[kRowsPerWarp], bool sbf16, int group, int cols,
+                                        const float* __restrict__ x, int n, float (&acc)[kRowsPerWarp][NT]) {
+  const int lane = threadIdx.x & 31, words = cols / 8, wpg = group / 8;
 #pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = 0;
-  for (int c = lane; c < chunks; c += kWarp) {
-    const uint4 q = __ldg(rc + c);
-    const int gi = c * 32 / w.group;
-    const float sc = scale_at(w.scales, w.sbf16, static_cast<size_t>(row) * gpr + gi);
-    const float bi = scale_at(w.biases, w.sbf16, static_cast<size_t>(row) * gpr + gi);
-    const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = 0;
+  for (int wi = lane; wi < words; wi += kWarp) {
+    uint32_t u[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) u[r] = __ldg(rc[r] + wi);
+    float xs[NT][8], sx[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
-      if (t >= n) break;
-      const float4* xp = reinterpret_cast<const float4*>(x + static_cast<size_t>(t) * w.cols + c * 32);
-      float dot = 0, sum = 0;
+      if (t < n) {
+        const float4* xp = reinterpret_cast<const float4*>(x + static_cast<size_t>(t) * cols + wi * 8);
+        const float4 a = __ldg(xp), b = __ldg(xp + 1);
+        xs[t][0] = a.x, xs[t][1] = a.y, xs[t][2] = a.z, xs[t][3] = a.w;
+        xs[t][4] = b.x, xs[t][5] = b.y, xs[t][6] = b.z, xs[t][7] = b.w;
+      } else {
 #pragma unroll
-      for (int wi = 0; wi < 4; ++wi) {
-        const float4 a = __ldg(xp + 2 * wi), b = __ldg(xp + 2 * wi + 1);
-        const uint32_t u = words[wi];
-        dot += a.x * float(u & 15) + a.y * float((u >> 4) & 15) + a.z * float((u >> 8) & 15) +
-               a.w * float((u >> 12) & 15) + b.x * float((u >> 16) & 15) + b.y * float((u >> 20) & 15) +
-               b.z * float((u >> 24) & 15) + b.w * float(u >> 28);
-        sum += a.x + a.y + a.z + a.w + b.x + b.y + b.z + b.w;
+        for (int i = 0; i < 8; ++i) xs[t][i] = 0;
       }
-      acc[t] += sc * dot + bi * sum;
+      sx[t] = ((xs[t][0] + xs[t][1]) + (xs[t][2] + xs[t][3])) + ((xs[t][4] + xs[t][5]) + (xs[t][6] + xs[t][7]));
+    }
+    const int gi = wi / wpg;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const float sc = scale_at(sr[r], sbf16, gi), bi = scale_at(br[r], sbf16, gi);
+      float q[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q[i] = static_cast<float>((u[r] >> (4 * i)) & 15u);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        float d = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) d += xs[t][i] * q[i];
+        acc[r][t] += sc * d + bi * sx[t];
+      }
     }
   }
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    if (t >= n) break;
-    const float v = warp_sum(acc[t]);
-    if (lane == 0) y[static_cast<size_t>(t) * w.rows + row] = v;
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = warp_sum(acc[r][t]);
+}
+
+__device__ __forceinline__ void q4_row_ptrs(const DevWeight& w, int row, const uint32_t*& rc, const uint8_t*& sr,
+                                            const uint8_t*& br) {
+  const int gpr = w.cols / w.group, es = w.sbf16 ? 2 : 4;
+  rc = reinterpret_cast<const uint32_t*>(w.codes) + static_cast<size_t>(row) * (w.cols / 8);
+  sr = static_cast<const uint8_t*>(w.scales) + static_cast<size_t>(row) * gpr * es;
+  br = static_cast<const uint8_t*>(w.biases) + static_cast<size_t>(row) * gpr * es;
+}
+
+// Up to 4 weights with the same input (x, cols) in one launch; warps are dealt to the
+// weights in order, 4 rows each. swiglu: weights 0 and 1 (gate, up) of equal shape, each
+// warp takes 2 rows of both and writes y0 = silu(gate·x) ⊙ (up·x).
+struct MatvecGroup {
+  DevWeight w[4];
+  float* y[4];
+  int count = 0;
+  int warp_end[4];  // exclusive prefix of warps per weight
+  bool swiglu = false;
+};
+
+template <int NT>
+__global__ void q4_group_kernel(MatvecGroup g, const float* __restrict__ x, int n) {
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  const uint32_t* rc[kRowsPerWarp];
+  const uint8_t* sr[kRowsPerWarp];
+  const uint8_t* br[kRowsPerWarp];
+  float acc[kRowsPerWarp][NT];
+  if (g.swiglu) {
+    const DevWeight& a = g.w[0];
+    const int r0 = warp * 2;
+    if (r0 >= a.rows) return;
+    for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(g.w[r / 2], min(r0 + (r & 1), a.rows - 1), rc[r], sr[r], br[r]);
+    q4_rows<NT>(rc, sr, br, a.sbf16, a.group, a.cols, x, n, acc);
+    if (lane != 0) return;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        if (t >= n || r0 + r >= a.rows) continue;
+        const float gv = acc[r][t];
+        g.y[0][static_cast<size_t>(t) * a.rows + r0 + r] = gv / (1.0f + expf(-gv)) * acc[2 + r][t];
+      }
+    return;
   }
+  int j = 0;
+  while (j < g.count - 1 && warp >= g.warp_end[j]) ++j;
+  if (warp >= g.warp_end[g.count - 1]) return;
+  const DevWeight& w = g.w[j];
+  const int r0 = (warp - (j ? g.warp_end[j - 1] : 0)) * kRowsPerWarp;
+  for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(w, min(r0 + r, w.rows - 1), rc[r], sr[r], br[r]);
+  q4_rows<NT>(rc, sr, br, w.sbf16, w.group, w.cols, x, n, acc);
+  if (lane != 0) return;
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+      if (t < n && r0 + r < w.rows) g.y[j][static_cast<size_t>(t) * w.rows + r0 + r] = acc[r][t];
 }
 
 template <int NT>
@@ -561,21 +633,76 @@ int threads_for(int n) { return std::min(256, std::max(32, (n + 31) / 32 * 32));
 
 }  // namespace
 
+namespace {
+void launch_group(MatvecGroup& g, const float* x, int n, cudaStream_t s) {
+  int warps = 0;
+  if (g.swiglu) {
+    warps = (g.w[0].rows + 1) / 2;
+  } else {
+    for (int j = 0; j < g.count; ++j) g.warp_end[j] = (warps += (g.w[j].rows + kRowsPerWarp - 1) / kRowsPerWarp);
+  }
+  const int threads = 256, blocks = (warps * 32 + threads - 1) / threads;
+  const int cols = g.w[0].cols;
+  for (int t0 = 0; t0 < n; t0 += 8) {
+    const int nt = std::min(8, n - t0);
+    MatvecGroup gt = g;
+    for (int j = 0; j < 4; ++j)
+      if (gt.y[j]) gt.y[j] += static_cast<size_t>(t0) * gt.w[j].rows;
+    const float* xt = x + static_cast<size_t>(t0) * cols;
+    if (nt == 1) q4_group_kernel<1><<<blocks, threads, 0, s>>>(gt, xt, nt);
+    else if (nt <= 2) q4_group_kernel<2><<<blocks, threads, 0, s>>>(gt, xt, nt);
+    else if (nt <= 4) q4_group_kernel<4><<<blocks, threads, 0, s>>>(gt, xt, nt);
+    else q4_group_kernel<8><<<blocks, threads, 0, s>>>(gt, xt, nt);
+    TQ_CUDA_LAUNCHED();
+  }
+}
+}  // namespace
+
+void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s) {
+  bool all_q4 = true;
+  for (int j = 0; j < count; ++j) all_q4 = all_q4 && w[j]->q4 && w[j]->cols == w[0]->cols;
+  if (!all_q4 || count > 4) {
+    for (int j = 0; j < count; ++j) matmul(*w[j], x, n, y[j], s);
+    return;
+  }
+  MatvecGroup g;
+  g.count = count;
+  for (int j = 0; j < 4; ++j) g.y[j] = nullptr;
+  for (int j = 0; j < count; ++j) g.w[j] = *w[j], g.y[j] = y[j];
+  launch_group(g, x, n, s);
+}
+
+void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
+                   cudaStream_t s) {
+  if (!(gate.q4 && up.q4 && gate.rows == up.rows && gate.cols == up.cols && gate.group == up.group &&
+        gate.sbf16 == up.sbf16)) {
+    matmul(gate, x, n, g_out, s);
+    matmul(up, x, n, u_scratch, s);
+    swiglu(g_out, u_scratch, static_cast<size_t>(n) * gate.rows, s);
+    return;
+  }
+  MatvecGroup g;
+  g.swiglu = true;
+  g.count = 2;
+  g.w[0] = gate, g.w[1] = up;
+  g.y[0] = g_out, g.y[1] = nullptr, g.y[2] = nullptr, g.y[3] = nullptr;
+  launch_group(g, x, n, s);
+}
+
 void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s) {
+  if (w.q4) {
+    const DevWeight* ws[1] = {&w};
+    float* ys[1] = {y};
+    matmul_many(ws, ys, 1, x, n, s);
+    return;
+  }
   const int threads = 256, blocks = (w.rows * 32 + threads - 1) / threads;
   for (int t0 = 0; t0 < n; t0 += 8) {
     const int nt = std::min(8, n - t0);
     const float* xt = x + static_cast<size_t>(t0) * w.cols;
     float* yt = y + static_cast<size_t>(t0) * w.rows;
-    if (w.q4) {
-      if (nt == 1) q4_matvec_kernel<1><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
-      else if (nt <= 2) q4_matvec_kernel<2><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
-      else if (nt <= 4) q4_matvec_kernel<4><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
-      else q4_matvec_kernel<8><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
-    } else {
-      if (nt == 1) f32_matvec_kernel<1><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
-      else f32_matvec_kernel<8><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
-    }
+    if (nt == 1) f32_matvec_kernel<1><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
+    else f32_matvec_kernel<8><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
     TQ_CUDA_LAUNCHED();
   }
 }
@@ -607,9 +734,9 @@ void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t firs
 
 namespace {
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
-  // Enough blocks to fill the GPU for a single decode query; one split per 256 tokens at most.
-  const int want = std::max(1, 264 / std::max(1, n_q * L.n_kv_heads));
-  return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + 255) / 256)));
+  // Enough blocks to fill the GPU several times over (132 SMs × 8), at least 128 tokens per split.
+  const int want = std::max(1, 1056 / std::max(1, n_q * L.n_kv_heads));
+  return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + 127) / 128)));
 }
 }  // namespace
 

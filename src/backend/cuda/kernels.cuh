@@ -56,6 +56,11 @@ struct DevKVLayer {
 };
 
 void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s);
+// Several weights over the same x in one launch (all MLX 4-bit with equal cols; else one by one).
+void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s);
+// g_out = silu(gate·x) ⊙ (up·x), one launch for 4-bit weights (u_scratch used otherwise).
+void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
+                   cudaStream_t s);
 void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s);
 // out = rmsnorm(x (+= add when add != nullptr)) · w, rows × dim.
 void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s);
