@@ -2,6 +2,10 @@
 // (model/weights.h), per-sequence state in GPU memory, and the forward pass of the
 // Llama family and Qwen3.5 written against the kernels of kernels.cu.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -210,6 +214,34 @@ class DevKV {
   std::vector<DevBuf> ring_, k_tables_, v_tables_;
 };
 
+// TQ_CUDA_PROFILE=1: synchronizes after each stage and prints the time per stage at exit
+// (for finding where a step goes; the synchronization itself costs time).
+class StageProfile {
+ public:
+  StageProfile() : on_(std::getenv("TQ_CUDA_PROFILE") != nullptr) {}
+  ~StageProfile() {
+    if (!on_ || ms_.empty()) return;
+    double total = 0;
+    for (const auto& [k, v] : ms_) total += v;
+    std::fprintf(stderr, "[cuda profile] stage: ms total (share)\n");
+    for (const auto& [k, v] : ms_) std::fprintf(stderr, "  %-14s %10.2f (%4.1f%%)\n", k.c_str(), v, 100 * v / total);
+  }
+  void mark(const char* stage, cudaStream_t s) {
+    if (!on_) return;
+    TQ_CUDA_CHECK(cudaStreamSynchronize(s));
+    const auto now = std::chrono::steady_clock::now();
+    if (started_) ms_[stage] += std::chrono::duration<double, std::milli>(now - last_).count();
+    last_ = now;
+    started_ = true;
+  }
+  void reset() { started_ = false; }
+
+ private:
+  bool on_, started_ = false;
+  std::chrono::steady_clock::time_point last_;
+  std::map<std::string, double> ms_;
+};
+
 class CudaSequence final : public DeviceSequence {
  public:
   std::vector<std::unique_ptr<DevKV>> kv;  // per layer (null for DeltaNet layers)
@@ -387,11 +419,15 @@ class CudaModel final : public Model {
     TQ_CUDA_CHECK(cudaMemcpyAsync(tok_dev_.get(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
     TQ_CUDA_CHECK(cudaMemcpyAsync(pos_dev_.get(), pos.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
     const int32_t* dpos = pos_dev_.get<int32_t>();
+    prof_.reset();
+    prof_.mark("start", s);
     embed(embed_.w, tok_dev_.get<int32_t>(), n, x_, s);
+    prof_.mark("embed", s);
     const float* pending = nullptr;  // sublayer output not yet added to x
     for (int l = 0; l < m.n_layers; ++l) {
       const DevLayer& L = layers_[l];
       rmsnorm(x_, pending, L.in_norm.get<float>(), n, H, eps, xb_, s);
+      prof_.mark("norm", s);
       if (L.linear) {
         delta_mixer(L, ds.conv[l].get<float>(), ds.state[l].get<float>(), n);
       } else {
@@ -400,19 +436,27 @@ class CudaModel final : public Model {
         const DevWeight* ws[3] = {&L.q.w, &L.k.w, &L.v.w};
         float* ys[3] = {m.attn_output_gate ? qg_ : q_, k_, v_};
         matmul_many(ws, ys, 3, xb_, n, s);
+        prof_.mark("attn qkv", s);
         AttnPrep ap{n, m.n_heads, m.n_kv_heads, hd, m.rot_dims(), m.rope_theta, eps, m.attn_output_gate,
                     L.q_norm.get<float>(), L.k_norm.get<float>(), L.q_bias.get<float>(), L.k_bias.get<float>(),
                     L.v_bias.get<float>()};
         attn_prep(ap, m.attn_output_gate ? qg_ : q_, q_, gt_, k_, v_, dpos, s);
+        prof_.mark("attn prep", s);
         kv_append(kv.layer(), k_, v_, n, pos0, s);
         kv.appended(n);
+        prof_.mark("kv append", s);
         attention(kv.layer(), q_, dpos, n, static_cast<int>(pos0 + n - 1), kv.tokens(),
                   m.attn_output_gate ? gt_ : nullptr, 1.0f / std::sqrt(static_cast<float>(hd)), att_scr_, att_, s);
+        prof_.mark("attention", s);
         matmul(L.o.w, att_, n, o_, s);
+        prof_.mark("attn out", s);
       }
       rmsnorm(x_, o_, L.post_norm.get<float>(), n, H, eps, xb_, s);
+      prof_.mark("norm", s);
       swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s);
+      prof_.mark("mlp gate/up", s);
       matmul(L.down.w, g_, n, o_, s);
+      prof_.mark("mlp down", s);
       pending = o_;
     }
     if (logits) {
@@ -428,6 +472,7 @@ class CudaModel final : public Model {
       }
     }
     TQ_CUDA_CHECK(cudaStreamSynchronize(s));
+    prof_.mark("head+copy", s);
   }
 
   void delta_mixer(const DevLayer& L, float* conv_state, float* state, int n) const {
@@ -437,11 +482,17 @@ class CudaModel final : public Model {
     const DevWeight* ws[4] = {&L.qkv.w, &L.z.w, &L.b.w, &L.a.w};
     float* ys[4] = {qkv_, z_, b_, a_};
     matmul_many(ws, ys, 4, xb_, n, s);
+    prof_.mark("dn proj", s);
     delta_conv(d, qkv_, conv_state, L.conv.get<float>(), s);
+    prof_.mark("dn conv", s);
     delta_prep(d, qkv_, b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_, dk_, dv_, beta_, gd_, s);
+    prof_.mark("dn prep", s);
     delta_rule(d, dq_, dk_, dv_, beta_, gd_, state, y_, s);
+    prof_.mark("dn rule", s);
     gated_norm(d, y_, z_, L.norm.get<float>(), static_cast<float>(m.rms_eps), s);
+    prof_.mark("dn norm", s);
     matmul(L.out.w, y_, n, o_, s);
+    prof_.mark("dn out", s);
   }
 
   cudaStream_t stream_ = nullptr;
@@ -450,6 +501,7 @@ class CudaModel final : public Model {
   DevBuf final_norm_;
   std::vector<DevLayer> layers_;
   DevBuf arena_, tok_dev_, pos_dev_;
+  mutable StageProfile prof_;
   float *x_, *xb_, *o_, *g_, *u_, *qg_, *q_, *gt_, *att_, *k_, *v_, *att_scr_, *qkv_, *z_, *b_, *a_, *beta_, *gd_,
       *dq_, *dk_, *dv_, *y_, *logits_;
 };

@@ -39,20 +39,27 @@ __device__ __forceinline__ float scale_at(const void* p, bool bf16, size_t i) {
 // lane loads serve all 4 rows (x from L1 is the other stream: reuse it) ----
 constexpr int kRowsPerWarp = 4;
 
-// acc[r][t] = Σ_j W[row r][j] · x[t][j] for 4 rows given by their code/scale/bias rows.
+// acc[r][t] = Σ_j W[row r][j] · x[t][j] over this warp's words (word wi = w0 + 32·k·step):
+// 4 rows given by their code/scale/bias rows; the caller reduces across lanes and warps.
 template <int NT>
 __device__ __forceinline__ void q4_rows(const uint32_t* const (&rc)[kRowsPerWarp], const uint8_t* const (&sr)[kRowsPerWarp],
                                         const uint8_t* const (&br)[kRowsPerWarp], bool sbf16, int group, int cols,
-                                        const float* __restrict__ x, int n, float (&acc)[kRowsPerWarp][NT]) {
-  const int lane = threadIdx.x & 31, words = cols / 8, wpg = group / 8;
+                                        const float* __restrict__ x, int n, int w0, int step,
+                                        float (&acc)[kRowsPerWarp][NT]) {
+  const int words = cols / 8, wpg = group / 8;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[r][t] = 0;
-  for (int wi = lane; wi < words; wi += kWarp) {
+#pragma unroll 2
+  for (int wi = w0; wi < words; wi += step) {
     uint32_t u[kRowsPerWarp];
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) u[r] = __ldg(rc[r] + wi);
+    const int gi = wi / wpg;
+    float sc[kRowsPerWarp], bi[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) sc[r] = scale_at(sr[r], sbf16, gi), bi[r] = scale_at(br[r], sbf16, gi);
     float xs[NT][8], sx[NT];
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
@@ -67,10 +74,8 @@ __device__ __forceinline__ void q4_rows(const uint32_t* const (&rc)[kRowsPerWarp
       }
       sx[t] = ((xs[t][0] + xs[t][1]) + (xs[t][2] + xs[t][3])) + ((xs[t][4] + xs[t][5]) + (xs[t][6] + xs[t][7]));
     }
-    const int gi = wi / wpg;
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
-      const float sc = scale_at(sr[r], sbf16, gi), bi = scale_at(br[r], sbf16, gi);
       float q[8];
 #pragma unroll
       for (int i = 0; i < 8; ++i) q[i] = static_cast<float>((u[r] >> (4 * i)) & 15u);
@@ -79,14 +84,34 @@ __device__ __forceinline__ void q4_rows(const uint32_t* const (&rc)[kRowsPerWarp
         float d = 0;
 #pragma unroll
         for (int i = 0; i < 8; ++i) d += xs[t][i] * q[i];
-        acc[r][t] += sc * d + bi * sx[t];
+        acc[r][t] += sc[r] * d + bi[r] * sx[t];
       }
     }
   }
+}
+
+// Sum acc over the block's lanes and warps; thread 0 of the block gets the totals.
+template <int NT>
+__device__ __forceinline__ void block_reduce_rows(float (&acc)[kRowsPerWarp][NT]) {
+  __shared__ float part[8][kRowsPerWarp][NT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
-    for (int t = 0; t < NT; ++t) acc[r][t] = warp_sum(acc[r][t]);
+    for (int t = 0; t < NT; ++t) {
+      const float v = warp_sum(acc[r][t]);
+      if (lane == 0) part[warp][r][t] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x == 0)
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        float v = 0;
+        for (int w = 0; w < nw; ++w) v += part[w][r][t];
+        acc[r][t] = v;
+      }
 }
 
 __device__ __forceinline__ void q4_row_ptrs(const DevWeight& w, int row, const uint32_t*& rc, const uint8_t*& sr,
@@ -97,31 +122,36 @@ __device__ __forceinline__ void q4_row_ptrs(const DevWeight& w, int row, const u
   br = static_cast<const uint8_t*>(w.biases) + static_cast<size_t>(row) * gpr * es;
 }
 
-// Up to 4 weights with the same input (x, cols) in one launch; warps are dealt to the
-// weights in order, 4 rows each. swiglu: weights 0 and 1 (gate, up) of equal shape, each
-// warp takes 2 rows of both and writes y0 = silu(gate·x) ⊙ (up·x).
+// Up to 4 weights with the same input (x, cols) in one launch. One block (8 warps, which
+// split the row's words) per 4 rows; blocks are dealt to the weights in order. swiglu:
+// weights 0 and 1 (gate, up) of equal shape, each block takes 2 rows of both and writes
+// y0 = silu(gate·x) ⊙ (up·x).
 struct MatvecGroup {
   DevWeight w[4];
   float* y[4];
   int count = 0;
-  int warp_end[4];  // exclusive prefix of warps per weight
+  int block_end[4];  // exclusive prefix of blocks per weight
   bool swiglu = false;
 };
 
+constexpr int kMatvecThreads = 256;
+
 template <int NT>
-__global__ void q4_group_kernel(MatvecGroup g, const float* __restrict__ x, int n) {
-  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+__global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g, const float* __restrict__ x, int n) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int w0 = warp * 32 + lane, step = blockDim.x;
   const uint32_t* rc[kRowsPerWarp];
   const uint8_t* sr[kRowsPerWarp];
   const uint8_t* br[kRowsPerWarp];
   float acc[kRowsPerWarp][NT];
   if (g.swiglu) {
     const DevWeight& a = g.w[0];
-    const int r0 = warp * 2;
-    if (r0 >= a.rows) return;
+    const int r0 = blockIdx.x * 2;
+#pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(g.w[r / 2], min(r0 + (r & 1), a.rows - 1), rc[r], sr[r], br[r]);
-    q4_rows<NT>(rc, sr, br, a.sbf16, a.group, a.cols, x, n, acc);
-    if (lane != 0) return;
+    q4_rows<NT>(rc, sr, br, a.sbf16, a.group, a.cols, x, n, w0, step, acc);
+    block_reduce_rows<NT>(acc);
+    if (threadIdx.x != 0) return;
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
@@ -132,14 +162,16 @@ __global__ void q4_group_kernel(MatvecGroup g, const float* __restrict__ x, int 
       }
     return;
   }
+  const int blk = blockIdx.x;
   int j = 0;
-  while (j < g.count - 1 && warp >= g.warp_end[j]) ++j;
-  if (warp >= g.warp_end[g.count - 1]) return;
+  while (j < g.count - 1 && blk >= g.block_end[j]) ++j;
   const DevWeight& w = g.w[j];
-  const int r0 = (warp - (j ? g.warp_end[j - 1] : 0)) * kRowsPerWarp;
+  const int r0 = (blk - (j ? g.block_end[j - 1] : 0)) * kRowsPerWarp;
+#pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(w, min(r0 + r, w.rows - 1), rc[r], sr[r], br[r]);
-  q4_rows<NT>(rc, sr, br, w.sbf16, w.group, w.cols, x, n, acc);
-  if (lane != 0) return;
+  q4_rows<NT>(rc, sr, br, w.sbf16, w.group, w.cols, x, n, w0, step, acc);
+  block_reduce_rows<NT>(acc);
+  if (threadIdx.x != 0) return;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
@@ -635,13 +667,15 @@ int threads_for(int n) { return std::min(256, std::max(32, (n + 31) / 32 * 32));
 
 namespace {
 void launch_group(MatvecGroup& g, const float* x, int n, cudaStream_t s) {
-  int warps = 0;
+  int blocks = 0;
   if (g.swiglu) {
-    warps = (g.w[0].rows + 1) / 2;
+    blocks = (g.w[0].rows + 1) / 2;
   } else {
-    for (int j = 0; j < g.count; ++j) g.warp_end[j] = (warps += (g.w[j].rows + kRowsPerWarp - 1) / kRowsPerWarp);
+    for (int j = 0; j < g.count; ++j) g.block_end[j] = (blocks += (g.w[j].rows + kRowsPerWarp - 1) / kRowsPerWarp);
   }
-  const int threads = 256, blocks = (warps * 32 + threads - 1) / threads;
+  // Short rows: fewer warps per block, so each still has words to read.
+  const int words = g.w[0].cols / 8;
+  const int threads = std::min(kMatvecThreads, std::max(32, (words + 63) / 64 * 32));
   const int cols = g.w[0].cols;
   for (int t0 = 0; t0 < n; t0 += 8) {
     const int nt = std::min(8, n - t0);
