@@ -24,6 +24,6 @@ fi
 if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
   M=/tmp/tq-qwen35-9b-mlx4
   [ -f "$M/config.json" ] || (time "$BIN/tq" make-model --preset 9b --dtype mlx4 --out "$M") 2>&1 | tail -4
-  "$BIN/tq" bench-depth -m "$M" --device cuda --kv "$KV" --depths "$DEPTHS" --gen 64 --prefill 512,8192 \
+  "$BIN/tq" bench-depth -m "$M" --device cuda --kv "$KV" --depths "$DEPTHS" --gen ${GEN:-64} --prefill 512,8192 \
     --json "$OUT/bench_depth.json" 2>&1 | tee "$OUT/bench_depth.log"
 fi

@@ -544,6 +544,8 @@ double copy_bandwidth_gbs(size_t bytes) {
   return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;  // bytes read + written
 }
 
+void set_decode_int8(bool on) { g_decode_int8 = on; }
+
 size_t device_memory_used() {
   size_t free_b = 0, total = 0;
   TQ_CUDA_CHECK(cudaMemGetInfo(&free_b, &total));

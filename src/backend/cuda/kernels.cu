@@ -90,6 +90,52 @@ __device__ __forceinline__ void q4_rows(const uint32_t* const (&rc)[kRowsPerWarp
   }
 }
 
+// Decode (one token): x quantized per 8-value word to int8 (its own scale), laid out so a
+// 4-bit word's even and odd nibbles meet their x bytes in two dp4a instructions:
+// {x0,x2,x4,x6 | x1,x3,x5,x7 | scale d | Σx (exact)} = 16 bytes per word.
+__global__ void quantize_x8_kernel(const float* __restrict__ x, int words, int4* __restrict__ xq) {
+  const int wi = blockIdx.x * blockDim.x + threadIdx.x;
+  if (wi >= words) return;
+  const float4 a = reinterpret_cast<const float4*>(x)[2 * wi], b = reinterpret_cast<const float4*>(x)[2 * wi + 1];
+  const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+  float mx = 0, sum = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) mx = fmaxf(mx, fabsf(v[i])), sum += v[i];
+  const float d = mx / 127.0f, inv = mx > 0 ? 127.0f / mx : 0.0f;
+  int q[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) q[i] = __float2int_rn(v[i] * inv) & 0xff;
+  int4 o;
+  o.x = q[0] | (q[2] << 8) | (q[4] << 16) | (q[6] << 24);
+  o.y = q[1] | (q[3] << 8) | (q[5] << 16) | (q[7] << 24);
+  o.z = __float_as_int(d);
+  o.w = __float_as_int(sum);
+  xq[wi] = o;
+}
+
+__device__ __forceinline__ void q4_rows_q8(const uint32_t* const (&rc)[kRowsPerWarp], const uint8_t* const (&sr)[kRowsPerWarp],
+                                           const uint8_t* const (&br)[kRowsPerWarp], bool sbf16, int group, int cols,
+                                           const int4* __restrict__ xq, int w0, int step, float (&acc)[kRowsPerWarp][1]) {
+  const int words = cols / 8, wpg = group / 8;
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) acc[r][0] = 0;
+#pragma unroll 4
+  for (int wi = w0; wi < words; wi += step) {
+    uint32_t u[kRowsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) u[r] = __ldg(rc[r] + wi);
+    const int4 xv = __ldg(xq + wi);
+    const float d = __int_as_float(xv.z), sx = __int_as_float(xv.w);
+    const int gi = wi / wpg;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int lo = static_cast<int>(u[r] & 0x0f0f0f0fu), hi = static_cast<int>((u[r] >> 4) & 0x0f0f0f0fu);
+      const int dot = __dp4a(hi, xv.y, __dp4a(lo, xv.x, 0));
+      acc[r][0] += scale_at(sr[r], sbf16, gi) * (d * static_cast<float>(dot)) + scale_at(br[r], sbf16, gi) * sx;
+    }
+  }
+}
+
 // Sum acc over the block's lanes and warps; thread 0 of the block gets the totals.
 template <int NT>
 __device__ __forceinline__ void block_reduce_rows(float (&acc)[kRowsPerWarp][NT]) {
@@ -136,8 +182,9 @@ struct MatvecGroup {
 
 constexpr int kMatvecThreads = 256;
 
-template <int NT>
-__global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g, const float* __restrict__ x, int n) {
+template <int NT, bool Q8>
+__global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g, const float* __restrict__ x, int n,
+                                                                  const int4* __restrict__ xq) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int w0 = warp * 32 + lane, step = blockDim.x;
   const uint32_t* rc[kRowsPerWarp];
@@ -149,7 +196,8 @@ __global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g,
     const int r0 = blockIdx.x * 2;
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(g.w[r / 2], min(r0 + (r & 1), a.rows - 1), rc[r], sr[r], br[r]);
-    q4_rows<NT>(rc, sr, br, a.sbf16, a.group, a.cols, x, n, w0, step, acc);
+    if constexpr (Q8) q4_rows_q8(rc, sr, br, a.sbf16, a.group, a.cols, xq, w0, step, acc);
+    else q4_rows<NT>(rc, sr, br, a.sbf16, a.group, a.cols, x, n, w0, step, acc);
     block_reduce_rows<NT>(acc);
     if (threadIdx.x != 0) return;
 #pragma unroll
@@ -169,7 +217,8 @@ __global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g,
   const int r0 = (blk - (j ? g.block_end[j - 1] : 0)) * kRowsPerWarp;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(w, min(r0 + r, w.rows - 1), rc[r], sr[r], br[r]);
-  q4_rows<NT>(rc, sr, br, w.sbf16, w.group, w.cols, x, n, w0, step, acc);
+  if constexpr (Q8) q4_rows_q8(rc, sr, br, w.sbf16, w.group, w.cols, xq, w0, step, acc);
+  else q4_rows<NT>(rc, sr, br, w.sbf16, w.group, w.cols, x, n, w0, step, acc);
   block_reduce_rows<NT>(acc);
   if (threadIdx.x != 0) return;
 #pragma unroll
@@ -217,14 +266,19 @@ __global__ void embed_kernel(DevWeight w, const int32_t* tokens, float* x) {
   }
 }
 
-__global__ void rmsnorm_kernel(float* x, const float* add, const float* w, int dim, float eps, float* out) {
+__global__ void rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ add, const float* __restrict__ w,
+                               int dim, float eps, float* __restrict__ out) {
   __shared__ float red[32];
   float* xr = x + static_cast<size_t>(blockIdx.x) * dim;
   const float* ar = add ? add + static_cast<size_t>(blockIdx.x) * dim : nullptr;
   float ss = 0;
+#pragma unroll 4
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     float v = xr[i];
-    if (ar) xr[i] = v = v + ar[i];
+    if (ar) {
+      v += ar[i];
+      xr[i] = v;
+    }
     ss += v * v;
   }
   ss = block_sum(ss, red);
@@ -666,6 +720,22 @@ int threads_for(int n) { return std::min(256, std::max(32, (n + 31) / 32 * 32));
 }  // namespace
 
 namespace {
+// Scratch for the int8 copy of x (grown, never freed; one stream uses it at a time).
+int4* x8_scratch(int words) {
+  static int4* p = nullptr;
+  static int cap = 0;
+  if (words > cap) {
+    if (p) TQ_CUDA_CHECK(cudaFree(p));
+    cap = std::max(words, 8192);
+    TQ_CUDA_CHECK(cudaMalloc(&p, static_cast<size_t>(cap) * sizeof(int4)));
+  }
+  return p;
+}
+}  // namespace
+
+bool g_decode_int8 = true;
+
+namespace {
 void launch_group(MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   int blocks = 0;
   if (g.swiglu) {
@@ -683,10 +753,19 @@ void launch_group(MatvecGroup& g, const float* x, int n, cudaStream_t s) {
     for (int j = 0; j < 4; ++j)
       if (gt.y[j]) gt.y[j] += static_cast<size_t>(t0) * gt.w[j].rows;
     const float* xt = x + static_cast<size_t>(t0) * cols;
-    if (nt == 1) q4_group_kernel<1><<<blocks, threads, 0, s>>>(gt, xt, nt);
-    else if (nt <= 2) q4_group_kernel<2><<<blocks, threads, 0, s>>>(gt, xt, nt);
-    else if (nt <= 4) q4_group_kernel<4><<<blocks, threads, 0, s>>>(gt, xt, nt);
-    else q4_group_kernel<8><<<blocks, threads, 0, s>>>(gt, xt, nt);
+    if (nt == 1 && g_decode_int8) {
+      int4* xq = x8_scratch(words);
+      quantize_x8_kernel<<<(words + 127) / 128, 128, 0, s>>>(xt, words, xq);
+      q4_group_kernel<1, true><<<blocks, threads, 0, s>>>(gt, xt, nt, xq);
+    } else if (nt == 1) {
+      q4_group_kernel<1, false><<<blocks, threads, 0, s>>>(gt, xt, nt, nullptr);
+    } else if (nt <= 2) {
+      q4_group_kernel<2, false><<<blocks, threads, 0, s>>>(gt, xt, nt, nullptr);
+    } else if (nt <= 4) {
+      q4_group_kernel<4, false><<<blocks, threads, 0, s>>>(gt, xt, nt, nullptr);
+    } else {
+      q4_group_kernel<8, false><<<blocks, threads, 0, s>>>(gt, xt, nt, nullptr);
+    }
     TQ_CUDA_LAUNCHED();
   }
 }
@@ -747,7 +826,7 @@ void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStrea
 }
 
 void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s) {
-  rmsnorm_kernel<<<rows, threads_for(dim), 0, s>>>(x, add, w, dim, eps, out);
+  rmsnorm_kernel<<<rows, std::min(1024, std::max(32, (dim / 4 + 31) / 32 * 32)), 0, s>>>(x, add, w, dim, eps, out);
   TQ_CUDA_LAUNCHED();
 }
 

@@ -56,6 +56,9 @@ struct DevKVLayer {
 };
 
 void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s);
+// Decode (one token) 4-bit matvecs quantize x to int8 per 8 values and use dp4a (default);
+// false: float x everywhere (exact to float rounding).
+extern bool g_decode_int8;
 // Several weights over the same x in one launch (all MLX 4-bit with equal cols; else one by one).
 void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s);
 // g_out = silu(gate·x) ⊙ (up·x), one launch for 4-bit weights (u_scratch used otherwise).
