@@ -24,9 +24,9 @@ std::string unavailable_reason();
 // or for what the backend does not support yet (naming it).
 std::unique_ptr<Model> load_model(const std::string& dir);
 
-// Decode-step 4-bit matvecs quantize the activations to int8 per 8 values and use dp4a
-// (on by default, as llama.cpp's MMVQ does; about 0.4% relative error per product).
-// Off: float activations everywhere, equal to the CPU up to float rounding.
+// Decode-step 4-bit matvecs can quantize the activations to int8 per 8 values and use
+// dp4a (as llama.cpp's MMVQ does; 0.5-0.9% relative error per product measured). Off by
+// default (TQ_CUDA_INT8=1 turns it on): float activations, equal to the CPU up to rounding.
 void set_decode_int8(bool on);
 
 // Bytes of GPU memory in use on the device (cudaMemGetInfo: total − free).

@@ -56,8 +56,9 @@ struct DevKVLayer {
 };
 
 void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s);
-// Decode (one token) 4-bit matvecs quantize x to int8 per 8 values and use dp4a (default);
-// false: float x everywhere (exact to float rounding).
+// Decode (one token) 4-bit matvecs quantize x to int8 per 8 values and use dp4a when set
+// (TQ_CUDA_INT8=1 or set_decode_int8; off by default: it was measured no faster yet);
+// otherwise float x everywhere (exact to float rounding).
 extern bool g_decode_int8;
 // Several weights over the same x in one launch (all MLX 4-bit with equal cols; else one by one).
 void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s);
