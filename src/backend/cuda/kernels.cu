@@ -52,7 +52,7 @@ __device__ __forceinline__ void q4_rows(const uint32_t* const (&rc)[kRowsPerWarp
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[r][t] = 0;
-#pragma unroll 2
+#pragma unroll 4
   for (int wi = w0; wi < words; wi += step) {
     uint32_t u[kRowsPerWarp];
 #pragma unroll
@@ -137,28 +137,12 @@ __device__ __forceinline__ void q4_rows_q8(const uint32_t* const (&rc)[kRowsPerW
   }
 }
 
-// Sum acc over the block's lanes and warps; thread 0 of the block gets the totals.
 template <int NT>
-__device__ __forceinline__ void block_reduce_rows(float (&acc)[kRowsPerWarp][NT]) {
-  __shared__ float part[8][kRowsPerWarp][NT];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+__device__ __forceinline__ void warp_reduce_rows(float (&acc)[kRowsPerWarp][NT]) {
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const float v = warp_sum(acc[r][t]);
-      if (lane == 0) part[warp][r][t] = v;
-    }
-  __syncthreads();
-  if (threadIdx.x == 0)
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r)
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        float v = 0;
-        for (int w = 0; w < nw; ++w) v += part[w][r][t];
-        acc[r][t] = v;
-      }
+    for (int t = 0; t < NT; ++t) acc[r][t] = warp_sum(acc[r][t]);
 }
 
 __device__ __forceinline__ void q4_row_ptrs(const DevWeight& w, int row, const uint32_t*& rc, const uint8_t*& sr,
@@ -177,30 +161,33 @@ struct MatvecGroup {
   DevWeight w[4];
   float* y[4];
   int count = 0;
-  int block_end[4];  // exclusive prefix of blocks per weight
+  int block_end[4];  // exclusive prefix of row units (warps) per weight
   bool swiglu = false;
 };
 
-constexpr int kMatvecThreads = 256;
+constexpr int kMatvecThreads = 128;  // 4 warps, one unit of rows each
 
 template <int NT, bool Q8>
 __global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g, const float* __restrict__ x, int n,
                                                                   const int4* __restrict__ xq) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int w0 = warp * 32 + lane, step = blockDim.x;
+  // One warp per unit of 4 rows (swiglu: 2 rows of gate and the same 2 of up); lanes take
+  // the row's words in turn, 4 iterations unrolled so each lane has 16 weight loads in flight.
+  const int lane = threadIdx.x & 31;
+  const int unit = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const uint32_t* rc[kRowsPerWarp];
   const uint8_t* sr[kRowsPerWarp];
   const uint8_t* br[kRowsPerWarp];
   float acc[kRowsPerWarp][NT];
   if (g.swiglu) {
     const DevWeight& a = g.w[0];
-    const int r0 = blockIdx.x * 2;
+    const int r0 = unit * 2;
+    if (r0 >= a.rows) return;
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(g.w[r / 2], min(r0 + (r & 1), a.rows - 1), rc[r], sr[r], br[r]);
-    if constexpr (Q8) q4_rows_q8(rc, sr, br, a.sbf16, a.group, a.cols, xq, w0, step, acc);
-    else q4_rows<NT>(rc, sr, br, a.sbf16, a.group, a.cols, x, n, w0, step, acc);
-    block_reduce_rows<NT>(acc);
-    if (threadIdx.x != 0) return;
+    if constexpr (Q8) q4_rows_q8(rc, sr, br, a.sbf16, a.group, a.cols, xq, lane, kWarp, acc);
+    else q4_rows<NT>(rc, sr, br, a.sbf16, a.group, a.cols, x, n, lane, kWarp, acc);
+    warp_reduce_rows<NT>(acc);
+    if (lane != 0) return;
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
@@ -211,17 +198,17 @@ __global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g,
       }
     return;
   }
-  const int blk = blockIdx.x;
+  if (unit >= g.block_end[g.count - 1]) return;
   int j = 0;
-  while (j < g.count - 1 && blk >= g.block_end[j]) ++j;
+  while (j < g.count - 1 && unit >= g.block_end[j]) ++j;
   const DevWeight& w = g.w[j];
-  const int r0 = (blk - (j ? g.block_end[j - 1] : 0)) * kRowsPerWarp;
+  const int r0 = (unit - (j ? g.block_end[j - 1] : 0)) * kRowsPerWarp;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(w, min(r0 + r, w.rows - 1), rc[r], sr[r], br[r]);
-  if constexpr (Q8) q4_rows_q8(rc, sr, br, w.sbf16, w.group, w.cols, xq, w0, step, acc);
-  else q4_rows<NT>(rc, sr, br, w.sbf16, w.group, w.cols, x, n, w0, step, acc);
-  block_reduce_rows<NT>(acc);
-  if (threadIdx.x != 0) return;
+  if constexpr (Q8) q4_rows_q8(rc, sr, br, w.sbf16, w.group, w.cols, xq, lane, kWarp, acc);
+  else q4_rows<NT>(rc, sr, br, w.sbf16, w.group, w.cols, x, n, lane, kWarp, acc);
+  warp_reduce_rows<NT>(acc);
+  if (lane != 0) return;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
@@ -738,15 +725,14 @@ bool g_decode_int8 = std::getenv("TQ_CUDA_INT8") != nullptr;  // opt-in: measure
 
 namespace {
 void launch_group(MatvecGroup& g, const float* x, int n, cudaStream_t s) {
-  int blocks = 0;
+  int units = 0;  // warps, one per 4 rows (block_end: exclusive prefix of units per weight)
   if (g.swiglu) {
-    blocks = (g.w[0].rows + 1) / 2;
+    units = (g.w[0].rows + 1) / 2;
   } else {
-    for (int j = 0; j < g.count; ++j) g.block_end[j] = (blocks += (g.w[j].rows + kRowsPerWarp - 1) / kRowsPerWarp);
+    for (int j = 0; j < g.count; ++j) g.block_end[j] = (units += (g.w[j].rows + kRowsPerWarp - 1) / kRowsPerWarp);
   }
-  // Short rows: fewer warps per block, so each still has words to read.
   const int words = g.w[0].cols / 8;
-  const int threads = std::min(kMatvecThreads, std::max(32, (words + 63) / 64 * 32));
+  const int threads = kMatvecThreads, blocks = (units * 32 + threads - 1) / threads;
   const int cols = g.w[0].cols;
   for (int t0 = 0; t0 < n; t0 += 8) {
     const int nt = std::min(8, n - t0);
