@@ -96,8 +96,11 @@ TEST(Model, ChunkedPrefillMatchesOnePass) {
       }
       double md = 0, mx = 0;
       for (int i = 0; i < V; ++i) md = std::max(md, static_cast<double>(std::fabs(lg[i] - ref[i]))), mx = std::max(mx, static_cast<double>(std::fabs(ref[i])));
-      // Same math in a different order: float rounding only (~1e-6 of the logit scale).
-      EXPECT_LT(md, 1e-4 * std::max(1.0, mx)) << kv << " chunk " << chunk;
+      // Same math in a different order: float rounding, typically ~1e-6 of the logit scale;
+      // through 5 layers of this head_dim-8 model some inputs amplify it to ~1e-4 (seed
+      // 10818768230809976010: 1.06e-4 with fp16 and chunks of 7). A wrong chunk boundary or
+      // position is O(1).
+      EXPECT_LT(md, 5e-4 * std::max(1.0, mx)) << kv << " chunk " << chunk;
     }
   }
 }

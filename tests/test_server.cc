@@ -357,6 +357,8 @@ TEST(Server, ConcurrentClientsGetTheirOwnResults) {
   const auto m = s.engine->metrics();
   EXPECT_EQ(m.requests, 24u);
   EXPECT_GT(m.cached_tokens, 0u);
+  // Decode steps of concurrent requests ran batched (mean batch size above 1).
+  EXPECT_GT(m.decode_batch_tokens, m.decode_batches) << m.decode_batches << " batches";
   auto met = s.client().Get("/metrics");
   ASSERT_TRUE(met);
   EXPECT_NE(met->body.find("tq_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 24"),

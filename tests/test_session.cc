@@ -274,3 +274,42 @@ TEST(Chat, RenderingIsPrefixStable) {
 
 }  // namespace
 }  // namespace tq
+
+namespace tq {
+namespace {
+
+// Batched decode (one token for each of several sequences, weights read once) gives the
+// logits of running each sequence alone, and leaves the same states behind.
+TEST(Model, ForwardBatchEqualsOneByOne) {
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  for (const std::string& dir : {kStories, kTrained}) {
+    auto model = Model::load(dir);
+    const int V = model->config().vocab;
+    for (const char* pol : {"fp16", "tq3"}) {
+      const CachePolicy p = CachePolicy::parse(pol);
+      std::vector<std::unique_ptr<SequenceState>> a, b;
+      std::vector<float> lg(V);
+      for (int i = 0; i < 3; ++i) {  // three sequences of different lengths
+        auto t = random_tokens(5 + 17 * i, V, rng);
+        a.push_back(model->new_state(p));
+        b.push_back(model->new_state(p));
+        model->forward(*a.back(), t.data(), static_cast<int>(t.size()), lg.data(), false, pool);
+        model->forward(*b.back(), t.data(), static_cast<int>(t.size()), lg.data(), false, pool);
+      }
+      for (int step = 0; step < 3; ++step) {
+        auto t = random_tokens(3, V, rng);
+        std::vector<float> batched(3 * static_cast<size_t>(V)), single(batched.size());
+        model->forward_batch({a[0].get(), a[1].get(), a[2].get()}, t.data(), batched.data(), pool);
+        for (int i = 0; i < 3; ++i)
+          model->forward(*b[i], &t[i], 1, single.data() + static_cast<size_t>(i) * V, false, pool);
+        const float d = max_abs_diff(batched, single);
+        EXPECT_LT(d, 1e-3f) << dir << " " << pol << " step " << step;
+        for (int i = 0; i < 3; ++i) EXPECT_EQ(a[i]->pos, b[i]->pos);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tq

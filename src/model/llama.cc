@@ -18,14 +18,27 @@ class Llama final : public Model {
 
   void forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,
                ThreadPool& pool) const override {
+    run({&st}, tokens, n, logits, all_logits, pool);
+  }
+
+  void forward_batch(const std::vector<SequenceState*>& states, const int32_t* tokens, float* logits,
+                     ThreadPool& pool) const override {
+    run(states, tokens, static_cast<int>(states.size()), logits, true, pool);
+  }
+
+ private:
+  // One sequence (states.size() == 1: n tokens of it) or a batch (one token per state).
+  void run(const std::vector<SequenceState*>& states, const int32_t* tokens, int n, float* logits, bool all_logits,
+           ThreadPool& pool) const {
     const ModelConfig& m = config();
+    const bool batch = states.size() > 1;
     const int H = m.hidden, hd = m.head_dim, nh = m.n_heads, nkv = m.n_kv_heads;
     const int qd = nh * hd, kvd = nkv * hd, I = m.intermediate;
     std::vector<float> x(static_cast<size_t>(n) * H), xb(x.size()), q(static_cast<size_t>(n) * qd),
         k(static_cast<size_t>(n) * kvd), v(k.size()), att(q.size()), o(x.size()),
         g(static_cast<size_t>(n) * I), u(g.size());
     std::vector<int32_t> pos(n);
-    for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(st.pos + i);
+    for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(batch ? states[i]->pos : states[0]->pos + i);
     layers::embed(w_.embed, tokens, n, m.vocab, x.data());
     for (int l = 0; l < m.n_layers; ++l) {
       const LayerWeights& L = w_.layers[l];
@@ -45,8 +58,7 @@ class Llama final : public Model {
       }
       cpu::rope(q.data(), n, nh, hd, m.rot_dims(), pos.data(), m.rope_theta);
       cpu::rope(k.data(), n, nkv, hd, m.rot_dims(), pos.data(), m.rope_theta);
-      st.kv[l]->append(k, v, n);
-      st.kv[l]->attend(q, pos, att, 0, pool);
+      layers::append_attend(states, l, k, v, q, pos.data(), n, att, pool);
       cpu::matmul(A.o, att.data(), n, o.data(), pool);
       for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
       cpu::rmsnorm(x.data(), L.post_norm.data(), n, H, static_cast<float>(m.rms_eps), xb.data());
@@ -55,10 +67,12 @@ class Llama final : public Model {
     }
     layers::final_logits(w_.head, w_.final_norm, static_cast<float>(m.rms_eps), x.data(), n, H, all_logits, xb.data(),
                          logits, pool);
-    st.pos += n;
+    if (batch)
+      for (auto* st : states) st->pos += 1;
+    else
+      states[0]->pos += n;
   }
 
- private:
   ModelWeights w_;
 };
 

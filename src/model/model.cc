@@ -43,6 +43,24 @@ void swiglu_mlp(const Weight& gate, const Weight& up, const Weight& down, const 
   cpu::matmul(down, g, n, out, pool);
 }
 
+void append_attend(const std::vector<SequenceState*>& states, int layer, std::span<const float> k,
+                   std::span<const float> v, std::span<const float> q, const int32_t* pos, int n, std::span<float> att,
+                   ThreadPool& pool) {
+  if (states.size() == 1) {
+    KVSlot& kv = *states[0]->kv[layer];
+    kv.append(k, v, n);
+    kv.attend(q, std::span<const int32_t>(pos, n), att, 0, pool);
+    return;
+  }
+  check(states.size() == static_cast<size_t>(n), "batched attention: {} states for {} rows", states.size(), n);
+  const size_t kr = k.size() / n, qr = q.size() / n;
+  for (int i = 0; i < n; ++i) {
+    KVSlot& kv = *states[i]->kv[layer];
+    kv.append(k.subspan(i * kr, kr), v.subspan(i * kr, kr), 1);
+    kv.attend(q.subspan(i * qr, qr), std::span<const int32_t>(pos + i, 1), att.subspan(i * qr, qr), 0, pool);
+  }
+}
+
 void final_logits(const Weight& head, const std::vector<float>& norm, float eps, const float* x, int n, int hidden,
                   bool all_rows, float* xb, float* logits, ThreadPool& pool) {
   const int first = all_rows ? 0 : n - 1, rows = n - first;
@@ -56,6 +74,12 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
   auto ckpt = std::make_unique<Checkpoint>(dir);
   if (ckpt->config().model_type == "qwen3_5") return make_qwen35(std::move(ckpt));
   return make_llama(std::move(ckpt));
+}
+
+void Model::forward_batch(const std::vector<SequenceState*>& states, const int32_t* tokens, float* logits,
+                          ThreadPool& pool) const {
+  for (size_t i = 0; i < states.size(); ++i)
+    forward(*states[i], tokens + i, 1, logits + i * static_cast<size_t>(config().vocab), false, pool);
 }
 
 void Model::fill_synthetic(SequenceState& st, size_t n, uint64_t seed, ThreadPool& pool) const {

@@ -4,6 +4,7 @@
 // Gated DeltaNet layer.
 #pragma once
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,11 @@ class Model {
   // logits: [n][vocab] if all_logits, else [vocab] for the last token.
   virtual void forward(SequenceState& state, const int32_t* tokens, int n, float* logits, bool all_logits,
                        ThreadPool& pool) const = 0;
+  // Batched decode: one token for each of several sequences (tokens[i] at states[i]->pos),
+  // the weights read once for all of them; logits [states.size()][vocab]. The default
+  // runs forward per sequence.
+  virtual void forward_batch(const std::vector<SequenceState*>& states, const int32_t* tokens, float* logits,
+                             ThreadPool& pool) const;
   // Advances the state by n tokens for speed measurements at depth: the CPU runs random
   // tokens through forward; the CUDA backend appends random K/V to the caches directly
   // (decode speed does not depend on the values).
@@ -69,6 +75,11 @@ void embed(const Weight& table, const int32_t* tokens, int n, int vocab, float* 
 // out = down(silu(gate(xb)) ⊙ up(xb)); g, u: [n][intermediate] scratch.
 void swiglu_mlp(const Weight& gate, const Weight& up, const Weight& down, const float* xb, int n, float* g, float* u,
                 float* out, ThreadPool& pool);
+// KV append + attention of one attention layer: for one sequence (states.size() == 1: n
+// tokens of it) or a batch (row i belongs to states[i]). k, v: [n][kv row]; q, att: [n][q row].
+void append_attend(const std::vector<SequenceState*>& states, int layer, std::span<const float> k,
+                   std::span<const float> v, std::span<const float> q, const int32_t* pos, int n, std::span<float> att,
+                   ThreadPool& pool);
 // logits = head(rmsnorm(x)) for the last row, or every row when all_rows; xb: scratch.
 void final_logits(const Weight& head, const std::vector<float>& norm, float eps, const float* x, int n, int hidden,
                   bool all_rows, float* xb, float* logits, ThreadPool& pool);

@@ -20,34 +20,49 @@ class Qwen35 final : public Model {
 
   void forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,
                ThreadPool& pool) const override {
+    run({&st}, tokens, n, logits, all_logits, pool);
+  }
+
+  void forward_batch(const std::vector<SequenceState*>& states, const int32_t* tokens, float* logits,
+                     ThreadPool& pool) const override {
+    run(states, tokens, static_cast<int>(states.size()), logits, true, pool);
+  }
+
+ private:
+  // One sequence (states.size() == 1: n tokens of it) or a batch (one token per state).
+  void run(const std::vector<SequenceState*>& states, const int32_t* tokens, int n, float* logits, bool all_logits,
+           ThreadPool& pool) const {
     const ModelConfig& m = config();
     const int H = m.hidden;
     const float eps = static_cast<float>(m.rms_eps);
+    const bool batch = states.size() > 1;
     std::vector<float> x(static_cast<size_t>(n) * H), xb(x.size()), o(x.size());
     std::vector<float> g(static_cast<size_t>(n) * m.intermediate), u(g.size());
     std::vector<int32_t> pos(n);
-    for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(st.pos + i);
+    for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(batch ? states[i]->pos : states[0]->pos + i);
     layers::embed(w_.embed, tokens, n, m.vocab, x.data());
     for (int l = 0; l < m.n_layers; ++l) {
       const LayerWeights& L = w_.layers[l];
       cpu::rmsnorm(x.data(), L.in_norm.data(), n, H, eps, xb.data());
       if (m.is_linear[l])
-        delta_mixer(L.delta, st.delta[l], xb.data(), n, o.data(), pool);
+        delta_mixer(L.delta, states, l, xb.data(), n, o.data(), pool);
       else
-        attention_mixer(L.attn, *st.kv[l], xb.data(), n, pos.data(), o.data(), pool);
+        attention_mixer(L.attn, states, l, xb.data(), n, pos.data(), o.data(), pool);
       for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
       cpu::rmsnorm(x.data(), L.post_norm.data(), n, H, eps, xb.data());
       layers::swiglu_mlp(L.gate, L.up, L.down, xb.data(), n, g.data(), u.data(), o.data(), pool);
       for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
     }
     layers::final_logits(w_.head, w_.final_norm, eps, x.data(), n, H, all_logits, xb.data(), logits, pool);
-    st.pos += n;
+    if (batch)
+      for (auto* st : states) st->pos += 1;
+    else
+      states[0]->pos += n;
   }
 
- private:
   // Gated attention: q/gate interleaved per head, q/k RMSNorm, partial RoPE, output × σ(gate).
-  void attention_mixer(const AttnWeights& A, KVSlot& kv, const float* xb, int n, const int32_t* pos, float* out,
-                       ThreadPool& pool) const {
+  void attention_mixer(const AttnWeights& A, const std::vector<SequenceState*>& states, int layer, const float* xb, int n,
+                       const int32_t* pos, float* out, ThreadPool& pool) const {
     const ModelConfig& m = config();
     const int nh = m.n_heads, nkv = m.n_kv_heads, hd = m.head_dim;
     const float eps = static_cast<float>(m.rms_eps);
@@ -64,24 +79,45 @@ class Qwen35 final : public Model {
     cpu::rmsnorm(k.data(), A.k_norm.data(), n * nkv, hd, eps, k.data());
     cpu::rope(q.data(), n, nh, hd, m.rot_dims(), pos, m.rope_theta);
     cpu::rope(k.data(), n, nkv, hd, m.rot_dims(), pos, m.rope_theta);
-    kv.append(k, v, n);
-    kv.attend(q, std::span<const int32_t>(pos, n), att, 0, pool);
+    layers::append_attend(states, layer, k, v, q, pos, n, att, pool);
     for (size_t i = 0; i < att.size(); ++i) att[i] *= cpu::sigmoid(gate[i]);
     cpu::matmul(A.o, att.data(), n, out, pool);
   }
 
   // Gated DeltaNet: projections, causal depthwise conv + SiLU, L2-normalized q/k,
   // the gated delta rule on the fp32 state, gated RMSNorm, out projection.
-  void delta_mixer(const DeltaWeights& D, DeltaState& s, const float* xb, int n, float* out, ThreadPool& pool) const {
+  void delta_mixer(const DeltaWeights& D, const std::vector<SequenceState*>& states, int layer, const float* xb, int n,
+                   float* out, ThreadPool& pool) const {
     const ModelConfig& m = config();
-    const int Hk = m.lin_k_heads, Hv = m.lin_v_heads, Dk = m.lin_k_dim, Dv = m.lin_v_dim, K = m.conv_kernel;
-    const int kd = Hk * Dk, vd = Hv * Dv, C = 2 * kd + vd;
+    const int Hv = m.lin_v_heads, Dv = m.lin_v_dim, vd = Hv * Dv, C = 2 * m.lin_k_heads * m.lin_k_dim + vd;
     std::vector<float> qkv(static_cast<size_t>(n) * C), z(static_cast<size_t>(n) * vd), b(static_cast<size_t>(n) * Hv),
         a(b.size());
     cpu::matmul(D.qkv, xb, n, qkv.data(), pool);
     cpu::matmul(D.z, xb, n, z.data(), pool);
     cpu::matmul(D.b, xb, n, b.data(), pool);
     cpu::matmul(D.a, xb, n, a.data(), pool);
+    std::vector<float> y(static_cast<size_t>(n) * vd);
+    if (states.size() == 1) {
+      delta_core(D, states[0]->delta[layer], qkv.data(), b.data(), a.data(), n, y.data(), pool);
+    } else {  // batch: row i belongs to states[i]
+      for (int i = 0; i < n; ++i)
+        delta_core(D, states[i]->delta[layer], qkv.data() + static_cast<size_t>(i) * C, b.data() + i * Hv,
+                   a.data() + i * Hv, 1, y.data() + static_cast<size_t>(i) * vd, pool);
+    }
+    // Gated RMSNorm per value head: w · y/rms(y) · silu(z).
+    const float eps = static_cast<float>(m.rms_eps);
+    cpu::rmsnorm(y.data(), D.norm.data(), n * Hv, Dv, eps, y.data());
+    for (size_t i = 0; i < y.size(); ++i) y[i] *= cpu::silu(z[i]);
+    cpu::matmul(D.out, y.data(), n, out, pool);
+  }
+
+  // Conv, q/k normalization, gates and the delta rule for n consecutive tokens of one state.
+  void delta_core(const DeltaWeights& D, DeltaState& s, float* qkv_in, const float* b, const float* a, int n, float* y,
+                  ThreadPool& pool) const {
+    const ModelConfig& m = config();
+    const int Hk = m.lin_k_heads, Hv = m.lin_v_heads, Dk = m.lin_k_dim, Dv = m.lin_v_dim, K = m.conv_kernel;
+    const int kd = Hk * Dk, vd = Hv * Dv, C = 2 * kd + vd;
+    std::span<float> qkv(qkv_in, static_cast<size_t>(n) * C);
     // Causal conv over [state (K-1 rows) | new rows], then keep the last K-1 inputs.
     std::vector<float> ci(static_cast<size_t>(K - 1 + n) * C);
     std::copy(s.conv.begin(), s.conv.end(), ci.begin());
@@ -97,7 +133,7 @@ class Qwen35 final : public Model {
     in.n = n;
     in.hk = Hk, in.hv = Hv, in.dk = Dk, in.dv = Dv;
     std::vector<float> q(static_cast<size_t>(n) * kd), k(q.size()), v(static_cast<size_t>(n) * vd),
-        beta(static_cast<size_t>(n) * Hv), gdecay(beta.size()), y(v.size());
+        beta(static_cast<size_t>(n) * Hv), gdecay(beta.size());
     for (int t = 0; t < n; ++t) {
       const float* r = &qkv[static_cast<size_t>(t) * C];
       for (int h = 0; h < Hk; ++h) {
@@ -115,14 +151,9 @@ class Qwen35 final : public Model {
     }
     in.q = q.data(), in.k = k.data(), in.v = v.data(), in.beta = beta.data(), in.g = gdecay.data();
     if (n >= kDeltaChunk)
-      gated_delta_chunked(in, s.s.data(), y.data(), kDeltaChunk, &pool);
+      gated_delta_chunked(in, s.s.data(), y, kDeltaChunk, &pool);
     else
-      gated_delta_recurrent(in, s.s.data(), y.data());
-    // Gated RMSNorm per value head: w · y/rms(y) · silu(z).
-    const float eps = static_cast<float>(m.rms_eps);
-    cpu::rmsnorm(y.data(), D.norm.data(), n * Hv, Dv, eps, y.data());
-    for (size_t i = 0; i < y.size(); ++i) y[i] *= cpu::silu(z[i]);
-    cpu::matmul(D.out, y.data(), n, out, pool);
+      gated_delta_recurrent(in, s.s.data(), y);
   }
 
   static void l2norm(const float* x, int n, float* out, float scale) {

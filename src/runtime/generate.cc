@@ -138,18 +138,45 @@ void Generation::prefill_chunk(ThreadPool& pool) {
   if (session_ && (at_checkpoint || !prefilling())) session_->checkpoint();
 }
 
-std::string Generation::decode_one(ThreadPool& pool) {
+int32_t Generation::decode_begin(std::string& text) {
+  text.clear();
+  if (done_) return -1;
   const int32_t next = sampler_.sample(logits_, history_);
-  if (std::binary_search(opt_.stop_tokens.begin(), opt_.stop_tokens.end(), next)) return finish("stop", false);
+  if (std::binary_search(opt_.stop_tokens.begin(), opt_.stop_tokens.end(), next)) {
+    text = finish("stop", false);
+    return -1;
+  }
   r_.tokens.push_back(next);
   history_.push_back(next);
   text_ += stream_->feed(next);
-  if (cut_at_stop_string()) return finish("stop", true);
-  if (r_.tokens.size() == static_cast<size_t>(opt_.max_tokens)) return finish("length", false);
-  if (st_.pos + 1 > ctx_) return finish("context", false);
+  if (cut_at_stop_string()) {
+    text = finish("stop", true);
+    return -1;
+  }
+  if (r_.tokens.size() == static_cast<size_t>(opt_.max_tokens)) {
+    text = finish("length", false);
+    return -1;
+  }
+  if (st_.pos + 1 > ctx_) {
+    text = finish("context", false);
+    return -1;
+  }
+  return next;
+}
+
+std::string Generation::decode_end(const float* logits, double seconds) {
+  std::copy(logits, logits + logits_.size(), logits_.begin());
+  r_.decode_seconds += seconds;
+  return release_text(false);
+}
+
+std::string Generation::decode_one(ThreadPool& pool) {
+  std::string text;
+  const int32_t next = decode_begin(text);
+  if (next < 0) return text;
   if (session_) session_->forward(&next, 1, logits_.data(), false, pool);
   else model_.forward(st_, &next, 1, logits_.data(), false, pool);
-  return release_text(false);
+  return text + release_text(false);
 }
 
 // Text up to where a stop string could still begin (all of it when none can).

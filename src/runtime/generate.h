@@ -68,6 +68,13 @@ class Generation {
   bool prefilling() const { return prefilled_ < prompt_.size(); }
   // One prefill chunk or one decoded token; returns the text that became final.
   std::string step(ThreadPool& pool);
+  // Decode in two halves, so a caller can run several generations' tokens in one batched
+  // forward: decode_begin samples the next token and returns it (the text that became
+  // final goes to `text`), or −1 when generation ended; decode_end takes the logits the
+  // forward of that token produced. Only while !prefilling().
+  int32_t decode_begin(std::string& text);
+  std::string decode_end(const float* logits, double seconds);
+  Session* session() const { return session_; }
   const GenerateResult& result() const { return r_; }
 
  private:

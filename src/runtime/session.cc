@@ -139,6 +139,18 @@ void Session::forward(const int32_t* tokens, int n, float* logits, bool all_logi
   tokens_.insert(tokens_.end(), tokens, tokens + n);
 }
 
+void Session::forward_batch(const std::vector<Session*>& sessions, const int32_t* tokens, float* logits,
+                            ThreadPool& pool) {
+  if (sessions.empty()) return;
+  std::vector<SequenceState*> states;
+  for (auto* s : sessions) {
+    check(&s->model_ == &sessions[0]->model_, "batched sessions must share one model");
+    states.push_back(s->state_.get());
+  }
+  sessions[0]->model_.forward_batch(states, tokens, logits, pool);
+  for (size_t i = 0; i < sessions.size(); ++i) sessions[i]->tokens_.push_back(tokens[i]);
+}
+
 void Session::checkpoint() {
   if (!recurrent_ || tokens_.empty()) return;
   if (!checkpoints_.empty() && checkpoints_.back().pos == tokens_.size()) return;

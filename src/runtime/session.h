@@ -60,6 +60,9 @@ class Session {
   void rewind(size_t pos);
   // Runs tokens at the end of the session (see Model::forward) and records them.
   void forward(const int32_t* tokens, int n, float* logits, bool all_logits, ThreadPool& pool);
+  // One token at the end of each session, batched (Model::forward_batch); logits [n][vocab].
+  static void forward_batch(const std::vector<Session*>& sessions, const int32_t* tokens, float* logits,
+                            ThreadPool& pool);
   // Records the DeltaNet states at the current position (no-op for pure attention, or
   // when one exists there). Keeps at most kMaxCheckpoints, thinning where they are densest.
   void checkpoint();

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -115,10 +116,16 @@ void Engine::loop() {
     }
     std::lock_guard sessions(sessions_m_);
     for (auto& j : admit) start(j);
-    // One step of every running job, round-robin.
+    // One step of every running job: prefill chunks one job at a time, then the next token
+    // of every decoding job in one batched forward (the weights read once for all).
+    std::vector<Running*> decoding;
     for (auto& r : running_) {
       if (r.job->cancelled()) {
         complete(r, "cancelled");
+        continue;
+      }
+      if (!r.gen->prefilling() && !r.gen->done()) {
+        decoding.push_back(&r);
         continue;
       }
       try {
@@ -128,6 +135,7 @@ void Engine::loop() {
         complete(r, e.what());
       }
     }
+    decode_batch(decoding, pool);
     std::erase_if(running_, [](const Running& r) { return r.job == nullptr; });
     enforce_budget();
     update_gauges();
@@ -135,6 +143,45 @@ void Engine::loop() {
   std::lock_guard sessions(sessions_m_);
   for (auto& r : running_) complete(r, "the server is shutting down");
   running_.clear();
+}
+
+void Engine::decode_batch(const std::vector<Running*>& decoding, ThreadPool& pool) {
+  std::vector<Session*> sessions;
+  std::vector<int32_t> tokens;
+  std::vector<Running*> live;
+  for (Running* r : decoding) {
+    try {
+      std::string text;
+      const int32_t t = r->gen->decode_begin(text);
+      r->job->push(std::move(text));
+      if (t < 0) {
+        complete(*r, "");
+        continue;
+      }
+      sessions.push_back(r->gen->session());
+      tokens.push_back(t);
+      live.push_back(r);
+    } catch (const std::exception& e) {
+      complete(*r, e.what());
+    }
+  }
+  if (live.empty()) return;
+  const size_t V = static_cast<size_t>(model_.config().vocab);
+  logits_.resize(live.size() * V);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    Session::forward_batch(sessions, tokens.data(), logits_.data(), pool);
+  } catch (const std::exception& e) {
+    for (Running* r : live) complete(*r, e.what());
+    return;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  {
+    std::lock_guard lock(m_);
+    metrics_.decode_batches++;
+    metrics_.decode_batch_tokens += live.size();
+  }
+  for (size_t i = 0; i < live.size(); ++i) live[i]->job->push(live[i]->gen->decode_end(logits_.data() + i * V, secs));
 }
 
 void Engine::start(const std::shared_ptr<Job>& job) {

@@ -25,6 +25,10 @@
 #include "runtime/generate.h"
 #include "runtime/session.h"
 
+namespace tq {
+class ThreadPool;
+}
+
 namespace tq::server {
 
 struct EngineOptions {
@@ -74,6 +78,7 @@ struct EngineMetrics {
   uint64_t requests = 0, prompt_tokens = 0, cached_tokens = 0, prefill_tokens = 0, generated_tokens = 0;
   double prefill_seconds = 0, decode_seconds = 0;
   uint64_t evicted_to_disk = 0, dropped = 0, restored_from_disk = 0, cache_files_written = 0;
+  uint64_t decode_batches = 0, decode_batch_tokens = 0;  // batched decode steps and the tokens in them
   size_t sessions_in_memory = 0, sessions_on_disk = 0;
   size_t kv_bytes = 0, session_bytes = 0, disk_bytes = 0;
   size_t queued = 0, running = 0;
@@ -111,6 +116,7 @@ class Engine {
   };
 
   void loop();
+  void decode_batch(const std::vector<Running*>& decoding, tq::ThreadPool& pool);
   void start(const std::shared_ptr<Job>& job);
   void complete(Running& r, const std::string& error);
   Entry* best_entry(const std::vector<int32_t>& prompt, size_t& reuse);
@@ -127,6 +133,7 @@ class Engine {
   std::vector<Running> running_;
   uint64_t clock_ = 0;
   bool recurrent_ = false;  // the model has DeltaNet layers
+  std::vector<float> logits_;  // batched decode logits
 
   mutable std::mutex m_;  // queue, stop flag, metrics
   std::condition_variable cv_;

@@ -304,6 +304,10 @@ std::string HttpServer::metrics_text() const {
   metric("tq_sessions_dropped_total", "counter", "Sessions dropped to stay within the budget.", m.dropped);
   metric("tq_sessions_restored_total", "counter", "Sessions loaded from the prompt cache directory.",
          m.restored_from_disk);
+  metric("tq_decode_batches_total", "counter", "Batched decode steps (one forward for every decoding request).",
+         m.decode_batches);
+  metric("tq_decode_batch_tokens_total", "counter", "Tokens decoded in batched steps (over batches: mean batch size).",
+         m.decode_batch_tokens);
   metric("tq_requests_queued", "gauge", "Requests waiting for a slot.", m.queued);
   metric("tq_requests_running", "gauge", "Requests running.", m.running);
   return out;

@@ -26,6 +26,7 @@ struct O {
   std::vector<size_t> depths{0, 4096, 16384, 32768, 65536, 131072};
   std::vector<int> prefill{512, 8192};
   int gen = 64;
+  int batch = 1;  // sequences decoded together (Model::forward_batch); 1 = plain forward
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -49,12 +50,40 @@ int run(const O& o) {
              weight_bytes / 1e9, gpu ? fmt::format(", copy bandwidth {:.0f} GB/s", bw) : "");
   nlohmann::json out = {{"model", dir}, {"device", o.device}, {"weight_bytes", weight_bytes},
                         {"copy_bandwidth_gbs", bw}, {"decode", nlohmann::json::array()},
-                        {"prefill", nlohmann::json::array()}};
+                        {"prefill", nlohmann::json::array()}, {"batch", nlohmann::json::array()}};
   std::vector<int32_t> toks(*std::max_element(o.prefill.begin(), o.prefill.end()));
   std::mt19937 rng(7);
   for (auto& t : toks) t = static_cast<int32_t>(rng() % c.vocab);
   std::vector<float> logits(c.vocab);
   std::map<std::string, std::map<size_t, double>> tps;
+  if (o.batch > 1) {  // batched decode throughput against one-by-one, same sequences
+    check(o.batch <= 64, "--batch: expected 1..64");
+    for (const auto& p : policies)
+      for (size_t d : o.depths) {
+        std::vector<std::unique_ptr<SequenceState>> sts;
+        std::vector<SequenceState*> ptrs;
+        for (int b = 0; b < o.batch; ++b) {
+          sts.push_back(model->new_state(p));
+          if (d > 0) model->fill_synthetic(*sts.back(), d, 1234 + b, pool);
+          ptrs.push_back(sts.back().get());
+        }
+        std::vector<int32_t> next(o.batch, toks[0]);
+        std::vector<float> lb(static_cast<size_t>(o.batch) * c.vocab);
+        auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < o.gen; ++i) model->forward_batch(ptrs, next.data(), lb.data(), pool);
+        const double batched = o.gen * o.batch / seconds_since(t0);
+        t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < o.gen; ++i)
+          for (int b = 0; b < o.batch; ++b) model->forward(*ptrs[b], &next[b], 1, logits.data(), false, pool);
+        const double single = o.gen * o.batch / seconds_since(t0);
+        fmt::print("  {:<6} depth {:>7}: {} sequences: batched {:8.1f} tok/s, one by one {:8.1f} tok/s ({:.2f}x)\n",
+                   p.name(), d, o.batch, batched, single, batched / single);
+        out["batch"].push_back({{"kv", p.name()}, {"depth", d}, {"sequences", o.batch},
+                                {"batched_tok_per_s", batched}, {"single_tok_per_s", single}});
+      }
+    if (!o.json_out.empty()) std::ofstream(o.json_out) << out.dump(2) << "\n";
+    return 0;
+  }
   for (const auto& p : policies) {
     auto st = model->new_state(p);
     for (size_t d : o.depths) {
@@ -119,6 +148,7 @@ Runner add_bench_depth(CLI::App& app) {
   c->add_option("--prefill", o->prefill, "Prompt lengths for prefill speed")->delimiter(',')->capture_default_str();
   c->add_option("--gen", o->gen, "Decode steps timed per depth")->capture_default_str();
   c->add_option("--json", o->json_out, "Write all numbers as JSON");
+  c->add_option("--batch", o->batch, "Decode this many sequences at once (batched vs one by one)")->capture_default_str();
   return [o] { return run(*o); };
 }
 

@@ -132,9 +132,10 @@ void matmul(const Weight& w, const float* x, int n, float* y, ThreadPool& pool) 
   const int64_t rows = w.rows, cols = w.cols;
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(64, rows / (8 * pool.size()) + 1));
   const size_t n_blocks = static_cast<size_t>((rows + block - 1) / block);
-  // Matrix-vector (decode): the fused 4-bit kernel. Several tokens (prefill): each row
-  // is dequantized once into floats and dotted with every token.
-  const bool q4 = w.quantized() && w.bits == 4 && w.group % 32 == 0 && n <= 2;
+  // Up to 8 tokens (decode, batched decode across sequences): the fused 4-bit kernel, each
+  // block of rows read from memory once and reused from cache for the other tokens. More
+  // tokens (prefill): each row is dequantized once into floats and dotted with every token.
+  const bool q4 = w.quantized() && w.bits == 4 && w.group % 32 == 0 && n <= 8;
   std::vector<float> xsum, xd;
   if (q4) {
     const int64_t ng = cols / w.group;
