@@ -181,7 +181,9 @@ void Engine::decode_batch(const std::vector<Running*>& decoding, ThreadPool& poo
     metrics_.decode_batches++;
     metrics_.decode_batch_tokens += live.size();
   }
-  for (size_t i = 0; i < live.size(); ++i) live[i]->job->push(live[i]->gen->decode_end(logits_.data() + i * V, secs));
+  // Each request is charged its share of the batch, so summed decode time stays wall time.
+  const double share = secs / static_cast<double>(live.size());
+  for (size_t i = 0; i < live.size(); ++i) live[i]->job->push(live[i]->gen->decode_end(logits_.data() + i * V, share));
 }
 
 void Engine::start(const std::shared_ptr<Job>& job) {
