@@ -165,25 +165,32 @@ void Engine::decode_batch(const std::vector<Running*>& decoding, ThreadPool& poo
       complete(*r, e.what());
     }
   }
-  if (live.empty()) return;
+  // Batches of at most kMaxBatch rows: up to there a batched step computes bit-for-bit
+  // what each request's own step would (see cpu::matmul).
+  constexpr size_t kMaxBatch = 8;
   const size_t V = static_cast<size_t>(model_.config().vocab);
-  logits_.resize(live.size() * V);
-  const auto t0 = std::chrono::steady_clock::now();
-  try {
-    Session::forward_batch(sessions, tokens.data(), logits_.data(), pool);
-  } catch (const std::exception& e) {
-    for (Running* r : live) complete(*r, e.what());
-    return;
+  for (size_t b0 = 0; b0 < live.size(); b0 += kMaxBatch) {
+    const size_t nb = std::min(kMaxBatch, live.size() - b0);
+    std::vector<Session*> ss(sessions.begin() + b0, sessions.begin() + b0 + nb);
+    logits_.resize(nb * V);
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      Session::forward_batch(ss, tokens.data() + b0, logits_.data(), pool);
+    } catch (const std::exception& e) {
+      for (size_t i = b0; i < b0 + nb; ++i) complete(*live[i], e.what());
+      continue;
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    {
+      std::lock_guard lock(m_);
+      metrics_.decode_batches++;
+      metrics_.decode_batch_tokens += nb;
+    }
+    // Each request is charged its share of the batch, so summed decode time stays wall time.
+    const double share = secs / static_cast<double>(nb);
+    for (size_t i = 0; i < nb; ++i)
+      live[b0 + i]->job->push(live[b0 + i]->gen->decode_end(logits_.data() + i * V, share));
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  {
-    std::lock_guard lock(m_);
-    metrics_.decode_batches++;
-    metrics_.decode_batch_tokens += live.size();
-  }
-  // Each request is charged its share of the batch, so summed decode time stays wall time.
-  const double share = secs / static_cast<double>(live.size());
-  for (size_t i = 0; i < live.size(); ++i) live[i]->job->push(live[i]->gen->decode_end(logits_.data() + i * V, share));
 }
 
 void Engine::start(const std::shared_ptr<Job>& job) {

@@ -189,8 +189,10 @@ void matmul(const Weight& w, const float* x, int n, float* y, ThreadPool& pool) 
           rp[k] = buf.data() + k * cols;
         }
       }
+      // The 4×4 kernel for prefill; up to 8 tokens (batched decode) each token alone, so a
+      // batched step computes exactly what the token's own step would.
       int i = 0;
-      if (nr == 4)
+      if (nr == 4 && n > 8)
         for (; i + 4 <= n; i += 4) dot4x4(rp, x + i * cols, cols, y + i * rows + r, rows);
       for (; i < n; ++i)
         for (int k = 0; k < nr; ++k) y[i * rows + r + k] = dot(rp[k], x + i * cols, cols);
