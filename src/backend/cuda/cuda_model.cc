@@ -128,6 +128,9 @@ class DevKV {
     const bool codes = kb < 16 || vb < 16;
     L_.window = codes ? p.window : 0;
     L_.ring_rows = L_.window > 0 ? L_.window + kChunk : 0;
+    ring_lo_dev_ = DevBuf(sizeof(unsigned long long));
+    TQ_CUDA_CHECK(cudaMemset(ring_lo_dev_.get(), 0, ring_lo_dev_.bytes()));
+    L_.ring_lo = ring_lo_dev_.get<unsigned long long>();
     side(L_.k, kb, p, layer, 0, k_tables_);
     side(L_.v, vb, p, layer, 1, v_tables_);
     if (L_.window > 0) {
@@ -147,13 +150,24 @@ class DevKV {
     grow(L_.v, v_rows_, v_norms_, cap, s);
     L_.cap = cap;
   }
+  // Host bookkeeping after kv_append (which advances the device's ring_lo the same way).
   void appended(size_t n_new) {
-    if (L_.ring_rows > 0) L_.ring_lo = std::max(L_.ring_lo, n_ + n_new > static_cast<size_t>(L_.ring_rows) ? n_ + n_new - L_.ring_rows : 0);
+    if (L_.ring_rows > 0) ring_lo_ = std::max(ring_lo_, n_ + n_new > static_cast<size_t>(L_.ring_rows) ? n_ + n_new - L_.ring_rows : 0);
     n_ += n_new;
   }
   void truncate(size_t n) {
     n_ = std::min(n, n_);
-    L_.ring_lo = std::min(L_.ring_lo, n_);
+    if (ring_lo_ > n_) {
+      ring_lo_ = n_;
+      const unsigned long long v = ring_lo_;
+      TQ_CUDA_CHECK(cudaMemcpy(L_.ring_lo, &v, sizeof v, cudaMemcpyHostToDevice));
+    }
+  }
+  // Where this cache's buffers are (a captured decode step is valid while they stay).
+  void append_key(std::vector<uintptr_t>& key) const {
+    key.push_back(L_.cap);
+    for (const DevKVSide* sd : {&L_.k, &L_.v})
+      key.push_back(reinterpret_cast<uintptr_t>(sd->rows)), key.push_back(reinterpret_cast<uintptr_t>(sd->norms));
   }
   size_t resident_bytes() const {
     size_t b = k_rows_.bytes() + k_norms_.bytes() + v_rows_.bytes() + v_norms_.bytes();
@@ -209,7 +223,8 @@ class DevKV {
   }
 
   DevKVLayer L_;
-  size_t n_ = 0;
+  size_t n_ = 0, ring_lo_ = 0;
+  DevBuf ring_lo_dev_;
   DevBuf k_rows_, k_norms_, v_rows_, v_norms_;
   std::vector<DevBuf> ring_, k_tables_, v_tables_;
 };
@@ -235,6 +250,7 @@ class StageProfile {
     started_ = true;
   }
   void reset() { started_ = false; }
+  bool on() const { return on_; }
 
  private:
   bool on_, started_ = false;
@@ -242,10 +258,52 @@ class StageProfile {
   std::map<std::string, double> ms_;
 };
 
+// A decode step captured as a CUDA graph, valid while its key (where every KV buffer is,
+// whether x goes int8) holds: the buffers move only when a cache grows.
+class StepGraph {
+ public:
+  StepGraph() = default;
+  StepGraph(const StepGraph&) = delete;
+  StepGraph& operator=(const StepGraph&) = delete;
+  ~StepGraph() { reset(); }
+  void reset() {
+    if (exec_) cudaGraphExecDestroy(exec_);
+    exec_ = nullptr;
+    key_.clear();
+  }
+  bool valid_for(const std::vector<uintptr_t>& key) const { return exec_ && key == key_; }
+  // Records what enqueue puts on stream s and instantiates it.
+  template <typename F>
+  void capture(std::vector<uintptr_t> key, cudaStream_t s, F&& enqueue) {
+    reset();
+    TQ_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue();
+    } catch (...) {
+      cudaGraph_t g = nullptr;
+      cudaStreamEndCapture(s, &g);
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    cudaGraph_t g = nullptr;
+    TQ_CUDA_CHECK(cudaStreamEndCapture(s, &g));
+    const cudaError_t e = cudaGraphInstantiate(&exec_, g, 0);
+    cudaGraphDestroy(g);
+    TQ_CUDA_CHECK(e);
+    key_ = std::move(key);
+  }
+  void launch(cudaStream_t s) const { TQ_CUDA_CHECK(cudaGraphLaunch(exec_, s)); }
+
+ private:
+  cudaGraphExec_t exec_ = nullptr;
+  std::vector<uintptr_t> key_;
+};
+
 class CudaSequence final : public DeviceSequence {
  public:
   std::vector<std::unique_ptr<DevKV>> kv;  // per layer (null for DeltaNet layers)
   std::vector<DevBuf> conv, state;         // per layer (empty for attention layers)
+  StepGraph decode_graph;
   size_t kv_bytes() const override {
     size_t b = 0;
     for (const auto& k : kv)
@@ -405,20 +463,61 @@ class CudaModel final : public Model {
     for (size_t i = 0; i < want.size(); ++i) *want[i].p = arena_.get<float>() + at[i];
     tok_dev_ = DevBuf(n * sizeof(int32_t));
     pos_dev_ = DevBuf(n * sizeof(int32_t));
+    const size_t widest = std::max({H, static_cast<size_t>(m.intermediate), m.n_heads * hd, vd});
+    const size_t blocks = (widest + 31) / 32;
+    q8_ = DevBuf(blocks * (2 * sizeof(int4) + sizeof(float4) + sizeof(float)));
+    xq8_ = XQ8{q8_.get<int4>(), reinterpret_cast<float4*>(q8_.get<int4>() + 2 * blocks),
+               reinterpret_cast<float*>(q8_.get<int4>() + 3 * blocks)};
   }
 
   void run_chunk(CudaSequence& ds, size_t pos0, const int32_t* tokens, int n, float* logits, bool all) const {
     const ModelConfig& m = config();
-    const int H = m.hidden, hd = m.head_dim;
-    const float eps = static_cast<float>(m.rms_eps);
     cudaStream_t s = stream_;
     for (int i = 0; i < n; ++i)
       check(tokens[i] >= 0 && tokens[i] < m.vocab, "token id {} out of range [0, {})", tokens[i], m.vocab);
     std::vector<int32_t> pos(n);
     for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(pos0 + i);
+    for (auto& kv : ds.kv)
+      if (kv) kv->reserve(pos0 + n, s);  // may move buffers: before anything is enqueued
     TQ_CUDA_CHECK(cudaMemcpyAsync(tok_dev_.get(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
     TQ_CUDA_CHECK(cudaMemcpyAsync(pos_dev_.get(), pos.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    const int first = all ? 0 : n - 1, rows = logits ? n - first : 0;
+    // A decode step reads every per-step value (token, position, ring bound) from device
+    // memory, so its launches can be captured once and replayed as a CUDA graph.
+    const bool decode = n == 1 && logits && use_graph_ && !prof_.on();
+    if (decode) {
+      std::vector<uintptr_t> key = {g_decode_int8};
+      for (const auto& kv : ds.kv)
+        if (kv) kv->append_key(key);
+      if (!ds.decode_graph.valid_for(key))
+        ds.decode_graph.capture(std::move(key), s, [&] { enqueue(ds, pos0, n, first, rows); });
+      ds.decode_graph.launch(s);
+    } else {
+      enqueue(ds, pos0, n, first, rows);
+    }
+    for (auto& kv : ds.kv)
+      if (kv) kv->appended(n);
+    const DevWeight& head = tied_ ? embed_.w : head_.w;
+    for (int r = 0; r < rows; ++r) {  // logits_ holds one row (the head ran for it when rows == 1)
+      if (rows > 1) matmul(head, xb_ + static_cast<size_t>(r) * m.hidden, 1, logits_, s);
+      TQ_CUDA_CHECK(cudaMemcpyAsync(logits + static_cast<size_t>(r) * m.vocab, logits_, m.vocab * sizeof(float),
+                                    cudaMemcpyDeviceToHost, s));
+    }
+    TQ_CUDA_CHECK(cudaStreamSynchronize(s));
+    prof_.mark("head+copy", s);
+  }
+
+  // Every kernel of one forward pass over n tokens at pos0 (tokens and positions already on
+  // the device); the final norm of rows [first, first + rows) into xb_, and their logits into
+  // logits_ when there is one row. Enqueues only: no host
+  // synchronization, no allocation (a decode step is captured as a graph).
+  void enqueue(CudaSequence& ds, size_t pos0, int n, int first, int rows) const {
+    const ModelConfig& m = config();
+    const int H = m.hidden, hd = m.head_dim;
+    const float eps = static_cast<float>(m.rms_eps);
+    cudaStream_t s = stream_;
     const int32_t* dpos = pos_dev_.get<int32_t>();
+    const XQ8* xq = n == 1 ? &xq8_ : nullptr;  // int8 x for decode matvecs
     prof_.reset();
     prof_.mark("start", s);
     embed(embed_.w, tok_dev_.get<int32_t>(), n, x_, s);
@@ -426,72 +525,67 @@ class CudaModel final : public Model {
     const float* pending = nullptr;  // sublayer output not yet added to x
     for (int l = 0; l < m.n_layers; ++l) {
       const DevLayer& L = layers_[l];
-      rmsnorm(x_, pending, L.in_norm.get<float>(), n, H, eps, xb_, s);
+      rmsnorm(x_, pending, L.in_norm.get<float>(), n, H, eps, xb_, s, xq);
       prof_.mark("norm", s);
       if (L.linear) {
         delta_mixer(L, ds.conv[l].get<float>(), ds.state[l].get<float>(), n);
       } else {
-        DevKV& kv = *ds.kv[l];
-        kv.reserve(pos0 + n, s);
+        DevKVLayer& kv = ds.kv[l]->layer();
         const DevWeight* ws[3] = {&L.q.w, &L.k.w, &L.v.w};
         float* ys[3] = {m.attn_output_gate ? qg_ : q_, k_, v_};
-        matmul_many(ws, ys, 3, xb_, n, s);
+        matmul_many(ws, ys, 3, xb_, n, s, xq);
         prof_.mark("attn qkv", s);
         AttnPrep ap{n, m.n_heads, m.n_kv_heads, hd, m.rot_dims(), m.rope_theta, eps, m.attn_output_gate,
                     L.q_norm.get<float>(), L.k_norm.get<float>(), L.q_bias.get<float>(), L.k_bias.get<float>(),
                     L.v_bias.get<float>()};
         attn_prep(ap, m.attn_output_gate ? qg_ : q_, q_, gt_, k_, v_, dpos, s);
         prof_.mark("attn prep", s);
-        kv_append(kv.layer(), k_, v_, n, pos0, s);
-        kv.appended(n);
+        kv_append(kv, k_, v_, n, pos0, s, dpos);
         prof_.mark("kv append", s);
-        attention(kv.layer(), q_, dpos, n, static_cast<int>(pos0 + n - 1), kv.tokens(),
-                  m.attn_output_gate ? gt_ : nullptr, 1.0f / std::sqrt(static_cast<float>(hd)), att_scr_, att_, s);
+        // Decode: every split count and bound from the capacity and device values, so the
+        // same launches serve every step until the cache grows.
+        const size_t n_tokens = n == 1 ? SIZE_MAX : pos0 + n;
+        const int sp = splits_for(kv, n, n == 1 ? kv.cap : pos0 + n);
+        attention(kv, q_, dpos, n, n_tokens, sp, m.attn_output_gate ? gt_ : nullptr,
+                  1.0f / std::sqrt(static_cast<float>(hd)), att_scr_, att_, s, xq);
         prof_.mark("attention", s);
-        matmul(L.o.w, att_, n, o_, s);
+        matmul(L.o.w, att_, n, o_, s, xq);
         prof_.mark("attn out", s);
       }
-      rmsnorm(x_, o_, L.post_norm.get<float>(), n, H, eps, xb_, s);
+      rmsnorm(x_, o_, L.post_norm.get<float>(), n, H, eps, xb_, s, xq);
       prof_.mark("norm", s);
-      swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s);
+      swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s, xq);
       prof_.mark("mlp gate/up", s);
-      matmul(L.down.w, g_, n, o_, s);
+      if (xq) quantize_q8(g_, m.intermediate, *xq, s);
+      matmul(L.down.w, g_, n, o_, s, xq);
       prof_.mark("mlp down", s);
       pending = o_;
     }
-    if (logits) {
-      const int first = all ? 0 : n - 1, rows = n - first;
+    if (rows > 0) {
       float* xr = x_ + static_cast<size_t>(first) * H;
       add(xr, o_ + static_cast<size_t>(first) * H, static_cast<size_t>(rows) * H, s);
-      rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s);
-      const DevWeight& head = tied_ ? embed_.w : head_.w;
-      for (int r = 0; r < rows; ++r) {  // logits_ holds one row
-        matmul(head, xb_ + static_cast<size_t>(r) * H, 1, logits_, s);
-        TQ_CUDA_CHECK(cudaMemcpyAsync(logits + static_cast<size_t>(r) * m.vocab, logits_, m.vocab * sizeof(float),
-                                      cudaMemcpyDeviceToHost, s));
-      }
+      rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s, rows == 1 ? &xq8_ : nullptr);
+      if (rows == 1) matmul(tied_ ? embed_.w : head_.w, xb_, 1, logits_, s, &xq8_);
     }
-    TQ_CUDA_CHECK(cudaStreamSynchronize(s));
-    prof_.mark("head+copy", s);
   }
 
   void delta_mixer(const DevLayer& L, float* conv_state, float* state, int n) const {
     const ModelConfig& m = config();
     cudaStream_t s = stream_;
+    const XQ8* xq = n == 1 ? &xq8_ : nullptr;
     DeltaDims d{n, m.lin_k_heads, m.lin_v_heads, m.lin_k_dim, m.lin_v_dim, m.conv_kernel};
     const DevWeight* ws[4] = {&L.qkv.w, &L.z.w, &L.b.w, &L.a.w};
     float* ys[4] = {qkv_, z_, b_, a_};
-    matmul_many(ws, ys, 4, xb_, n, s);
+    matmul_many(ws, ys, 4, xb_, n, s, xq);
     prof_.mark("dn proj", s);
-    delta_conv(d, qkv_, conv_state, L.conv.get<float>(), s);
-    prof_.mark("dn conv", s);
-    delta_prep(d, qkv_, b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_, dk_, dv_, beta_, gd_, s);
-    prof_.mark("dn prep", s);
+    delta_conv_prep(d, qkv_, conv_state, L.conv.get<float>(), b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_,
+                    dk_, dv_, beta_, gd_, s);
+    prof_.mark("dn conv+prep", s);
     delta_rule(d, dq_, dk_, dv_, beta_, gd_, state, y_, s);
     prof_.mark("dn rule", s);
-    gated_norm(d, y_, z_, L.norm.get<float>(), static_cast<float>(m.rms_eps), s);
+    gated_norm(d, y_, z_, L.norm.get<float>(), static_cast<float>(m.rms_eps), s, xq);
     prof_.mark("dn norm", s);
-    matmul(L.out.w, y_, n, o_, s);
+    matmul(L.out.w, y_, n, o_, s, xq);
     prof_.mark("dn out", s);
   }
 
@@ -500,7 +594,9 @@ class CudaModel final : public Model {
   bool tied_ = false;
   DevBuf final_norm_;
   std::vector<DevLayer> layers_;
-  DevBuf arena_, tok_dev_, pos_dev_;
+  DevBuf arena_, tok_dev_, pos_dev_, q8_;
+  XQ8 xq8_;  // int8 copy of the decode step's current matvec input
+  bool use_graph_ = !(std::getenv("TQ_CUDA_GRAPH") && std::string(std::getenv("TQ_CUDA_GRAPH")) == "0");
   mutable StageProfile prof_;
   float *x_, *xb_, *o_, *g_, *u_, *qg_, *q_, *gt_, *att_, *k_, *v_, *att_scr_, *qkv_, *z_, *b_, *a_, *beta_, *gd_,
       *dq_, *dk_, *dv_, *y_, *logits_;
@@ -558,7 +654,11 @@ std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n) {
   ensure_device();
   Uploaded u = upload_weight(w);
   DevBuf dx = upload(x), dy(static_cast<size_t>(n) * w.rows * sizeof(float));
-  cuda::matmul(u.w, dx.get<float>(), n, dy.get<float>(), nullptr);
+  const size_t blocks = (static_cast<size_t>(w.cols) + 31) / 32;
+  DevBuf q(blocks * 2 * sizeof(int4)), d(blocks * sizeof(float4)), sum(blocks * sizeof(float));
+  const XQ8 xq{q.get<int4>(), d.get<float4>(), sum.get<float>()};
+  if (n == 1) quantize_q8(dx.get<float>(), w.cols, xq, nullptr);
+  cuda::matmul(u.w, dx.get<float>(), n, dy.get<float>(), nullptr, &xq);
   std::vector<float> y(static_cast<size_t>(n) * w.rows);
   TQ_CUDA_CHECK(cudaMemcpy(y.data(), dy.get(), y.size() * sizeof(float), cudaMemcpyDeviceToHost));
   return y;
@@ -568,14 +668,27 @@ void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float
   ensure_device();
   const size_t n = in.n;
   DevBuf q = upload(in.q, n * in.hk * in.dk), k = upload(in.k, n * in.hk * in.dk), v = upload(in.v, n * in.hv * in.dv);
-  DevBuf beta = upload(in.beta, n * in.hv), g = upload(in.g, n * in.hv), ds = upload(s);
+  // The GPU keeps each head's state transposed ([dk][dv]).
+  auto transpose = [&](const std::vector<float>& a, bool to_gpu) {
+    std::vector<float> b(a.size());
+    for (int h = 0; h < in.hv; ++h)
+      for (int i = 0; i < in.dv; ++i)
+        for (int j = 0; j < in.dk; ++j) {
+          const size_t cpu = (static_cast<size_t>(h) * in.dv + i) * in.dk + j, gpu = (static_cast<size_t>(h) * in.dk + j) * in.dv + i;
+          (to_gpu ? b[gpu] : b[cpu]) = to_gpu ? a[cpu] : a[gpu];
+        }
+    return b;
+  };
+  DevBuf beta = upload(in.beta, n * in.hv), g = upload(in.g, n * in.hv), ds = upload(transpose(s, true));
   DevBuf dy(n * in.hv * in.dv * sizeof(float));
   DeltaDims d{in.n, in.hk, in.hv, in.dk, in.dv, 0};
   delta_rule(d, q.get<float>(), k.get<float>(), v.get<float>(), beta.get<float>(), g.get<float>(), ds.get<float>(),
              dy.get<float>(), nullptr);
   y.resize(n * in.hv * in.dv);
   TQ_CUDA_CHECK(cudaMemcpy(y.data(), dy.get(), y.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  TQ_CUDA_CHECK(cudaMemcpy(s.data(), ds.get(), s.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  std::vector<float> sg(s.size());
+  TQ_CUDA_CHECK(cudaMemcpy(sg.data(), ds.get(), sg.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  s = transpose(sg, false);
 }
 
 std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int layer, const std::vector<float>& k,
@@ -594,10 +707,10 @@ std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int la
   }
   const int n_q = static_cast<int>(pos.size());
   DevBuf dq = upload(q), dpos = upload(pos);
-  DevBuf scr(attention_scratch_floats(kv.layer(), n_q, n_kv) * sizeof(float));
+  const int sp = splits_for(kv.layer(), n_q, n_kv);
+  DevBuf scr(attention_scratch_floats(kv.layer(), n_q, sp) * sizeof(float));
   DevBuf out(static_cast<size_t>(n_q) * geo.n_heads * geo.head_dim * sizeof(float));
-  const int max_pos = *std::max_element(pos.begin(), pos.end());
-  cuda::attention(kv.layer(), dq.get<float>(), dpos.get<int32_t>(), n_q, max_pos, n_kv, nullptr,
+  cuda::attention(kv.layer(), dq.get<float>(), dpos.get<int32_t>(), n_q, n_kv, sp, nullptr,
                   1.0f / std::sqrt(static_cast<float>(geo.head_dim)), scr.get<float>(), out.get<float>(), nullptr);
   std::vector<float> o(static_cast<size_t>(n_q) * geo.n_heads * geo.head_dim);
   TQ_CUDA_CHECK(cudaMemcpy(o.data(), out.get(), o.size() * sizeof(float), cudaMemcpyDeviceToHost));

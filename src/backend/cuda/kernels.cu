@@ -12,6 +12,20 @@ namespace {
 
 constexpr int kWarp = 32;
 
+// Programmatic dependent launch (sm_90): a kernel may be launched while the previous one
+// is still running; it waits here for that one to finish (and its writes to be visible)
+// before touching memory, then lets the next one launch. Hides the launch gap between
+// the many short kernels of a decode step. No-op when launched without the attribute.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Pulls a weight line into L2 (weights do not depend on the previous kernel, so a kernel
+// launched early may do this before pdl_enter).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -91,52 +105,6 @@ __device__ __forceinline__ void q4_rows(const uint32_t* const (&rc)[kRowsPerWarp
   }
 }
 
-// Decode (one token): x quantized per 8-value word to int8 (its own scale), laid out so a
-// 4-bit word's even and odd nibbles meet their x bytes in two dp4a instructions:
-// {x0,x2,x4,x6 | x1,x3,x5,x7 | scale d | Σx (exact)} = 16 bytes per word.
-__global__ void quantize_x8_kernel(const float* __restrict__ x, int words, int4* __restrict__ xq) {
-  const int wi = blockIdx.x * blockDim.x + threadIdx.x;
-  if (wi >= words) return;
-  const float4 a = reinterpret_cast<const float4*>(x)[2 * wi], b = reinterpret_cast<const float4*>(x)[2 * wi + 1];
-  const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-  float mx = 0, sum = 0;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) mx = fmaxf(mx, fabsf(v[i])), sum += v[i];
-  const float d = mx / 127.0f, inv = mx > 0 ? 127.0f / mx : 0.0f;
-  int q[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) q[i] = __float2int_rn(v[i] * inv) & 0xff;
-  int4 o;
-  o.x = q[0] | (q[2] << 8) | (q[4] << 16) | (q[6] << 24);
-  o.y = q[1] | (q[3] << 8) | (q[5] << 16) | (q[7] << 24);
-  o.z = __float_as_int(d);
-  o.w = __float_as_int(sum);
-  xq[wi] = o;
-}
-
-__device__ __forceinline__ void q4_rows_q8(const uint32_t* const (&rc)[kRowsPerWarp], const uint8_t* const (&sr)[kRowsPerWarp],
-                                           const uint8_t* const (&br)[kRowsPerWarp], bool sbf16, int group, int cols,
-                                           const int4* __restrict__ xq, int w0, int step, float (&acc)[kRowsPerWarp][1]) {
-  const int words = cols / 8, wpg = group / 8;
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) acc[r][0] = 0;
-#pragma unroll 4
-  for (int wi = w0; wi < words; wi += step) {
-    uint32_t u[kRowsPerWarp];
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) u[r] = __ldg(rc[r] + wi);
-    const int4 xv = __ldg(xq + wi);
-    const float d = __int_as_float(xv.z), sx = __int_as_float(xv.w);
-    const int gi = wi / wpg;
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const int lo = static_cast<int>(u[r] & 0x0f0f0f0fu), hi = static_cast<int>((u[r] >> 4) & 0x0f0f0f0fu);
-      const int dot = __dp4a(hi, xv.y, __dp4a(lo, xv.x, 0));
-      acc[r][0] += scale_at(sr[r], sbf16, gi) * (d * static_cast<float>(dot)) + scale_at(br[r], sbf16, gi) * sx;
-    }
-  }
-}
-
 template <int NT>
 __device__ __forceinline__ void warp_reduce_rows(float (&acc)[kRowsPerWarp][NT]) {
 #pragma unroll
@@ -163,13 +131,14 @@ struct MatvecGroup {
   int count = 0;
   int block_end[4];  // exclusive prefix of row units (warps) per weight
   bool swiglu = false;
+  int wpu = 1;  // q4_q8_kernel: warps sharing one unit's columns (1, 2, 4 or 8)
 };
 
 constexpr int kMatvecThreads = 128;  // 4 warps, one unit of rows each
 
-template <int NT, bool Q8>
-__global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g, const float* __restrict__ x, int n,
-                                                                  const int4* __restrict__ xq) {
+template <int NT>
+__global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g, const float* __restrict__ x, int n) {
+  pdl_enter();
   // One warp per unit of 4 rows (swiglu: 2 rows of gate and the same 2 of up); lanes take
   // the row's words in turn, 4 iterations unrolled so each lane has 16 weight loads in flight.
   const int lane = threadIdx.x & 31;
@@ -184,8 +153,7 @@ __global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g,
     if (r0 >= a.rows) return;
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(g.w[r / 2], min(r0 + (r & 1), a.rows - 1), rc[r], sr[r], br[r]);
-    if constexpr (Q8) q4_rows_q8(rc, sr, br, a.sbf16, a.group, a.cols, xq, lane, kWarp, acc);
-    else q4_rows<NT>(rc, sr, br, a.sbf16, a.group, a.cols, x, n, lane, kWarp, acc);
+    q4_rows<NT>(rc, sr, br, a.sbf16, a.group, a.cols, x, n, lane, kWarp, acc);
     warp_reduce_rows<NT>(acc);
     if (lane != 0) return;
 #pragma unroll
@@ -205,8 +173,7 @@ __global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g,
   const int r0 = (unit - (j ? g.block_end[j - 1] : 0)) * kRowsPerWarp;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) q4_row_ptrs(w, min(r0 + r, w.rows - 1), rc[r], sr[r], br[r]);
-  if constexpr (Q8) q4_rows_q8(rc, sr, br, w.sbf16, w.group, w.cols, xq, lane, kWarp, acc);
-  else q4_rows<NT>(rc, sr, br, w.sbf16, w.group, w.cols, x, n, lane, kWarp, acc);
+  q4_rows<NT>(rc, sr, br, w.sbf16, w.group, w.cols, x, n, lane, kWarp, acc);
   warp_reduce_rows<NT>(acc);
   if (lane != 0) return;
 #pragma unroll
@@ -216,8 +183,150 @@ __global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g,
       if (t < n && r0 + r < w.rows) g.y[j][static_cast<size_t>(t) * w.rows + r0 + r] = acc[r][t];
 }
 
+// ---- decode matvec on int8 activations (dp4a), as llama.cpp's MMVQ does ----
+// x in blocks of 32 values: 32 int8 (for each 8-value word its even values, then its odd
+// values, so a 4-bit word's low and high nibbles meet them in two dp4a), a scale per word
+// (d = max|x|/127 over its 8 values) and the block's exact float sum (the group bias
+// multiplies it).
+__device__ __forceinline__ void q8_store_warp(float v, size_t i, XQ8 out) {
+  // The warp's 32 lanes hold elements i of one block, lane = i % 32.
+  float mx = fabsf(v), sum = v;
+#pragma unroll
+  for (int o = 4; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  const float inv = mx > 0 ? 127.0f / mx : 0.0f;
+  const int k = static_cast<int>(i & 31);
+  reinterpret_cast<int8_t*>(out.q)[(i & ~size_t(31)) + (k >> 3) * 8 + (k & 1) * 4 + ((k & 7) >> 1)] =
+      static_cast<int8_t>(__float2int_rn(v * inv));
+  if ((k & 7) == 0) reinterpret_cast<float*>(out.d)[i >> 3] = mx / 127.0f;
+  if (k == 0) out.sum[i >> 5] = sum;
+}
+
+__global__ void quantize_q8_kernel(const float* __restrict__ x, size_t n, XQ8 out) {
+  pdl_enter();
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) q8_store_warp(x[i], i, out);  // n % 32 == 0: whole warps in or out
+}
+
+// Weights are read once per step: stream them past L1 so x stays there.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+// Exact int → float for |v| < 2^22 without the (quarter-rate) conversion unit.
+__device__ __forceinline__ float small_int_to_float(int v) { return __int_as_float(v + 0x4B400000) - 12582912.0f; }
+
+// One warp per unit of kQ8Rows rows (swiglu: half gate rows, the same half of up); lane
+// reads 16 bytes (32 weights, one x block) of every row per step, kQ8Unroll steps in flight.
+constexpr int kQ8Rows = 4, kQ8Unroll = 1, kQ8Threads = 256;
+
+__global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8 x) {
+  constexpr int R = kQ8Rows, U = kQ8Unroll, H = R / 2;
+  __shared__ float part[kQ8Threads / 32][R];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpu = g.wpu;
+  const int sub = warp % wpu;  // this warp's share of the unit's columns
+  const int unit = blockIdx.x * (kQ8Threads / 32 / wpu) + warp / wpu;
+  const uint32_t* rc32[R];
+  const uint8_t* sr[R];
+  const uint8_t* br[R];
+  int j = 0, r0 = 0;
+  bool live;
+  if (g.swiglu) {
+    r0 = unit * H;
+    live = r0 < g.w[0].rows;
+#pragma unroll
+    for (int r = 0; r < R; ++r) q4_row_ptrs(g.w[r / H], max(0, min(r0 + r % H, g.w[0].rows - 1)), rc32[r], sr[r], br[r]);
+  } else {
+    live = unit < g.block_end[g.count - 1];
+    while (j < g.count - 1 && unit >= g.block_end[j]) ++j;
+    r0 = (unit - (j ? g.block_end[j - 1] : 0)) * R;
+#pragma unroll
+    for (int r = 0; r < R; ++r) q4_row_ptrs(g.w[j], max(0, min(r0 + r, g.w[j].rows - 1)), rc32[r], sr[r], br[r]);
+  }
+  const DevWeight& w = g.w[j];
+  const int nb = live ? w.cols / 32 : 0, bpg = w.group / 32, stride = 32 * wpu;
+  const bool sbf16 = w.sbf16;
+  if (sub * 32 + lane < nb && (lane & 7) == 0)  // this warp's first step, one lane per 128-byte line
+#pragma unroll
+    for (int r = 0; r < R; ++r) prefetch_l2(reinterpret_cast<const uint4*>(rc32[r]) + sub * 32 + lane);
+  pdl_enter();
+  float acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0;
+  for (int b0 = sub * 32 + lane; b0 < nb; b0 += stride * U) {
+    uint4 wv[U][R];
+    float sc[U][R], bi[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int b = b0 + stride * u;
+      if (b >= nb) break;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        wv[u][r] = ld_stream(reinterpret_cast<const uint4*>(rc32[r]) + b);
+        sc[u][r] = scale_at(sr[r], sbf16, b / bpg);
+        bi[u][r] = scale_at(br[r], sbf16, b / bpg);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int b = b0 + stride * u;
+      if (b >= nb) break;
+      const int4 xa = __ldg(x.q + 2 * b), xb = __ldg(x.q + 2 * b + 1);
+      const float4 d = __ldg(x.d + b);
+      const float sx = __ldg(x.sum + b);
+      // Codes centred on 8: Σ(q−8)·x̂ carries the int8 rounding of x, and the rest,
+      // (bias + 8·scale)·Σx, uses the exact sum (no common-mode rounding error).
+      constexpr int ones = 0x01010101;
+      const int c0 = 8 * __dp4a(xa.y, ones, __dp4a(xa.x, ones, 0)), c1 = 8 * __dp4a(xa.w, ones, __dp4a(xa.z, ones, 0));
+      const int c2 = 8 * __dp4a(xb.y, ones, __dp4a(xb.x, ones, 0)), c3 = 8 * __dp4a(xb.w, ones, __dp4a(xb.z, ones, 0));
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const uint4 q = wv[u][r];
+        constexpr uint32_t m = 0x0f0f0f0fu;
+        const int d0 = __dp4a(static_cast<int>((q.x >> 4) & m), xa.y, __dp4a(static_cast<int>(q.x & m), xa.x, -c0));
+        const int d1 = __dp4a(static_cast<int>((q.y >> 4) & m), xa.w, __dp4a(static_cast<int>(q.y & m), xa.z, -c1));
+        const int d2 = __dp4a(static_cast<int>((q.z >> 4) & m), xb.y, __dp4a(static_cast<int>(q.z & m), xb.x, -c2));
+        const int d3 = __dp4a(static_cast<int>((q.w >> 4) & m), xb.w, __dp4a(static_cast<int>(q.w & m), xb.z, -c3));
+        const float dot = (d.x * small_int_to_float(d0) + d.y * small_int_to_float(d1)) +
+                          (d.z * small_int_to_float(d2) + d.w * small_int_to_float(d3));
+        acc[r] += sc[u][r] * dot + (bi[u][r] + 8.0f * sc[u][r]) * sx;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
+  if (wpu > 1) {  // the unit's warps add their column shares (fixed order: deterministic)
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
+    __syncthreads();
+    if (sub != 0) return;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float t = 0;
+      for (int k = 0; k < wpu; ++k) t += part[warp + k][r];
+      acc[r] = t;
+    }
+  }
+  if (lane != 0 || !live) return;
+  if (g.swiglu) {
+#pragma unroll
+    for (int r = 0; r < H; ++r)
+      if (r0 + r < w.rows) g.y[0][r0 + r] = acc[r] / (1.0f + expf(-acc[r])) * acc[H + r];
+    return;
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    if (r0 + r < w.rows) g.y[j][r0 + r] = acc[r];
+}
+
 template <int NT>
 __global__ void f32_matvec_kernel(DevWeight w, const float* __restrict__ x, int n, float* __restrict__ y) {
+  pdl_enter();
   const int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (row >= w.rows) return;
   const float* wr = w.f32 + static_cast<size_t>(row) * w.cols;
@@ -239,6 +348,7 @@ __global__ void f32_matvec_kernel(DevWeight w, const float* __restrict__ x, int 
 }
 
 __global__ void embed_kernel(DevWeight w, const int32_t* tokens, float* x) {
+  pdl_enter();
   const int t = blockIdx.x;
   const int64_t r = tokens[t];
   float* out = x + static_cast<size_t>(t) * w.cols;
@@ -255,7 +365,8 @@ __global__ void embed_kernel(DevWeight w, const int32_t* tokens, float* x) {
 }
 
 __global__ void rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ add, const float* __restrict__ w,
-                               int dim, float eps, float* __restrict__ out) {
+                               int dim, float eps, float* __restrict__ out, XQ8 q8) {
+  pdl_enter();
   __shared__ float red[32];
   float* xr = x + static_cast<size_t>(blockIdx.x) * dim;
   const float* ar = add ? add + static_cast<size_t>(blockIdx.x) * dim : nullptr;
@@ -272,12 +383,17 @@ __global__ void rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ 
   ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / dim + eps);
   float* o = out + static_cast<size_t>(blockIdx.x) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = xr[i] * inv * (w ? w[i] : 1.0f);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    const float v = xr[i] * inv * (w ? w[i] : 1.0f);
+    o[i] = v;
+    if (q8.q) q8_store_warp(v, static_cast<size_t>(blockIdx.x) * dim + i, q8);  // dim % 32 == 0
+  }
 }
 
 // One block per (token, head) of q (heads < n_heads), k (next n_kv_heads) and v (last n_kv_heads).
 __global__ void attn_prep_kernel(AttnPrep a, const float* qg, float* q, float* gate, float* k, float* v,
                                  const int32_t* pos) {
+  pdl_enter();
   extern __shared__ float sh[];  // head_dim + 32
   float* vec = sh;
   float* red = sh + a.head_dim;
@@ -336,9 +452,15 @@ __device__ void fwht_shared(float* y, int D) {
   __syncthreads();
 }
 
-__global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, size_t first) {
+__global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, size_t first, const int32_t* first_dev) {
+  pdl_enter();
   extern __shared__ float sh[];  // D floats + D bytes idx + 32 red
   const int t = blockIdx.x, g = blockIdx.y, side = blockIdx.z;
+  if (first_dev) first = static_cast<size_t>(first_dev[0]);
+  if (L.ring_rows > 0 && t == 0 && g == 0 && side == 0 && threadIdx.x == 0) {
+    const size_t end = first + gridDim.x;
+    if (end > static_cast<size_t>(L.ring_rows)) *L.ring_lo = max(*L.ring_lo, static_cast<unsigned long long>(end - L.ring_rows));
+  }
   const DevKVSide& S = side ? L.v : L.k;
   const float* x = (side ? v : k) + (static_cast<size_t>(t) * L.n_kv_heads + g) * L.head_dim;
   const size_t pos = first + t;
@@ -462,6 +584,8 @@ __device__ __forceinline__ float side_value(const SideView& v, int j) {
 // Partial results: m, l per (query, head, split), acc [query][head][split][Dv].
 __global__ void attention_kernel(DevKVLayer L, const float* q, const int32_t* pos, int n_splits, size_t n_tokens,
                                  float scale, float* part_ml, float* part_acc) {
+  pdl_enter();
+  const size_t ring_lo = L.window > 0 ? static_cast<size_t>(*L.ring_lo) : 0;
   const int g = blockIdx.x, qi = blockIdx.y, split = blockIdx.z;
   const int G = L.n_heads / L.n_kv_heads, hd = L.head_dim;
   const int Dk = L.k.dim, Dv = L.v.dim;
@@ -488,8 +612,8 @@ __global__ void attention_kernel(DevKVLayer L, const float* q, const int32_t* po
   const size_t per = (end_all + n_splits - 1) / n_splits;
   const size_t t0 = min(static_cast<size_t>(split) * per, end_all), t1 = min(t0 + per, end_all);
   // Window: tokens from `bound` on are read as fp16 ring rows (codes sides).
-  size_t bound = n_tokens;
-  if (L.window > 0) bound = max(L.ring_lo, p + 1 > static_cast<size_t>(L.window) ? p + 1 - L.window : size_t(0));
+  size_t bound = end_all;
+  if (L.window > 0) bound = max(ring_lo, p + 1 > static_cast<size_t>(L.window) ? p + 1 - L.window : size_t(0));
   float m[kMaxG], l[kMaxG], acc[kMaxG][kMaxR];
 #pragma unroll
   for (int h = 0; h < kMaxG; ++h) {
@@ -559,7 +683,8 @@ __global__ void attention_kernel(DevKVLayer L, const float* q, const int32_t* po
 
 // Merges splits, inverse rotation of V codes, head_dim entries, × σ(gate).
 __global__ void attention_merge_kernel(DevKVLayer L, int n_splits, const float* part_ml, const float* part_acc,
-                                       const float* gate, float* att) {
+                                       const float* gate, float* att, XQ8 q8) {
+  pdl_enter();
   extern __shared__ float y[];  // Dv
   const int qi = blockIdx.x, h = blockIdx.y, Dv = L.v.dim, hd = L.head_dim;
   const int g = h / (L.n_heads / L.n_kv_heads);
@@ -586,94 +711,112 @@ __global__ void attention_merge_kernel(DevKVLayer L, int n_splits, const float* 
     float o = y[j];
     if (gate) o *= sigmoidf_(gate[(static_cast<size_t>(qi) * L.n_heads + h) * hd + j]);
     out[j] = o;
+    if (q8.q) q8_store_warp(o, (static_cast<size_t>(qi) * L.n_heads + h) * hd + j, q8);  // hd % 32 == 0
   }
 }
 
 // ---- Gated DeltaNet ----
-__global__ void delta_conv_kernel(DeltaDims d, float* qkv, float* state, const float* w) {
-  const int C = 2 * d.hk * d.dk + d.hv * d.dv, K = d.conv_k;
-  const int ch = blockIdx.x * blockDim.x + threadIdx.x;
-  if (ch >= C) return;
-  float win[8];  // K ≤ 8: the last K−1 inputs, then the new one
-  for (int k = 0; k < K - 1; ++k) win[k] = state[static_cast<size_t>(k) * C + ch];
-  for (int t = 0; t < d.n; ++t) {
-    win[K - 1] = qkv[static_cast<size_t>(t) * C + ch];
-    float acc = 0;
-    for (int k = 0; k < K; ++k) acc += w[static_cast<size_t>(ch) * K + k] * win[k];
-    qkv[static_cast<size_t>(t) * C + ch] = siluf_(acc);
-    for (int k = 0; k < K - 1; ++k) win[k] = win[k + 1];
-  }
-  for (int k = 0; k < K - 1; ++k) state[static_cast<size_t>(k) * C + ch] = win[k];
-}
-
-// grid (token, hk + hv): l2-normalized q (· 1/√dk), k per key head; v, β, g per value head.
-__global__ void delta_prep_kernel(DeltaDims d, const float* qkv, const float* b, const float* a, const float* a_log,
-                                  const float* dt_bias, float* q, float* k, float* v, float* beta, float* g) {
+// Causal depthwise conv (+ SiLU) over the n new tokens, then the per-head inputs of the
+// delta rule, one block per head of the conv output: q heads (l2-normalized, · 1/√dk), k
+// heads (l2-normalized), v heads (copied; β and g of the head, per token).
+__global__ void delta_conv_prep_kernel(DeltaDims d, float* qkv, float* conv_state, const float* conv_w, const float* b,
+                                       const float* a, const float* a_log, const float* dt_bias, float* q, float* k,
+                                       float* v, float* beta, float* g) {
+  pdl_enter();
   __shared__ float red[32];
-  const int t = blockIdx.x, h = blockIdx.y;
-  const int kd = d.hk * d.dk, vd = d.hv * d.dv, C = 2 * kd + vd;
-  const float* r = qkv + static_cast<size_t>(t) * C;
-  if (h < d.hk) {
-    for (int which = 0; which < 2; ++which) {
-      const float* src = r + which * kd + h * d.dk;
-      float ss = 0;
-      for (int i = threadIdx.x; i < d.dk; i += blockDim.x) ss += src[i] * src[i];
-      ss = block_sum(ss, red);
-      const float inv = rsqrtf(ss + 1e-6f) * (which == 0 ? rsqrtf(static_cast<float>(d.dk)) : 1.0f);
-      float* dst = (which == 0 ? q : k) + (static_cast<size_t>(t) * d.hk + h) * d.dk;
-      for (int i = threadIdx.x; i < d.dk; i += blockDim.x) dst[i] = src[i] * inv;
+  const int kd = d.hk * d.dk, vd = d.hv * d.dv, C = 2 * kd + vd, K = d.conv_k;
+  const int h = blockIdx.x;  // [0, hk): q, [hk, 2hk): k, [2hk, 2hk + hv): v
+  const int kind = h < d.hk ? 0 : h < 2 * d.hk ? 1 : 2;
+  const int hh = kind == 0 ? h : kind == 1 ? h - d.hk : h - 2 * d.hk;
+  const int width = kind == 2 ? d.dv : d.dk;
+  const int c0 = kind == 0 ? hh * d.dk : kind == 1 ? kd + hh * d.dk : 2 * kd + hh * d.dv;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    const int ch = c0 + c;
+    float win[8];  // K ≤ 8: the last K−1 inputs, then the new one
+    for (int j = 0; j < K - 1; ++j) win[j] = conv_state[static_cast<size_t>(j) * C + ch];
+    for (int t = 0; t < d.n; ++t) {
+      win[K - 1] = qkv[static_cast<size_t>(t) * C + ch];
+      float acc = 0;
+      for (int j = 0; j < K; ++j) acc += conv_w[static_cast<size_t>(ch) * K + j] * win[j];
+      qkv[static_cast<size_t>(t) * C + ch] = siluf_(acc);
+      for (int j = 0; j < K - 1; ++j) win[j] = win[j + 1];
     }
-    return;
+    for (int j = 0; j < K - 1; ++j) conv_state[static_cast<size_t>(j) * C + ch] = win[j];
   }
-  const int hv = h - d.hk;
-  for (int i = threadIdx.x; i < d.dv; i += blockDim.x)
-    v[(static_cast<size_t>(t) * d.hv + hv) * d.dv + i] = r[2 * kd + hv * d.dv + i];
-  if (threadIdx.x == 0) {
-    const size_t i = static_cast<size_t>(t) * d.hv + hv;
-    beta[i] = sigmoidf_(b[i]);
-    const float sp = a[i] + dt_bias[hv];
-    const float softplus = sp > 20 ? sp : log1pf(expf(sp));
-    g[i] = expf(-expf(a_log[hv]) * softplus);
+  __syncthreads();  // a thread reads channels other threads wrote
+  for (int t = 0; t < d.n; ++t) {
+    const float* src = qkv + static_cast<size_t>(t) * C + c0;
+    if (kind == 2) {
+      for (int c = threadIdx.x; c < d.dv; c += blockDim.x) v[(static_cast<size_t>(t) * d.hv + hh) * d.dv + c] = src[c];
+      if (threadIdx.x == 0) {
+        const size_t i = static_cast<size_t>(t) * d.hv + hh;
+        beta[i] = sigmoidf_(b[i]);
+        const float sp = a[i] + dt_bias[hh];
+        const float softplus = sp > 20 ? sp : log1pf(expf(sp));
+        g[i] = expf(-expf(a_log[hh]) * softplus);
+      }
+      continue;
+    }
+    float ss = 0;
+    for (int c = threadIdx.x; c < d.dk; c += blockDim.x) ss += src[c] * src[c];
+    ss = block_sum(ss, red);
+    const float inv = rsqrtf(ss + 1e-6f) * (kind == 0 ? rsqrtf(static_cast<float>(d.dk)) : 1.0f);
+    float* dst = (kind == 0 ? q : k) + (static_cast<size_t>(t) * d.hk + hh) * d.dk;
+    for (int c = threadIdx.x; c < d.dk; c += blockDim.x) dst[c] = src[c] * inv;
   }
 }
 
-// grid (hv, dv/32), 32 threads: thread i owns row i of S[hv] (DK floats in registers).
+// State layout on the GPU: S[hv][dk][dv] (a column i of S^T per dv index, so lanes that
+// own consecutive i read consecutive floats). grid (hv, dv/32), 4 warps: lane owns column
+// i = 32·blockIdx.y + lane, warp w the key dims [w·DK/4, (w+1)·DK/4) of it, in registers;
+// the dot products over the key dims add the 4 warps' parts in shared memory.
 template <int DK>
-__global__ void delta_rule_kernel(DeltaDims d, const float* q, const float* k, const float* v, const float* beta,
-                                  const float* g, float* state, float* y) {
-  __shared__ float ks[DK], qs[DK];
-  const int hv = blockIdx.x, i = blockIdx.y * 32 + threadIdx.x;
+__global__ void __launch_bounds__(128) delta_rule_kernel(DeltaDims d, const float* q, const float* k, const float* v,
+                                                         const float* beta, const float* g, float* state, float* y) {
+  pdl_enter();
+  constexpr int W = 4, J = DK / W;
+  __shared__ float ks[DK], qs[DK], red[W][32];
+  const int hv = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int i = blockIdx.y * 32 + lane, j0 = warp * J;
   const int rep = d.hv / d.hk, hk = hv / rep;
-  float s[DK];
-  float* S = state + (static_cast<size_t>(hv) * d.dv + i) * DK;
   const bool live = i < d.dv;
+  float* S = state + (static_cast<size_t>(hv) * DK + j0) * d.dv + i;
+  float s[J];
 #pragma unroll
-  for (int j = 0; j < DK; ++j) s[j] = live ? S[j] : 0.0f;
+  for (int jj = 0; jj < J; ++jj) s[jj] = live ? S[static_cast<size_t>(jj) * d.dv] : 0.0f;
   for (int t = 0; t < d.n; ++t) {
-    __syncthreads();
-    for (int j = threadIdx.x; j < DK; j += 32) {
-      ks[j] = k[(static_cast<size_t>(t) * d.hk + hk) * DK + j];
-      qs[j] = q[(static_cast<size_t>(t) * d.hk + hk) * DK + j];
+    __syncthreads();  // the previous token's readers of ks, qs, red are done
+    for (int jj = threadIdx.x; jj < DK; jj += blockDim.x) {
+      ks[jj] = k[(static_cast<size_t>(t) * d.hk + hk) * DK + jj];
+      qs[jj] = q[(static_cast<size_t>(t) * d.hk + hk) * DK + jj];
     }
     __syncthreads();
     const float gt = g[static_cast<size_t>(t) * d.hv + hv], bt = beta[static_cast<size_t>(t) * d.hv + hv];
-    const float vi = live ? v[(static_cast<size_t>(t) * d.hv + hv) * d.dv + i] : 0.0f;
     float m = 0;
 #pragma unroll
-    for (int j = 0; j < DK; ++j) m += (s[j] *= gt) * ks[j];
+    for (int jj = 0; jj < J; ++jj) m += (s[jj] *= gt) * ks[j0 + jj];
+    red[warp][lane] = m;
+    __syncthreads();
+    m = (red[0][lane] + red[1][lane]) + (red[2][lane] + red[3][lane]);
+    const float vi = live ? v[(static_cast<size_t>(t) * d.hv + hv) * d.dv + i] : 0.0f;
     const float delta = (vi - m) * bt;
     float o = 0;
 #pragma unroll
-    for (int j = 0; j < DK; ++j) o += (s[j] += delta * ks[j]) * qs[j];
-    if (live) y[(static_cast<size_t>(t) * d.hv + hv) * d.dv + i] = o;
+    for (int jj = 0; jj < J; ++jj) o += (s[jj] += delta * ks[j0 + jj]) * qs[j0 + jj];
+    __syncthreads();  // everyone has read red
+    red[warp][lane] = o;
+    __syncthreads();
+    if (warp == 0 && live)
+      y[(static_cast<size_t>(t) * d.hv + hv) * d.dv + i] = (red[0][lane] + red[1][lane]) + (red[2][lane] + red[3][lane]);
   }
   if (live)
 #pragma unroll
-    for (int j = 0; j < DK; ++j) S[j] = s[j];
+    for (int jj = 0; jj < J; ++jj) S[static_cast<size_t>(jj) * d.dv] = s[jj];
 }
 
 // grid (token·hv): y ← w · y/rms(y) · silu(z).
-__global__ void gated_norm_kernel(int dv, float* y, const float* z, const float* w, float eps) {
+__global__ void gated_norm_kernel(int dv, float* y, const float* z, const float* w, float eps, XQ8 q8) {
+  pdl_enter();
   __shared__ float red[32];
   float* yr = y + static_cast<size_t>(blockIdx.x) * dv;
   const float* zr = z + static_cast<size_t>(blockIdx.x) * dv;
@@ -681,19 +824,26 @@ __global__ void gated_norm_kernel(int dv, float* y, const float* z, const float*
   for (int i = threadIdx.x; i < dv; i += blockDim.x) ss += yr[i] * yr[i];
   ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / dv + eps);
-  for (int i = threadIdx.x; i < dv; i += blockDim.x) yr[i] = yr[i] * inv * w[i] * siluf_(zr[i]);
+  for (int i = threadIdx.x; i < dv; i += blockDim.x) {
+    const float o = yr[i] * inv * w[i] * siluf_(zr[i]);
+    yr[i] = o;
+    if (q8.q) q8_store_warp(o, static_cast<size_t>(blockIdx.x) * dv + i, q8);  // dv % 32 == 0
+  }
 }
 
 __global__ void swiglu_kernel(float* g, const float* u, size_t n) {
+  pdl_enter();
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) g[i] = siluf_(g[i]) * u[i];
 }
 __global__ void add_kernel(float* x, const float* o, size_t n) {
+  pdl_enter();
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) x[i] += o[i];
 }
 
 __global__ void fill_random_kernel(float* x, size_t n, uint64_t seed) {
+  pdl_enter();
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   uint64_t z = seed + i * 0x9e3779b97f4a7c15ull;
@@ -703,35 +853,66 @@ __global__ void fill_random_kernel(float* x, size_t n, uint64_t seed) {
   x[i] = static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
 }
 
+// On by default where the device has it (sm_90+); TQ_CUDA_PDL=0 turns it off.
+bool pdl_enabled() {
+  static const bool on = [] {
+    if (std::getenv("TQ_CUDA_PDL") && std::getenv("TQ_CUDA_PDL")[0] == '0') return false;
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  }();
+  return on;
+}
+
+// kernel<<<grid, block, shared, s>>>(args...) with programmatic dependent launch allowed.
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shared, cudaStream_t s, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = shared;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  TQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
 int threads_for(int n) { return std::min(256, std::max(32, (n + 31) / 32 * 32)); }
 
 }  // namespace
 
+bool g_decode_int8 = std::getenv("TQ_CUDA_EXACT") == nullptr;
+
 namespace {
-// Scratch for the int8 copy of x (grown, never freed; one stream uses it at a time).
-int4* x8_scratch(int words) {
-  static int4* p = nullptr;
-  static int cap = 0;
-  if (words > cap) {
-    if (p) TQ_CUDA_CHECK(cudaFree(p));
-    cap = std::max(words, 8192);
-    TQ_CUDA_CHECK(cudaMalloc(&p, static_cast<size_t>(cap) * sizeof(int4)));
+void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s) {
+  if (n == 1 && xq && g_decode_int8) {
+    int units = 0;  // warps, one per kQ8Rows rows
+    if (g.swiglu) {
+      units = (g.w[0].rows + kQ8Rows / 2 - 1) / (kQ8Rows / 2);
+    } else {
+      for (int j = 0; j < g.count; ++j) g.block_end[j] = (units += (g.w[j].rows + kQ8Rows - 1) / kQ8Rows);
+    }
+    // Enough warps to keep the memory system busy (~32 per SM on 132 SMs): small matrices
+    // split each unit's columns over up to 8 warps, as long as each lane keeps ≥ 1 block.
+    const int nb = g.w[0].cols / 32;
+    static const int target = std::getenv("TQ_Q8_WARPS") ? std::atoi(std::getenv("TQ_Q8_WARPS")) : 4096;
+    static const int min_lane = std::getenv("TQ_Q8_MINB") ? std::atoi(std::getenv("TQ_Q8_MINB")) : 2;
+    g.wpu = 1;
+    while (g.wpu < 8 && units * g.wpu < target && nb >= 32 * min_lane * g.wpu) g.wpu *= 2;
+    const int per_block = kQ8Threads / 32 / g.wpu;
+    launch(q4_q8_kernel, (units + per_block - 1) / per_block, kQ8Threads, 0, s, g, *xq);
+    TQ_CUDA_LAUNCHED();
+    return;
   }
-  return p;
-}
-}  // namespace
-
-bool g_decode_int8 = std::getenv("TQ_CUDA_INT8") != nullptr;  // opt-in: measured no faster yet
-
-namespace {
-void launch_group(MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   int units = 0;  // warps, one per 4 rows (block_end: exclusive prefix of units per weight)
   if (g.swiglu) {
     units = (g.w[0].rows + 1) / 2;
   } else {
     for (int j = 0; j < g.count; ++j) g.block_end[j] = (units += (g.w[j].rows + kRowsPerWarp - 1) / kRowsPerWarp);
   }
-  const int words = g.w[0].cols / 8;
   const int threads = kMatvecThreads, blocks = (units * 32 + threads - 1) / threads;
   const int cols = g.w[0].cols;
   for (int t0 = 0; t0 < n; t0 += 8) {
@@ -740,44 +921,42 @@ void launch_group(MatvecGroup& g, const float* x, int n, cudaStream_t s) {
     for (int j = 0; j < 4; ++j)
       if (gt.y[j]) gt.y[j] += static_cast<size_t>(t0) * gt.w[j].rows;
     const float* xt = x + static_cast<size_t>(t0) * cols;
-    if (nt == 1 && g_decode_int8) {
-      int4* xq = x8_scratch(words);
-      quantize_x8_kernel<<<(words + 127) / 128, 128, 0, s>>>(xt, words, xq);
-      q4_group_kernel<1, true><<<blocks, threads, 0, s>>>(gt, xt, nt, xq);
-    } else if (nt == 1) {
-      q4_group_kernel<1, false><<<blocks, threads, 0, s>>>(gt, xt, nt, nullptr);
-    } else if (nt <= 2) {
-      q4_group_kernel<2, false><<<blocks, threads, 0, s>>>(gt, xt, nt, nullptr);
-    } else if (nt <= 4) {
-      q4_group_kernel<4, false><<<blocks, threads, 0, s>>>(gt, xt, nt, nullptr);
-    } else {
-      q4_group_kernel<8, false><<<blocks, threads, 0, s>>>(gt, xt, nt, nullptr);
-    }
+    if (nt == 1) launch(q4_group_kernel<1>, blocks, threads, 0, s, gt, xt, nt);
+    else if (nt <= 2) launch(q4_group_kernel<2>, blocks, threads, 0, s, gt, xt, nt);
+    else if (nt <= 4) launch(q4_group_kernel<4>, blocks, threads, 0, s, gt, xt, nt);
+    else launch(q4_group_kernel<8>, blocks, threads, 0, s, gt, xt, nt);
     TQ_CUDA_LAUNCHED();
   }
 }
 }  // namespace
 
-void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s) {
+void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s) {
+  if (!g_decode_int8 || n % 32 != 0) return;  // (a 4-bit weight has cols % 32 == 0)
+  launch(quantize_q8_kernel, (n + 255) / 256, 256, 0, s, x, n, out);
+  TQ_CUDA_LAUNCHED();
+}
+
+void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
+                 const XQ8* xq) {
   bool all_q4 = true;
-  for (int j = 0; j < count; ++j) all_q4 = all_q4 && w[j]->q4 && w[j]->cols == w[0]->cols;
+  for (int j = 0; j < count; ++j) all_q4 = all_q4 && w[j]->q4 && w[j]->cols == w[0]->cols && w[j]->group == w[0]->group;
   if (!all_q4 || count > 4) {
-    for (int j = 0; j < count; ++j) matmul(*w[j], x, n, y[j], s);
+    for (int j = 0; j < count; ++j) matmul(*w[j], x, n, y[j], s, xq);
     return;
   }
   MatvecGroup g;
   g.count = count;
   for (int j = 0; j < 4; ++j) g.y[j] = nullptr;
   for (int j = 0; j < count; ++j) g.w[j] = *w[j], g.y[j] = y[j];
-  launch_group(g, x, n, s);
+  launch_group(g, x, n, xq, s);
 }
 
 void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
-                   cudaStream_t s) {
+                   cudaStream_t s, const XQ8* xq) {
   if (!(gate.q4 && up.q4 && gate.rows == up.rows && gate.cols == up.cols && gate.group == up.group &&
         gate.sbf16 == up.sbf16)) {
-    matmul(gate, x, n, g_out, s);
-    matmul(up, x, n, u_scratch, s);
+    matmul(gate, x, n, g_out, s, xq);
+    matmul(up, x, n, u_scratch, s, xq);
     swiglu(g_out, u_scratch, static_cast<size_t>(n) * gate.rows, s);
     return;
   }
@@ -786,14 +965,14 @@ void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, i
   g.count = 2;
   g.w[0] = gate, g.w[1] = up;
   g.y[0] = g_out, g.y[1] = nullptr, g.y[2] = nullptr, g.y[3] = nullptr;
-  launch_group(g, x, n, s);
+  launch_group(g, x, n, xq, s);
 }
 
-void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s) {
+void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s, const XQ8* xq) {
   if (w.q4) {
     const DevWeight* ws[1] = {&w};
     float* ys[1] = {y};
-    matmul_many(ws, ys, 1, x, n, s);
+    matmul_many(ws, ys, 1, x, n, s, xq);
     return;
   }
   const int threads = 256, blocks = (w.rows * 32 + threads - 1) / threads;
@@ -801,106 +980,100 @@ void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s)
     const int nt = std::min(8, n - t0);
     const float* xt = x + static_cast<size_t>(t0) * w.cols;
     float* yt = y + static_cast<size_t>(t0) * w.rows;
-    if (nt == 1) f32_matvec_kernel<1><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
-    else f32_matvec_kernel<8><<<blocks, threads, 0, s>>>(w, xt, nt, yt);
+    if (nt == 1) launch(f32_matvec_kernel<1>, blocks, threads, 0, s, w, xt, nt, yt);
+    else launch(f32_matvec_kernel<8>, blocks, threads, 0, s, w, xt, nt, yt);
     TQ_CUDA_LAUNCHED();
   }
 }
 
 void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s) {
-  embed_kernel<<<n, 256, 0, s>>>(w, tokens, x);
+  launch(embed_kernel, n, 256, 0, s, w, tokens, x);
   TQ_CUDA_LAUNCHED();
 }
 
-void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s) {
-  rmsnorm_kernel<<<rows, std::min(1024, std::max(32, (dim / 4 + 31) / 32 * 32)), 0, s>>>(x, add, w, dim, eps, out);
+void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s,
+             const XQ8* q8) {
+  XQ8 q = q8 && g_decode_int8 && dim % 32 == 0 ? *q8 : XQ8{};
+  launch(rmsnorm_kernel, rows, std::min(1024, std::max(32, (dim / 4 + 31) / 32 * 32)), 0, s, x, add, w, dim, eps, out, q);
   TQ_CUDA_LAUNCHED();
 }
 
 void attn_prep(const AttnPrep& a, const float* qg, float* q, float* gate, float* k, float* v, const int32_t* pos,
                cudaStream_t s) {
   dim3 grid(a.n, a.n_heads + 2 * a.n_kv_heads);
-  attn_prep_kernel<<<grid, threads_for(a.head_dim), (a.head_dim + 32) * sizeof(float), s>>>(a, qg, q, gate, k, v, pos);
+  launch(attn_prep_kernel, grid, threads_for(a.head_dim), (a.head_dim + 32) * sizeof(float), s, a, qg, q, gate, k, v, pos);
   TQ_CUDA_LAUNCHED();
 }
 
-void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t first, cudaStream_t s) {
+void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t first, cudaStream_t s,
+               const int32_t* first_dev) {
   const int D = std::max(L.k.dim, L.v.dim);
   dim3 grid(n, L.n_kv_heads, 2);
   const size_t sh = D * sizeof(float) + (D + 3) / 4 * sizeof(float) + 32 * sizeof(float);
-  kv_append_kernel<<<grid, threads_for(D), sh, s>>>(L, k, v, first);
+  launch(kv_append_kernel, grid, threads_for(D), sh, s, L, k, v, first, first_dev);
   TQ_CUDA_LAUNCHED();
 }
 
-namespace {
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
   // Enough blocks to fill the GPU several times over (132 SMs × 8), at least 128 tokens per split.
   const int want = std::max(1, 1056 / std::max(1, n_q * L.n_kv_heads));
   return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + 127) / 128)));
 }
-}  // namespace
 
-size_t attention_scratch_floats(const DevKVLayer& L, int n_q, size_t n_tokens) {
-  const size_t sp = splits_for(L, n_q, n_tokens);
-  return static_cast<size_t>(n_q) * L.n_heads * sp * (2 + L.v.dim);
+size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits) {
+  return static_cast<size_t>(n_q) * L.n_heads * n_splits * (2 + L.v.dim);
 }
 
-void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, int max_pos, size_t n_tokens,
-               const float* gate, float scale, float* scratch, float* att, cudaStream_t s) {
+void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, size_t n_tokens, int n_splits,
+               const float* gate, float scale, float* scratch, float* att, cudaStream_t s, const XQ8* q8) {
   if (L.n_heads / L.n_kv_heads > kMaxG || L.k.dim > 256 || L.v.dim > 256)
     cuda_unsupported("CUDA attention: at most 8 query heads per KV head and head_dim <= 256");
-  const int sp = splits_for(L, n_q, n_tokens);
+  const int sp = n_splits;
   float* ml = scratch;
   float* acc = scratch + static_cast<size_t>(n_q) * L.n_heads * sp * 2;
-  attention_kernel<<<dim3(L.n_kv_heads, n_q, sp), kAttnWarps * 32, 0, s>>>(L, q, pos, sp, n_tokens, scale, ml, acc);
+  launch(attention_kernel, dim3(L.n_kv_heads, n_q, sp), kAttnWarps * 32, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
   TQ_CUDA_LAUNCHED();
-  attention_merge_kernel<<<dim3(n_q, L.n_heads), threads_for(L.v.dim), L.v.dim * sizeof(float), s>>>(L, sp, ml, acc,
-                                                                                                     gate, att);
+  launch(attention_merge_kernel, dim3(n_q, L.n_heads), threads_for(L.v.dim), L.v.dim * sizeof(float), s, 
+      L, sp, ml, acc, gate, att, q8 && g_decode_int8 && L.head_dim % 32 == 0 ? *q8 : XQ8{});
   TQ_CUDA_LAUNCHED();
-  (void)max_pos;
 }
 
-void delta_conv(const DeltaDims& d, float* qkv, float* conv_state, const float* conv_w, cudaStream_t s) {
+void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const float* conv_w, const float* b,
+                     const float* a, const float* a_log, const float* dt_bias, float* q, float* k, float* v, float* beta,
+                     float* g, cudaStream_t s) {
   if (d.conv_k > 8) cuda_unsupported("CUDA DeltaNet: conv kernel wider than 8");
-  const int C = 2 * d.hk * d.dk + d.hv * d.dv;
-  delta_conv_kernel<<<(C + 127) / 128, 128, 0, s>>>(d, qkv, conv_state, conv_w);
-  TQ_CUDA_LAUNCHED();
-}
-
-void delta_prep(const DeltaDims& d, const float* qkv, const float* b, const float* a, const float* a_log,
-                const float* dt_bias, float* q, float* k, float* v, float* beta, float* g, cudaStream_t s) {
-  delta_prep_kernel<<<dim3(d.n, d.hk + d.hv), threads_for(std::max(d.dk, d.dv)), 0, s>>>(d, qkv, b, a, a_log, dt_bias,
-                                                                                       q, k, v, beta, g);
-  TQ_CUDA_LAUNCHED();
+  launch(delta_conv_prep_kernel, 2 * d.hk + d.hv, threads_for(std::max(d.dk, d.dv)), 0, s, d, qkv, conv_state, conv_w, b,
+         a, a_log, dt_bias, q, k, v, beta, g);
 }
 
 void delta_rule(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta, const float* g,
                 float* state, float* y, cudaStream_t s) {
   dim3 grid(d.hv, (d.dv + 31) / 32);
-  if (d.dk == 128) delta_rule_kernel<128><<<grid, 32, 0, s>>>(d, q, k, v, beta, g, state, y);
-  else if (d.dk == 64) delta_rule_kernel<64><<<grid, 32, 0, s>>>(d, q, k, v, beta, g, state, y);
-  else if (d.dk == 32) delta_rule_kernel<32><<<grid, 32, 0, s>>>(d, q, k, v, beta, g, state, y);
+  if (d.dk == 128) launch(delta_rule_kernel<128>, grid, 128, 0, s, d, q, k, v, beta, g, state, y);
+  else if (d.dk == 64) launch(delta_rule_kernel<64>, grid, 128, 0, s, d, q, k, v, beta, g, state, y);
+  else if (d.dk == 32) launch(delta_rule_kernel<32>, grid, 128, 0, s, d, q, k, v, beta, g, state, y);
   else cuda_unsupported("CUDA DeltaNet: key head dim must be 32, 64 or 128");
   TQ_CUDA_LAUNCHED();
 }
 
-void gated_norm(const DeltaDims& d, float* y, const float* z, const float* w, float eps, cudaStream_t s) {
-  gated_norm_kernel<<<d.n * d.hv, threads_for(d.dv), 0, s>>>(d.dv, y, z, w, eps);
+void gated_norm(const DeltaDims& d, float* y, const float* z, const float* w, float eps, cudaStream_t s, const XQ8* q8) {
+  launch(gated_norm_kernel, d.n * d.hv, threads_for(d.dv), 0, s, d.dv, y, z, w, eps,
+                                                            q8 && g_decode_int8 && d.dv % 32 == 0 ? *q8 : XQ8{});
   TQ_CUDA_LAUNCHED();
 }
 
 void swiglu(float* g, const float* u, size_t n, cudaStream_t s) {
-  swiglu_kernel<<<(n + 255) / 256, 256, 0, s>>>(g, u, n);
+  launch(swiglu_kernel, (n + 255) / 256, 256, 0, s, g, u, n);
   TQ_CUDA_LAUNCHED();
 }
 
 void fill_random(float* x, size_t n, uint64_t seed, cudaStream_t s) {
-  fill_random_kernel<<<(n + 255) / 256, 256, 0, s>>>(x, n, seed);
+  launch(fill_random_kernel, (n + 255) / 256, 256, 0, s, x, n, seed);
   TQ_CUDA_LAUNCHED();
 }
 
 void add(float* x, const float* o, size_t n, cudaStream_t s) {
-  add_kernel<<<(n + 255) / 256, 256, 0, s>>>(x, o, n);
+  launch(add_kernel, (n + 255) / 256, 256, 0, s, x, o, n);
   TQ_CUDA_LAUNCHED();
 }
 

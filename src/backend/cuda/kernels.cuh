@@ -51,23 +51,37 @@ struct DevKVLayer {
   size_t cap = 0;    // tokens allocated
   int window = 0;    // fp16 window (TurboQuant), 0 = none
   int ring_rows = 0;  // ring slots (token t at t % ring_rows)
-  size_t ring_lo = 0; // ring rows of tokens [ring_lo, n_tokens) are valid
+  // Ring rows of tokens [*ring_lo, n_tokens) are valid. On the device, so that a captured
+  // decode step stays valid: kv_append advances it, the host writes it only on truncation.
+  unsigned long long* ring_lo = nullptr;
   DevKVSide k, v;
 };
 
-void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s);
-// Decode (one token) 4-bit matvecs quantize x to int8 per 8 values and use dp4a when set
-// (TQ_CUDA_INT8=1 or set_decode_int8; off by default: it was measured no faster yet);
-// otherwise float x everywhere (exact to float rounding).
+// x of a decode step as int8 in blocks of 32 values (see q8_store_warp in kernels.cu):
+// q: 2 int4 per block, d: the scales of its four 8-value words, sum: its exact sum.
+struct XQ8 {
+  int4* q = nullptr;
+  float4* d = nullptr;
+  float* sum = nullptr;
+};
+// Decode (n == 1) 4-bit matvecs read x as int8 (xq, filled by quantize_q8 or a fused
+// producer such as rmsnorm) and use dp4a when g_decode_int8 (default; TQ_CUDA_EXACT=1 or
+// set_decode_int8(false) turns it off). Otherwise, and for n > 1, float x (exact to rounding).
 extern bool g_decode_int8;
+// out ← x [n values, n % 32 == 0] as int8 blocks (nothing when g_decode_int8 is off).
+void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s);
+void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s, const XQ8* xq = nullptr);
 // Several weights over the same x in one launch (all MLX 4-bit with equal cols; else one by one).
-void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s);
+void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
+                 const XQ8* xq = nullptr);
 // g_out = silu(gate·x) ⊙ (up·x), one launch for 4-bit weights (u_scratch used otherwise).
 void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
-                   cudaStream_t s);
+                   cudaStream_t s, const XQ8* xq = nullptr);
 void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s);
-// out = rmsnorm(x (+= add when add != nullptr)) · w, rows × dim.
-void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s);
+// out = rmsnorm(x (+= add when add != nullptr)) · w, rows × dim; also as int8 into q8 when
+// given (and g_decode_int8, dim % 32 == 0).
+void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s,
+             const XQ8* q8 = nullptr);
 // Attention inputs: split q/gate, biases, q/k RMSNorm, partial RoPE, in place; pos device array.
 struct AttnPrep {
   int n, n_heads, n_kv_heads, head_dim, rot_dims;
@@ -78,23 +92,33 @@ struct AttnPrep {
 };
 void attn_prep(const AttnPrep& a, const float* qg, float* q, float* gate, float* k, float* v, const int32_t* pos,
                cudaStream_t s);
-// Appends n tokens (positions first..first+n−1) of k, v [n][n_kv_heads][head_dim].
-void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t first, cudaStream_t s);
+// Appends n tokens (positions first..first+n−1; first_dev[0] instead when given, a device
+// value) of k, v [n][n_kv_heads][head_dim].
+void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t first, cudaStream_t s,
+               const int32_t* first_dev = nullptr);
 // att[n_q][n_heads][head_dim] for queries at pos (device) over tokens [0, pos]; n_tokens
-// cached; gate (optional): att ·= σ(gate). scratch: see attention_scratch_floats.
-size_t attention_scratch_floats(const DevKVLayer& L, int n_q, size_t n_tokens);
-void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, int max_pos, size_t n_tokens,
-               const float* gate, float scale, float* scratch, float* att, cudaStream_t s);
+// cached (SIZE_MAX: every query's own pos + 1, as in a decode step); gate (optional):
+// att ·= σ(gate); q8: also att as int8 (decode). The tokens are split n_splits ways (splits_for); scratch holds
+// attention_scratch_floats.
+int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens);
+size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits);
+void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, size_t n_tokens, int n_splits,
+               const float* gate, float scale, float* scratch, float* att, cudaStream_t s, const XQ8* q8 = nullptr);
 // Gated DeltaNet pieces.
 struct DeltaDims {
   int n, hk, hv, dk, dv, conv_k;
 };
-void delta_conv(const DeltaDims& d, float* qkv, float* conv_state, const float* conv_w, cudaStream_t s);
-void delta_prep(const DeltaDims& d, const float* qkv, const float* b, const float* a, const float* a_log,
-                const float* dt_bias, float* q, float* k, float* v, float* beta, float* g, cudaStream_t s);
+// Causal conv + SiLU of the n new tokens (in place in qkv, conv_state advanced), then the
+// delta rule's inputs: q, k l2-normalized per head (q · 1/√dk), v, β = σ(b), g = decay.
+void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const float* conv_w, const float* b,
+                     const float* a, const float* a_log, const float* dt_bias, float* q, float* k, float* v, float* beta,
+                     float* g, cudaStream_t s);
+// state: [hv][dk][dv] on the GPU (the CPU's S[hv][dv][dk] transposed per head).
 void delta_rule(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta,
                 const float* g, float* state, float* y, cudaStream_t s);
-void gated_norm(const DeltaDims& d, float* y, const float* z, const float* w, float eps, cudaStream_t s);
+// (q8: also the int8 copy of y, for a decode step's next matvec.)
+void gated_norm(const DeltaDims& d, float* y, const float* z, const float* w, float eps, cudaStream_t s,
+                const XQ8* q8 = nullptr);
 void swiglu(float* g, const float* u, size_t n, cudaStream_t s);
 void add(float* x, const float* o, size_t n, cudaStream_t s);
 // x[i] = pseudo-random in [-1, 1) from (seed, i).
