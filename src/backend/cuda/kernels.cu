@@ -531,79 +531,82 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
   }
 }
 
-// ---- attention: grid (kv head, query, split), 4 warps; lanes own dims lane + 32·r ----
-constexpr int kMaxG = 8;     // query heads per KV head
-constexpr int kMaxR = 8;     // dims per lane: D ≤ 256
-constexpr int kAttnWarps = 4;
+// ---- attention: grid (kv head, query, split), 128 threads; tiles of 128 tokens ----
+// Per tile: each thread scores one token against the G query heads (the whole K row), the
+// block updates its running max / sum per head (online softmax), then each thread
+// accumulates 1-2 value dims over the tile's tokens (all threads read the same V row:
+// coalesced). K and V are read where they are: fp16/f32 rows, TurboQuant codes (unpacked
+// with a funnel shift, centroids from shared memory, the token's norm applied once), or
+// the fp16 window ring (rotated domain). Queries are rotated once per block.
+constexpr int kMaxG = 8;        // query heads per KV head
+constexpr int kAttnThreads = 128;
+constexpr int kAttnDims = 2;    // value dims per thread: D ≤ 256
 
-__device__ __forceinline__ float code_value(const uint8_t* row, int j, int bits) {
-  const int o = j * bits;
-  const unsigned two = row[o >> 3] | (static_cast<unsigned>(row[(o >> 3) + 1]) << 8);
-  return static_cast<float>((two >> (o & 7)) & ((1u << bits) - 1));
-}
-
-// The token's value at dim j as attention sees it: codes → centroid · n/√D (domain
-// rotated), fp16 rows → value; ring rows (window) → fp16 rotated values.
-struct SideView {
-  const uint8_t* row;
-  float scale;
-  bool codes, f32;
-  int bits;
-  const float* centroids;
+// One token's row on one side: format 16 (fp16), 32 (f32) or the code width in bits.
+struct RowRef {
+  const uint32_t* p;
+  int fmt;
+  float scale;  // codes: norm/√D; rows: 1
 };
 
-__device__ __forceinline__ SideView side_view(const DevKVLayer& L, const DevKVSide& S, int g, size_t t,
-                                              bool from_ring) {
-  SideView v;
-  v.bits = S.bits;
-  v.centroids = S.centroids;
-  v.f32 = S.bits == 32;
+__device__ __forceinline__ RowRef row_ref(const DevKVLayer& L, const DevKVSide& S, int g, size_t t, bool from_ring) {
+  RowRef r;
   if (S.bits >= 16) {
-    v.row = S.rows + (static_cast<size_t>(g) * L.cap + t) * S.row_bytes;
-    v.codes = false;
-    v.scale = 1;
+    r.p = reinterpret_cast<const uint32_t*>(S.rows + (static_cast<size_t>(g) * L.cap + t) * S.row_bytes);
+    r.fmt = S.bits, r.scale = 1;
   } else if (from_ring) {
-    v.row = reinterpret_cast<const uint8_t*>(S.ring + (static_cast<size_t>(g) * L.ring_rows + t % L.ring_rows) * S.dim);
-    v.codes = false;
-    v.scale = 1;
+    r.p = reinterpret_cast<const uint32_t*>(S.ring + (static_cast<size_t>(g) * L.ring_rows + t % L.ring_rows) * S.dim);
+    r.fmt = 16, r.scale = 1;
   } else {
-    v.row = S.rows + (static_cast<size_t>(g) * L.cap + t) * S.row_bytes;
-    v.codes = true;
+    r.p = reinterpret_cast<const uint32_t*>(S.rows + (static_cast<size_t>(g) * L.cap + t) * S.row_bytes);
+    r.fmt = S.bits;
     const uint16_t n = S.norms[static_cast<size_t>(g) * L.cap + t];
-    v.scale = __half2float(*reinterpret_cast<const __half*>(&n)) * rsqrtf(static_cast<float>(S.dim));
+    r.scale = __half2float(*reinterpret_cast<const __half*>(&n)) * rsqrtf(static_cast<float>(S.dim));
   }
-  return v;
+  return r;
 }
 
-__device__ __forceinline__ float side_value(const SideView& v, int j) {
-  if (v.codes) return v.centroids[static_cast<int>(code_value(v.row, j, v.bits))] * v.scale;
-  if (v.f32) return reinterpret_cast<const float*>(v.row)[j];
-  return __half2float(reinterpret_cast<const __half*>(v.row)[j]);
+// Value j of a row without its scale (codes: the centroid; rows are 4-byte aligned, code
+// rows carry a word of read-ahead).
+__device__ __forceinline__ float row_value(const RowRef& r, int j, const float* cents) {
+  if (r.fmt == 16) return __half2float(reinterpret_cast<const __half*>(r.p)[j]);
+  if (r.fmt == 32) return reinterpret_cast<const float*>(r.p)[j];
+  const int o = j * r.fmt;
+  const uint32_t v = __funnelshift_r(r.p[o >> 5], r.p[(o >> 5) + 1], o & 31) & ((1u << r.fmt) - 1);
+  return cents[v];
 }
 
 // Partial results: m, l per (query, head, split), acc [query][head][split][Dv].
-__global__ void attention_kernel(DevKVLayer L, const float* q, const int32_t* pos, int n_splits, size_t n_tokens,
-                                 float scale, float* part_ml, float* part_acc) {
+template <int GM>  // ≥ the query heads per KV head (arrays sized at compile time: registers)
+__global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, const float* q, const int32_t* pos,
+                                                                 int n_splits, size_t n_tokens, float scale,
+                                                                 float* part_ml, float* part_acc) {
   pdl_enter();
-  const size_t ring_lo = L.window > 0 ? static_cast<size_t>(*L.ring_lo) : 0;
-  const int g = blockIdx.x, qi = blockIdx.y, split = blockIdx.z;
+  const int g = blockIdx.x, qi = blockIdx.y, split = blockIdx.z, tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
   const int G = L.n_heads / L.n_kv_heads, hd = L.head_dim;
   const int Dk = L.k.dim, Dv = L.v.dim;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __shared__ float qs[kMaxG][256];
-  __shared__ float wm[kAttnWarps][kMaxG], wl[kAttnWarps][kMaxG];
-  __shared__ float wacc[kAttnWarps][kMaxG][256];
+  __shared__ float qs[GM][256];
+  __shared__ float ck[256], cv[256];  // centroids (codes sides)
+  __shared__ float ps[GM][kAttnThreads];
+  __shared__ float red[kAttnThreads / 32][GM];
+  __shared__ float tile_m[GM], tile_l[GM];
+  const size_t ring_lo = L.window > 0 ? static_cast<size_t>(*L.ring_lo) : 0;
+  if (L.k.bits < 16)
+    for (int i = tid; i < (1 << L.k.bits); i += blockDim.x) ck[i] = L.k.centroids[i];
+  if (L.v.bits < 16)
+    for (int i = tid; i < (1 << L.v.bits); i += blockDim.x) cv[i] = L.v.centroids[i];
   // Queries in K's domain: rotated (Π_K·q) when K holds codes.
   for (int h = 0; h < G; ++h) {
     const float* qh = q + (static_cast<size_t>(qi) * L.n_heads + g * G + h) * hd;
-    for (int i = threadIdx.x; i < Dk; i += blockDim.x)
+    for (int i = tid; i < Dk; i += blockDim.x)
       qs[h][i] = i < hd ? qh[i] * (L.k.bits >= 16 ? 1.0f : L.k.signs[static_cast<size_t>(g) * Dk + i]) : 0.0f;
   }
   if (L.k.bits < 16) {
     const float rs = rsqrtf(static_cast<float>(Dk));
     for (int h = 0; h < G; ++h) {
       fwht_shared(qs[h], Dk);
-      for (int i = threadIdx.x; i < Dk; i += blockDim.x) qs[h][i] *= rs;
+      for (int i = tid; i < Dk; i += blockDim.x) qs[h][i] *= rs;
     }
   }
   __syncthreads();
@@ -614,70 +617,123 @@ __global__ void attention_kernel(DevKVLayer L, const float* q, const int32_t* po
   // Window: tokens from `bound` on are read as fp16 ring rows (codes sides).
   size_t bound = end_all;
   if (L.window > 0) bound = max(ring_lo, p + 1 > static_cast<size_t>(L.window) ? p + 1 - L.window : size_t(0));
-  float m[kMaxG], l[kMaxG], acc[kMaxG][kMaxR];
+  float m[GM], l[GM], acc[GM][kAttnDims];
 #pragma unroll
-  for (int h = 0; h < kMaxG; ++h) {
-    m[h] = -INFINITY;
-    l[h] = 0;
+  for (int h = 0; h < GM; ++h) {
+    m[h] = -INFINITY, l[h] = 0;
 #pragma unroll
-    for (int r = 0; r < kMaxR; ++r) acc[h][r] = 0;
+    for (int i = 0; i < kAttnDims; ++i) acc[h][i] = 0;
   }
-  for (size_t t = t0 + warp; t < t1; t += kAttnWarps) {
-    const bool ring = t >= bound;
-    const SideView kv = side_view(L, L.k, g, t, ring);
-    const SideView vv = side_view(L, L.v, g, t, ring);
-    float kx[kMaxR];
+  for (size_t base = t0; base < t1; base += kAttnThreads) {
+    const int n = static_cast<int>(min(static_cast<size_t>(kAttnThreads), t1 - base));
+    // Scores: this thread's token against every query head.
+    float s[GM];
 #pragma unroll
-    for (int r = 0; r < kMaxR; ++r) {
-      const int j = lane + 32 * r;
-      kx[r] = j < Dk ? side_value(kv, j) : 0.0f;
-    }
-    float vx[kMaxR];
+    for (int h = 0; h < GM; ++h) s[h] = 0;
+    if (tid < n) {
+      const size_t t = base + tid;
+      const RowRef kr = row_ref(L, L.k, g, t, t >= bound);
+      if (kr.fmt == 16) {  // Dk even
+        for (int j = 0; j < Dk; j += 2) {
+          const float2 kv = __half22float2(reinterpret_cast<const __half2*>(kr.p)[j >> 1]);
 #pragma unroll
-    for (int r = 0; r < kMaxR; ++r) {
-      const int j = lane + 32 * r;
-      vx[r] = j < Dv ? side_value(vv, j) : 0.0f;
-    }
+          for (int h = 0; h < GM; ++h)
+            if (h < G) s[h] += qs[h][j] * kv.x + qs[h][j + 1] * kv.y;
+        }
+      } else if (kr.fmt == 32) {
+        for (int j = 0; j < Dk; ++j) {
+          const float kv = reinterpret_cast<const float*>(kr.p)[j];
 #pragma unroll
-    for (int h = 0; h < kMaxG; ++h) {
-      if (h >= G) break;
-      float d = 0;
+          for (int h = 0; h < GM; ++h)
+            if (h < G) s[h] += qs[h][j] * kv;
+        }
+      } else {
+        const int bits = kr.fmt;
+        const uint32_t mask = (1u << bits) - 1;
+        for (int j = 0; j < Dk; ++j) {
+          const int o = j * bits;
+          const float kv = ck[__funnelshift_r(kr.p[o >> 5], kr.p[(o >> 5) + 1], o & 31) & mask];
 #pragma unroll
-      for (int r = 0; r < kMaxR; ++r) {
-        const int j = lane + 32 * r;
-        if (j < Dk) d += qs[h][j] * kx[r];
+          for (int h = 0; h < GM; ++h)
+            if (h < G) s[h] += qs[h][j] * kv;
+        }
       }
-      const float s = warp_sum(d) * scale;
-      const float mn = fmaxf(m[h], s), corr = expf(m[h] - mn), w = expf(s - mn);
-      l[h] = l[h] * corr + w;
 #pragma unroll
-      for (int r = 0; r < kMaxR; ++r) acc[h][r] = acc[h][r] * corr + w * vx[r];
+      for (int h = 0; h < GM; ++h) s[h] *= kr.scale * scale;
+    } else {
+#pragma unroll
+      for (int h = 0; h < GM; ++h) s[h] = -INFINITY;
+    }
+    // Tile max per head, then the new running max.
+#pragma unroll
+    for (int h = 0; h < GM; ++h) {
+      float v = s[h];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+      if (lane == 0) red[warp][h] = v;
+    }
+    __syncthreads();
+    if (tid < GM) {
+      float v = red[0][tid];
+      for (int w = 1; w < kAttnThreads / 32; ++w) v = fmaxf(v, red[w][tid]);
+      tile_m[tid] = v;
+    }
+    __syncthreads();
+    float corr[GM];
+#pragma unroll
+    for (int h = 0; h < GM; ++h) {
+      const float mn = fmaxf(m[h], tile_m[h]);
+      corr[h] = expf(m[h] - mn);  // m = −∞ at first: 0
       m[h] = mn;
+      const float pv = tid < n ? expf(s[h] - mn) : 0.0f;
+      ps[h][tid] = pv;
+      s[h] = pv;
     }
-  }
-  // Merge the warps.
-  for (int h = 0; h < G; ++h) {
-    if (lane == 0) wm[warp][h] = m[h], wl[warp][h] = l[h];
+    // Tile sums per head (the red slots are free again after the barrier above).
+    __syncthreads();
 #pragma unroll
-    for (int r = 0; r < kMaxR; ++r) {
-      const int j = lane + 32 * r;
-      if (j < Dv) wacc[warp][h][j] = acc[h][r];
+    for (int h = 0; h < GM; ++h) {
+      const float v = warp_sum(s[h]);
+      if (lane == 0) red[warp][h] = v;
     }
+    __syncthreads();
+    if (tid < GM) {
+      float v = 0;
+      for (int w = 0; w < kAttnThreads / 32; ++w) v += red[w][tid];
+      tile_l[tid] = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < GM; ++h) {
+      l[h] = l[h] * corr[h] + tile_l[h];
+#pragma unroll
+      for (int i = 0; i < kAttnDims; ++i) acc[h][i] *= corr[h];
+    }
+    // Values: thread owns dims tid and tid + 128.
+    for (int tt = 0; tt < n; ++tt) {
+      const size_t t = base + tt;
+      const RowRef vr = row_ref(L, L.v, g, t, t >= bound);
+#pragma unroll
+      for (int i = 0; i < kAttnDims; ++i) {
+        const int d = min(tid + i * kAttnThreads, Dv - 1);  // (clamped: a duplicate, never written)
+        const float val = row_value(vr, d, cv) * vr.scale;
+#pragma unroll
+        for (int h = 0; h < GM; ++h)
+          if (h < G) acc[h][i] += ps[h][tt] * val;
+      }
+    }
+    __syncthreads();  // ps, red, tile_* are rewritten by the next tile
   }
-  __syncthreads();
-  for (int h = 0; h < G; ++h) {
-    float M = -INFINITY;
-    for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, wm[w][h]);
+#pragma unroll
+  for (int h = 0; h < GM; ++h) {
+    if (h >= G) continue;
     const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + h) * n_splits + split;
-    float Lsum = 0;
-    for (int w = 0; w < kAttnWarps; ++w) Lsum += wm[w][h] == -INFINITY ? 0.0f : wl[w][h] * expf(wm[w][h] - M);
-    for (int j = threadIdx.x; j < Dv; j += blockDim.x) {
-      float a = 0;
-      for (int w = 0; w < kAttnWarps; ++w)
-        if (wm[w][h] != -INFINITY) a += wacc[w][h][j] * expf(wm[w][h] - M);
-      part_acc[base * Dv + j] = a;
+#pragma unroll
+    for (int i = 0; i < kAttnDims; ++i) {
+      const int d = tid + i * kAttnThreads;
+      if (d < Dv) part_acc[base * Dv + d] = acc[h][i];
     }
-    if (threadIdx.x == 0) part_ml[2 * base] = M, part_ml[2 * base + 1] = Lsum;
+    if (tid == 0) part_ml[2 * base] = m[h], part_ml[2 * base + 1] = l[h];
   }
 }
 
@@ -1026,12 +1082,17 @@ size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits) {
 
 void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, size_t n_tokens, int n_splits,
                const float* gate, float scale, float* scratch, float* att, cudaStream_t s, const XQ8* q8) {
-  if (L.n_heads / L.n_kv_heads > kMaxG || L.k.dim > 256 || L.v.dim > 256)
-    cuda_unsupported("CUDA attention: at most 8 query heads per KV head and head_dim <= 256");
+  if (L.n_heads / L.n_kv_heads > kMaxG || L.k.dim > 256 || L.v.dim > 256 || L.head_dim % 2 != 0)
+    cuda_unsupported("CUDA attention: at most 8 query heads per KV head and an even head_dim <= 256");
   const int sp = n_splits;
   float* ml = scratch;
   float* acc = scratch + static_cast<size_t>(n_q) * L.n_heads * sp * 2;
-  launch(attention_kernel, dim3(L.n_kv_heads, n_q, sp), kAttnWarps * 32, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+  const dim3 grid(L.n_kv_heads, n_q, sp);
+  const int G = L.n_heads / L.n_kv_heads;
+  if (G == 1) launch(attention_kernel<1>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+  else if (G == 2) launch(attention_kernel<2>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+  else if (G <= 4) launch(attention_kernel<4>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+  else launch(attention_kernel<8>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
   TQ_CUDA_LAUNCHED();
   launch(attention_merge_kernel, dim3(n_q, L.n_heads), threads_for(L.v.dim), L.v.dim * sizeof(float), s, 
       L, sp, ml, acc, gate, att, q8 && g_decode_int8 && L.head_dim % 32 == 0 ? *q8 : XQ8{});
