@@ -444,7 +444,10 @@ class CudaModel final : public Model {
       float** p;
       size_t n;
     };
-    const size_t att_scr = (n * m.n_heads + 1056 * static_cast<size_t>(m.n_heads)) * (2 + std::max<size_t>(256, hd));
+    DevKVLayer probe;  // the most splits one query gets (a prefill chunk gets fewer per query)
+    probe.n_kv_heads = std::max(1, m.n_kv_heads);
+    const size_t max_sp = static_cast<size_t>(splits_for(probe, 1, SIZE_MAX / 2));
+    const size_t att_scr = (n + max_sp) * m.n_heads * (2 + std::max<size_t>(256, hd));
     std::vector<Want> want = {{&x_, n * H}, {&xb_, n * H}, {&o_, n * H}, {&g_, n * m.intermediate},
                               {&u_, n * m.intermediate}, {&qg_, n * 2 * m.n_heads * hd}, {&q_, n * m.n_heads * hd},
                               {&gt_, n * m.n_heads * hd}, {&att_, n * m.n_heads * hd}, {&k_, n * m.n_kv_heads * hd},

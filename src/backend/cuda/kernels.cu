@@ -439,6 +439,22 @@ __global__ void attn_prep_kernel(AttnPrep a, const float* qg, float* q, float* g
 }
 
 // ---- KV append: one block per (token, kv head, side) ----
+// In-place FWHT of `count` vectors of D floats, `stride` apart, all at once.
+__device__ void fwht_shared_many(float* y, int count, int stride, int D) {
+  const int half = D / 2;
+  for (int len = 1; len < D; len <<= 1) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < count * half; i += blockDim.x) {
+      float* v = y + (i / half) * stride;
+      const int k = i % half, blk = k / len, off = k % len, a = blk * 2 * len + off, b = a + len;
+      const float u = v[a], w = v[b];
+      v[a] = u + w;
+      v[b] = u - w;
+    }
+  }
+  __syncthreads();
+}
+
 __device__ void fwht_shared(float* y, int D) {
   for (int len = 1; len < D; len <<= 1) {
     __syncthreads();
@@ -540,7 +556,8 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
 // the fp16 window ring (rotated domain). Queries are rotated once per block.
 constexpr int kMaxG = 8;        // query heads per KV head
 constexpr int kAttnThreads = 128;
-constexpr int kAttnDims = 2;    // value dims per thread: D ≤ 256
+constexpr int kStageBytes = 12288;   // value rows staged per sub-tile
+constexpr int kKStageBytes = 17408;  // key code rows of a tile (128 tokens of up to 136 bytes: tq4 at D = 256)
 
 // One token's row on one side: format 16 (fp16), 32 (f32) or the code width in bits.
 struct RowRef {
@@ -566,14 +583,29 @@ __device__ __forceinline__ RowRef row_ref(const DevKVLayer& L, const DevKVSide& 
   return r;
 }
 
-// Value j of a row without its scale (codes: the centroid; rows are 4-byte aligned, code
-// rows carry a word of read-ahead).
-__device__ __forceinline__ float row_value(const RowRef& r, int j, const float* cents) {
-  if (r.fmt == 16) return __half2float(reinterpret_cast<const __half*>(r.p)[j]);
-  if (r.fmt == 32) return reinterpret_cast<const float*>(r.p)[j];
-  const int o = j * r.fmt;
-  const uint32_t v = __funnelshift_r(r.p[o >> 5], r.p[(o >> 5) + 1], o & 31) & ((1u << r.fmt) - 1);
-  return cents[v];
+// Values 8·lane … 8·lane + 7 of a row (without its scale): fp16, f32 or codes.
+__device__ __forceinline__ void row8(const uint32_t* row, int fmt, int lane, float (&v)[8], const float* cents) {
+  if (fmt == 16) {
+    const uint4 raw = reinterpret_cast<const uint4*>(row)[lane];
+    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      v[2 * i] = f.x, v[2 * i + 1] = f.y;
+    }
+  } else if (fmt == 32) {
+    const float4 a = reinterpret_cast<const float4*>(row)[2 * lane], b = reinterpret_cast<const float4*>(row)[2 * lane + 1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+    const uint32_t mask = (1u << fmt) - 1;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {  // 4 codes ≤ 32 bits per window
+      const int o = (8 * lane + 4 * half) * fmt;
+      const uint32_t win = __funnelshift_r(row[o >> 5], row[(o >> 5) + 1], o & 31);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[4 * half + i] = cents[(win >> (i * fmt)) & mask];
+    }
+  }
 }
 
 // Partial results: m, l per (query, head, split), acc [query][head][split][Dv].
@@ -588,9 +620,11 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
   const int Dk = L.k.dim, Dv = L.v.dim;
   __shared__ float qs[GM][256];
   __shared__ float ck[256], cv[256];  // centroids (codes sides)
-  __shared__ float ps[GM][kAttnThreads];
+  __shared__ __align__(16) float ps[kAttnThreads][GM];  // weights of the tile's tokens per head
   __shared__ float red[kAttnThreads / 32][GM];
   __shared__ float tile_m[GM], tile_l[GM];
+  __shared__ __align__(16) uint32_t stage[kStageBytes / 4];
+  __shared__ uint32_t kstage[kKStageBytes / 4];
   const size_t ring_lo = L.window > 0 ? static_cast<size_t>(*L.ring_lo) : 0;
   if (L.k.bits < 16)
     for (int i = tid; i < (1 << L.k.bits); i += blockDim.x) ck[i] = L.k.centroids[i];
@@ -602,12 +636,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
     for (int i = tid; i < Dk; i += blockDim.x)
       qs[h][i] = i < hd ? qh[i] * (L.k.bits >= 16 ? 1.0f : L.k.signs[static_cast<size_t>(g) * Dk + i]) : 0.0f;
   }
-  if (L.k.bits < 16) {
-    const float rs = rsqrtf(static_cast<float>(Dk));
-    for (int h = 0; h < G; ++h) {
-      fwht_shared(qs[h], Dk);
-      for (int i = tid; i < Dk; i += blockDim.x) qs[h][i] *= rs;
-    }
+  if (L.k.bits < 16) {  // (the 1/√D of the rotation is applied with each token's scale)
+    fwht_shared_many(&qs[0][0], G, 256, Dk);
+    scale *= rsqrtf(static_cast<float>(Dk));
   }
   __syncthreads();
   const size_t p = pos[qi];
@@ -617,12 +648,14 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
   // Window: tokens from `bound` on are read as fp16 ring rows (codes sides).
   size_t bound = end_all;
   if (L.window > 0) bound = max(ring_lo, p + 1 > static_cast<size_t>(L.window) ? p + 1 - L.window : size_t(0));
-  float m[GM], l[GM], acc[GM][kAttnDims];
+  // acc: this warp's partial values for dims 8·lane … 8·lane + 7 (warps take turns over tokens).
+  const bool lane_live = 8 * lane < Dv;  // Dv % 8 == 0
+  float m[GM], l[GM], acc[GM][8];
 #pragma unroll
   for (int h = 0; h < GM; ++h) {
     m[h] = -INFINITY, l[h] = 0;
 #pragma unroll
-    for (int i = 0; i < kAttnDims; ++i) acc[h][i] = 0;
+    for (int i = 0; i < 8; ++i) acc[h][i] = 0;
   }
   for (size_t base = t0; base < t1; base += kAttnThreads) {
     const int n = static_cast<int>(min(static_cast<size_t>(kAttnThreads), t1 - base));
@@ -630,32 +663,55 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
     float s[GM];
 #pragma unroll
     for (int h = 0; h < GM; ++h) s[h] = 0;
+    // Code rows of K (not the ring) staged in shared memory with coalesced loads: a thread
+    // then reads its own row there (an odd row stride in words: no bank conflicts) instead
+    // of 32 rows per load instruction through L1.
+    const int k_rows = L.k.bits >= 16 ? 0 : static_cast<int>(min(static_cast<size_t>(n), bound > base ? bound - base : 0));
+    const bool k_staged = k_rows > 0 && kAttnThreads * L.k.row_bytes <= kKStageBytes;
+    if (k_staged) {
+      const uint32_t* src = reinterpret_cast<const uint32_t*>(L.k.rows + (static_cast<size_t>(g) * L.cap + base) * L.k.row_bytes);
+      for (int w = tid; w < k_rows * L.k.row_bytes / 4; w += kAttnThreads) kstage[w] = src[w];
+      __syncthreads();
+    }
     if (tid < n) {
       const size_t t = base + tid;
-      const RowRef kr = row_ref(L, L.k, g, t, t >= bound);
-      if (kr.fmt == 16) {  // Dk even
-        for (int j = 0; j < Dk; j += 2) {
-          const float2 kv = __half22float2(reinterpret_cast<const __half2*>(kr.p)[j >> 1]);
+      RowRef kr = row_ref(L, L.k, g, t, t >= bound);
+      if (k_staged && tid < k_rows) kr.p = kstage + tid * (L.k.row_bytes / 4);
+      // 4 dims per step (Dk % 4 == 0): one float4 of each query head from shared memory.
+      const float4* q4 = reinterpret_cast<const float4*>(&qs[0][0]);
+      if (kr.fmt == 16) {
+        for (int j = 0; j < Dk; j += 4) {
+          const uint2 raw = reinterpret_cast<const uint2*>(kr.p)[j >> 2];
+          const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+          const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
 #pragma unroll
-          for (int h = 0; h < GM; ++h)
-            if (h < G) s[h] += qs[h][j] * kv.x + qs[h][j + 1] * kv.y;
+          for (int h = 0; h < GM; ++h) {
+            const float4 qv = q4[h * 64 + (j >> 2)];
+            if (h < G) s[h] += (qv.x * a.x + qv.y * a.y) + (qv.z * b.x + qv.w * b.y);
+          }
         }
       } else if (kr.fmt == 32) {
-        for (int j = 0; j < Dk; ++j) {
-          const float kv = reinterpret_cast<const float*>(kr.p)[j];
+        for (int j = 0; j < Dk; j += 4) {
+          const float4 kv = reinterpret_cast<const float4*>(kr.p)[j >> 2];
 #pragma unroll
-          for (int h = 0; h < GM; ++h)
-            if (h < G) s[h] += qs[h][j] * kv;
+          for (int h = 0; h < GM; ++h) {
+            const float4 qv = q4[h * 64 + (j >> 2)];
+            if (h < G) s[h] += (qv.x * kv.x + qv.y * kv.y) + (qv.z * kv.z + qv.w * kv.w);
+          }
         }
       } else {
         const int bits = kr.fmt;
         const uint32_t mask = (1u << bits) - 1;
-        for (int j = 0; j < Dk; ++j) {
+        for (int j = 0; j < Dk; j += 4) {
           const int o = j * bits;
-          const float kv = ck[__funnelshift_r(kr.p[o >> 5], kr.p[(o >> 5) + 1], o & 31) & mask];
+          const uint32_t win = __funnelshift_r(kr.p[o >> 5], kr.p[(o >> 5) + 1], o & 31);  // 4 codes ≤ 32 bits
+          const float c0 = ck[win & mask], c1 = ck[(win >> bits) & mask], c2 = ck[(win >> (2 * bits)) & mask],
+                      c3 = ck[(win >> (3 * bits)) & mask];
 #pragma unroll
-          for (int h = 0; h < GM; ++h)
-            if (h < G) s[h] += qs[h][j] * kv;
+          for (int h = 0; h < GM; ++h) {
+            const float4 qv = q4[h * 64 + (j >> 2)];
+            if (h < G) s[h] += (qv.x * c0 + qv.y * c1) + (qv.z * c2 + qv.w * c3);
+          }
         }
       }
 #pragma unroll
@@ -686,7 +742,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
       corr[h] = expf(m[h] - mn);  // m = −∞ at first: 0
       m[h] = mn;
       const float pv = tid < n ? expf(s[h] - mn) : 0.0f;
-      ps[h][tid] = pv;
+      ps[tid][h] = pv;
       s[h] = pv;
     }
     // Tile sums per head (the red slots are free again after the barrier above).
@@ -707,33 +763,62 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
     for (int h = 0; h < GM; ++h) {
       l[h] = l[h] * corr[h] + tile_l[h];
 #pragma unroll
-      for (int i = 0; i < kAttnDims; ++i) acc[h][i] *= corr[h];
+      for (int i = 0; i < 8; ++i) acc[h][i] *= corr[h];
     }
-    // Values: thread owns dims tid and tid + 128.
-    for (int tt = 0; tt < n; ++tt) {
-      const size_t t = base + tt;
-      const RowRef vr = row_ref(L, L.v, g, t, t >= bound);
+    // Values: a warp per token (warps take turns), lane owns dims 8·lane … 8·lane + 7. Rows
+    // (not the window ring) are staged in shared memory a few KB at a time, every load of a
+    // sub-tile in flight at once; their scales are folded into the tile's weights.
+    auto add_token = [&](const uint32_t* row, int fmt, int tt) {
+      float val[8];
+      row8(row, fmt, lane, val, cv);
+      const float* w = ps[tt];
 #pragma unroll
-      for (int i = 0; i < kAttnDims; ++i) {
-        const int d = min(tid + i * kAttnThreads, Dv - 1);  // (clamped: a duplicate, never written)
-        const float val = row_value(vr, d, cv) * vr.scale;
+      for (int h = 0; h < GM; ++h) {
+        if (h >= G) continue;
+        const float wh = w[h];
 #pragma unroll
-        for (int h = 0; h < GM; ++h)
-          if (h < G) acc[h][i] += ps[h][tt] * val;
+        for (int i = 0; i < 8; ++i) acc[h][i] += wh * val[i];
       }
+    };
+    const int n_rows = L.v.bits >= 16 ? n : static_cast<int>(min(static_cast<size_t>(n), bound > base ? bound - base : 0));
+    const int rb = L.v.row_bytes, per_sub = max(1, min(kAttnThreads, kStageBytes / rb));
+    for (int s0 = 0; s0 < n_rows; s0 += per_sub) {
+      const int cnt = min(per_sub, n_rows - s0);
+      const uint32_t* src = reinterpret_cast<const uint32_t*>(L.v.rows + (static_cast<size_t>(g) * L.cap + base + s0) * rb);
+      for (int w = tid; w < cnt * rb / 4; w += kAttnThreads) stage[w] = src[w];
+      if (L.v.bits < 16 && tid < cnt) {
+        const uint16_t nb = L.v.norms[static_cast<size_t>(g) * L.cap + base + s0 + tid];
+        const float vs = __half2float(*reinterpret_cast<const __half*>(&nb)) * rsqrtf(static_cast<float>(Dv));
+#pragma unroll
+        for (int h = 0; h < GM; ++h) ps[s0 + tid][h] *= vs;
+      }
+      __syncthreads();
+      if (lane_live)
+        for (int tt = warp; tt < cnt; tt += kAttnThreads / 32) add_token(stage + tt * (rb / 4), L.v.bits, s0 + tt);
+      __syncthreads();
     }
+    if (lane_live)
+      for (int tt = n_rows + warp; tt < n; tt += kAttnThreads / 32) {
+        const size_t t = base + tt;
+        add_token(reinterpret_cast<const uint32_t*>(L.v.ring + (static_cast<size_t>(g) * L.ring_rows + t % L.ring_rows) * Dv),
+                  16, tt);
+      }
     __syncthreads();  // ps, red, tile_* are rewritten by the next tile
   }
+  // The warps' partial values, added in shared memory (stage is free), head by head.
+  float* sum = reinterpret_cast<float*>(stage);  // [4 warps][256]
 #pragma unroll
   for (int h = 0; h < GM; ++h) {
     if (h >= G) continue;
-    const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + h) * n_splits + split;
+    if (lane_live)
 #pragma unroll
-    for (int i = 0; i < kAttnDims; ++i) {
-      const int d = tid + i * kAttnThreads;
-      if (d < Dv) part_acc[base * Dv + d] = acc[h][i];
-    }
+      for (int i = 0; i < 8; ++i) sum[warp * 256 + 8 * lane + i] = acc[h][i];
+    __syncthreads();
+    const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + h) * n_splits + split;
+    for (int d = tid; d < Dv; d += kAttnThreads)
+      part_acc[base * Dv + d] = (sum[d] + sum[256 + d]) + (sum[512 + d] + sum[768 + d]);
     if (tid == 0) part_ml[2 * base] = m[h], part_ml[2 * base + 1] = l[h];
+    __syncthreads();
   }
 }
 
@@ -741,20 +826,43 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
 __global__ void attention_merge_kernel(DevKVLayer L, int n_splits, const float* part_ml, const float* part_acc,
                                        const float* gate, float* att, XQ8 q8) {
   pdl_enter();
-  extern __shared__ float y[];  // Dv
+  extern __shared__ float sh[];  // y[Dv], w[n_splits]
+  __shared__ float red[32];
   const int qi = blockIdx.x, h = blockIdx.y, Dv = L.v.dim, hd = L.head_dim;
+  float* y = sh;
+  float* w = sh + Dv;
   const int g = h / (L.n_heads / L.n_kv_heads);
   const size_t base = (static_cast<size_t>(qi) * L.n_heads + h) * n_splits;
+  // Split weights exp(m_s − M) (0 for empty splits) and the total Σ w_s·l_s, in parallel.
+  float mx = -INFINITY;
+  for (int s = threadIdx.x; s < n_splits; s += blockDim.x) mx = fmaxf(mx, part_ml[2 * (base + s)]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+  __syncthreads();
   float M = -INFINITY;
-  for (int s = 0; s < n_splits; ++s) M = fmaxf(M, part_ml[2 * (base + s)]);
-  float Ls = 0;
-  for (int s = 0; s < n_splits; ++s)
-    if (part_ml[2 * (base + s)] != -INFINITY) Ls += part_ml[2 * (base + s) + 1] * expf(part_ml[2 * (base + s)] - M);
+  for (int i = 0; i < static_cast<int>((blockDim.x + 31) >> 5); ++i) M = fmaxf(M, red[i]);
+  float ls = 0;
+  for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
+    const float m = part_ml[2 * (base + s)];
+    const float ws = m == -INFINITY ? 0.0f : expf(m - M);
+    w[s] = ws;
+    ls += ws * part_ml[2 * (base + s) + 1];
+  }
+  const float Ls = block_sum(ls, red);  // (syncs: w complete)
+  const float inv = 1.0f / Ls;
   for (int j = threadIdx.x; j < Dv; j += blockDim.x) {
-    float a = 0;
-    for (int s = 0; s < n_splits; ++s)
-      if (part_ml[2 * (base + s)] != -INFINITY) a += part_acc[(base + s) * Dv + j] * expf(part_ml[2 * (base + s)] - M);
-    y[j] = a / Ls;
+    const float* pa = part_acc + base * Dv + j;
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int s = 0;
+    for (; s + 4 <= n_splits; s += 4) {
+      a0 += pa[static_cast<size_t>(s) * Dv] * w[s];
+      a1 += pa[static_cast<size_t>(s + 1) * Dv] * w[s + 1];
+      a2 += pa[static_cast<size_t>(s + 2) * Dv] * w[s + 2];
+      a3 += pa[static_cast<size_t>(s + 3) * Dv] * w[s + 3];
+    }
+    for (; s < n_splits; ++s) a0 += pa[static_cast<size_t>(s) * Dv] * w[s];
+    y[j] = ((a0 + a1) + (a2 + a3)) * inv;
   }
   if (L.v.bits < 16) {
     fwht_shared(y, Dv);
@@ -1072,8 +1180,10 @@ void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t firs
 
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
   // Enough blocks to fill the GPU several times over (132 SMs × 8), at least 128 tokens per split.
-  const int want = std::max(1, 1056 / std::max(1, n_q * L.n_kv_heads));
-  return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + 127) / 128)));
+  static const int blocks = std::getenv("TQ_ATT_BLOCKS") ? std::atoi(std::getenv("TQ_ATT_BLOCKS")) : 1056;
+  static const int min_tokens = std::getenv("TQ_ATT_MIN") ? std::atoi(std::getenv("TQ_ATT_MIN")) : 128;
+  const int want = std::max(1, blocks / std::max(1, n_q * L.n_kv_heads));
+  return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + min_tokens - 1) / min_tokens)));
 }
 
 size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits) {
@@ -1082,8 +1192,8 @@ size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits) {
 
 void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, size_t n_tokens, int n_splits,
                const float* gate, float scale, float* scratch, float* att, cudaStream_t s, const XQ8* q8) {
-  if (L.n_heads / L.n_kv_heads > kMaxG || L.k.dim > 256 || L.v.dim > 256 || L.head_dim % 2 != 0)
-    cuda_unsupported("CUDA attention: at most 8 query heads per KV head and an even head_dim <= 256");
+  if (L.n_heads / L.n_kv_heads > kMaxG || L.k.dim > 256 || L.v.dim > 256 || L.head_dim % 8 != 0)
+    cuda_unsupported("CUDA attention: at most 8 query heads per KV head and a head_dim <= 256, a multiple of 8");
   const int sp = n_splits;
   float* ml = scratch;
   float* acc = scratch + static_cast<size_t>(n_q) * L.n_heads * sp * 2;
@@ -1094,7 +1204,7 @@ void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q,
   else if (G <= 4) launch(attention_kernel<4>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
   else launch(attention_kernel<8>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
   TQ_CUDA_LAUNCHED();
-  launch(attention_merge_kernel, dim3(n_q, L.n_heads), threads_for(L.v.dim), L.v.dim * sizeof(float), s, 
+  launch(attention_merge_kernel, dim3(n_q, L.n_heads), threads_for(L.v.dim), (L.v.dim + sp) * sizeof(float), s,
       L, sp, ml, acc, gate, att, q8 && g_decode_int8 && L.head_dim % 32 == 0 ? *q8 : XQ8{});
   TQ_CUDA_LAUNCHED();
 }
