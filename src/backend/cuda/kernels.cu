@@ -609,7 +609,9 @@ __device__ __forceinline__ void row8(const uint32_t* row, int fmt, int lane, flo
 }
 
 // Partial results: m, l per (query, head, split), acc [query][head][split][Dv].
-template <int GM>  // ≥ the query heads per KV head (arrays sized at compile time: registers)
+// GM ≥ the query heads per KV head (arrays sized at compile time: registers); KB, VB: the
+// code width of K and V when known at compile time (0: read from the layer).
+template <int GM, int KB, int VB>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, const float* q, const int32_t* pos,
                                                                  int n_splits, size_t n_tokens, float scale,
                                                                  float* part_ml, float* part_acc) {
@@ -690,7 +692,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
             if (h < G) s[h] += (qv.x * a.x + qv.y * a.y) + (qv.z * b.x + qv.w * b.y);
           }
         }
-      } else if (kr.fmt == 32) {
+      } else if (!KB && kr.fmt == 32) {
         for (int j = 0; j < Dk; j += 4) {
           const float4 kv = reinterpret_cast<const float4*>(kr.p)[j >> 2];
 #pragma unroll
@@ -700,8 +702,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
           }
         }
       } else {
-        const int bits = kr.fmt;
+        const int bits = KB ? KB : kr.fmt;
         const uint32_t mask = (1u << bits) - 1;
+#pragma unroll 4
         for (int j = 0; j < Dk; j += 4) {
           const int o = j * bits;
           const uint32_t win = __funnelshift_r(kr.p[o >> 5], kr.p[(o >> 5) + 1], o & 31);  // 4 codes ≤ 32 bits
@@ -770,7 +773,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
     // sub-tile in flight at once; their scales are folded into the tile's weights.
     auto add_token = [&](const uint32_t* row, int fmt, int tt) {
       float val[8];
-      row8(row, fmt, lane, val, cv);
+      if (VB && fmt == VB) row8(row, VB, lane, val, cv);  // compile-time width: constant shifts
+      else row8(row, fmt, lane, val, cv);
       const float* w = ps[tt];
 #pragma unroll
       for (int h = 0; h < GM; ++h) {
@@ -826,7 +830,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
 __global__ void attention_merge_kernel(DevKVLayer L, int n_splits, const float* part_ml, const float* part_acc,
                                        const float* gate, float* att, XQ8 q8) {
   pdl_enter();
-  extern __shared__ float sh[];  // y[Dv], w[n_splits]
+  extern __shared__ float sh[];  // y[Dv], w[n_splits], part[blockDim / Dv][Dv]
   __shared__ float red[32];
   const int qi = blockIdx.x, h = blockIdx.y, Dv = L.v.dim, hd = L.head_dim;
   float* y = sh;
@@ -851,18 +855,26 @@ __global__ void attention_merge_kernel(DevKVLayer L, int n_splits, const float* 
   }
   const float Ls = block_sum(ls, red);  // (syncs: w complete)
   const float inv = 1.0f / Ls;
-  for (int j = threadIdx.x; j < Dv; j += blockDim.x) {
+  // Thread (j, k) adds the splits s ≡ k (mod groups) of dim j, 8 loads in flight; then the
+  // groups are added in a fixed order.
+  const int groups = max(1, static_cast<int>(blockDim.x) / Dv);
+  float* part = w + n_splits;  // [groups][Dv]
+  for (int idx = threadIdx.x; idx < groups * Dv; idx += blockDim.x) {
+    const int j = idx % Dv, k = idx / Dv;
     const float* pa = part_acc + base * Dv + j;
-    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    int s = 0;
-    for (; s + 4 <= n_splits; s += 4) {
-      a0 += pa[static_cast<size_t>(s) * Dv] * w[s];
-      a1 += pa[static_cast<size_t>(s + 1) * Dv] * w[s + 1];
-      a2 += pa[static_cast<size_t>(s + 2) * Dv] * w[s + 2];
-      a3 += pa[static_cast<size_t>(s + 3) * Dv] * w[s + 3];
-    }
-    for (; s < n_splits; ++s) a0 += pa[static_cast<size_t>(s) * Dv] * w[s];
-    y[j] = ((a0 + a1) + (a2 + a3)) * inv;
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int s = k;
+    for (; s + 7 * groups < n_splits; s += 8 * groups)
+#pragma unroll
+      for (int u = 0; u < 8; ++u) a[u] += pa[static_cast<size_t>(s + u * groups) * Dv] * w[s + u * groups];
+    for (; s < n_splits; s += groups) a[0] += pa[static_cast<size_t>(s) * Dv] * w[s];
+    part[k * Dv + j] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < Dv; j += blockDim.x) {
+    float t = 0;
+    for (int k = 0; k < groups; ++k) t += part[k * Dv + j];
+    y[j] = t * inv;
   }
   if (L.v.bits < 16) {
     fwht_shared(y, Dv);
@@ -1178,6 +1190,20 @@ void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t firs
   TQ_CUDA_LAUNCHED();
 }
 
+namespace {
+// The common widths (tq3, tq4: both sides alike) get kernels with the width compiled in.
+template <int GM>
+void launch_attention(const DevKVLayer& L, dim3 grid, cudaStream_t s, const float* q, const int32_t* pos, int sp,
+                      size_t n_tokens, float scale, float* ml, float* acc) {
+  if (L.k.bits == 3 && L.v.bits == 3)
+    launch(attention_kernel<GM, 3, 3>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+  else if (L.k.bits == 4 && L.v.bits == 4)
+    launch(attention_kernel<GM, 4, 4>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+  else
+    launch(attention_kernel<GM, 0, 0>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+}
+}  // namespace
+
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
   // Enough blocks to fill the GPU several times over (132 SMs × 8), at least 128 tokens per split.
   static const int blocks = std::getenv("TQ_ATT_BLOCKS") ? std::atoi(std::getenv("TQ_ATT_BLOCKS")) : 1056;
@@ -1199,12 +1225,15 @@ void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q,
   float* acc = scratch + static_cast<size_t>(n_q) * L.n_heads * sp * 2;
   const dim3 grid(L.n_kv_heads, n_q, sp);
   const int G = L.n_heads / L.n_kv_heads;
-  if (G == 1) launch(attention_kernel<1>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
-  else if (G == 2) launch(attention_kernel<2>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
-  else if (G <= 4) launch(attention_kernel<4>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
-  else launch(attention_kernel<8>, grid, kAttnThreads, 0, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+  if (G == 1) launch_attention<1>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
+  else if (G == 2) launch_attention<2>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
+  else if (G <= 4) launch_attention<4>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
+  else launch_attention<8>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
   TQ_CUDA_LAUNCHED();
-  launch(attention_merge_kernel, dim3(n_q, L.n_heads), threads_for(L.v.dim), (L.v.dim + sp) * sizeof(float), s,
+  const int merge_threads = std::min(1024, std::max(32, L.v.dim * std::min(8, (sp + 7) / 8)) / 32 * 32);
+  const size_t merge_groups = std::max(1, merge_threads / L.v.dim);
+  launch(attention_merge_kernel, dim3(n_q, L.n_heads), merge_threads,
+         (L.v.dim * (1 + merge_groups) + sp) * sizeof(float), s,
       L, sp, ml, acc, gate, att, q8 && g_decode_int8 && L.head_dim % 32 == 0 ? *q8 : XQ8{});
   TQ_CUDA_LAUNCHED();
 }
