@@ -24,10 +24,13 @@ std::string unavailable_reason();
 // or for what the backend does not support yet (naming it).
 std::unique_ptr<Model> load_model(const std::string& dir);
 
-// Decode-step 4-bit matvecs can quantize the activations to int8 per 8 values and use
-// dp4a (as llama.cpp's MMVQ does; 0.5-0.9% relative error per product measured). Off by
-// default (TQ_CUDA_INT8=1 turns it on): float activations, equal to the CPU up to rounding.
+// Decode-step 4-bit matvecs quantize their input to int8 (a scale per 8 values, codes
+// centred on 8, the exact sum kept for the bias) and use dp4a, as llama.cpp's MMVQ does:
+// ≈ 0.4% relative error per product, measured (tests/test_cuda.cc). On by default;
+// set_decode_int8(false) or TQ_CUDA_EXACT=1: float activations, equal to the CPU up to
+// rounding (2.1× slower decode).
 void set_decode_int8(bool on);
+bool decode_int8();
 
 // Bytes of GPU memory in use on the device (cudaMemGetInfo: total − free).
 size_t device_memory_used();

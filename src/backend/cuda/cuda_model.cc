@@ -644,6 +644,7 @@ double copy_bandwidth_gbs(size_t bytes) {
 }
 
 void set_decode_int8(bool on) { g_decode_int8 = on; }
+bool decode_int8() { return g_decode_int8; }
 
 size_t device_memory_used() {
   size_t free_b = 0, total = 0;

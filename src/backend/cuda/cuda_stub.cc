@@ -13,6 +13,7 @@ std::string unavailable_reason() { return kWhy; }
 std::unique_ptr<Model> load_model(const std::string&) { fail("--device cuda: {}", kWhy); }
 size_t device_memory_used() { return 0; }
 void set_decode_int8(bool) {}
+bool decode_int8() { return false; }
 double copy_bandwidth_gbs(size_t) { fail("{}", kWhy); }
 
 namespace ops {
