@@ -12,33 +12,19 @@
 namespace tq {
 namespace {
 
-class Llama final : public Model {
+class Llama final : public CpuModel {
  public:
-  explicit Llama(std::unique_ptr<Checkpoint> c) : Model(std::move(c)), w_(load_weights(*ckpt_)) {}
-
-  void forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,
-               ThreadPool& pool) const override {
-    run({&st}, tokens, n, logits, all_logits, pool);
-  }
-
-  void forward_batch(const std::vector<SequenceState*>& states, const int32_t* tokens, float* logits,
-                     ThreadPool& pool) const override {
-    run(states, tokens, static_cast<int>(states.size()), logits, true, pool);
-  }
+  explicit Llama(std::unique_ptr<Checkpoint> c) : CpuModel(std::move(c)), w_(load_weights(*ckpt_)) {}
 
  private:
-  // One sequence (states.size() == 1: n tokens of it) or a batch (one token per state).
-  void run(const std::vector<SequenceState*>& states, const int32_t* tokens, int n, float* logits, bool all_logits,
-           ThreadPool& pool) const {
+  void run(const std::vector<SequenceState*>& states, const int32_t* tokens, int n, const int32_t* pos, float* logits,
+           bool all_logits, ThreadPool& pool) const override {
     const ModelConfig& m = config();
-    const bool batch = states.size() > 1;
     const int H = m.hidden, hd = m.head_dim, nh = m.n_heads, nkv = m.n_kv_heads;
     const int qd = nh * hd, kvd = nkv * hd, I = m.intermediate;
     std::vector<float> x(static_cast<size_t>(n) * H), xb(x.size()), q(static_cast<size_t>(n) * qd),
         k(static_cast<size_t>(n) * kvd), v(k.size()), att(q.size()), o(x.size()),
         g(static_cast<size_t>(n) * I), u(g.size());
-    std::vector<int32_t> pos(n);
-    for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(batch ? states[i]->pos : states[0]->pos + i);
     layers::embed(w_.embed, tokens, n, m.vocab, x.data());
     for (int l = 0; l < m.n_layers; ++l) {
       const LayerWeights& L = w_.layers[l];
@@ -56,9 +42,9 @@ class Llama final : public Model {
         cpu::rmsnorm(q.data(), A.q_norm.data(), n * nh, hd, static_cast<float>(m.rms_eps), q.data());
         cpu::rmsnorm(k.data(), A.k_norm.data(), n * nkv, hd, static_cast<float>(m.rms_eps), k.data());
       }
-      cpu::rope(q.data(), n, nh, hd, m.rot_dims(), pos.data(), m.rope_theta);
-      cpu::rope(k.data(), n, nkv, hd, m.rot_dims(), pos.data(), m.rope_theta);
-      layers::append_attend(states, l, k, v, q, pos.data(), n, att, pool);
+      cpu::rope(q.data(), n, nh, hd, m.rot_dims(), pos, m.rope_theta);
+      cpu::rope(k.data(), n, nkv, hd, m.rot_dims(), pos, m.rope_theta);
+      layers::append_attend(states, l, k, v, q, pos, n, att, pool);
       cpu::matmul(A.o, att.data(), n, o.data(), pool);
       for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
       cpu::rmsnorm(x.data(), L.post_norm.data(), n, H, static_cast<float>(m.rms_eps), xb.data());
@@ -67,10 +53,6 @@ class Llama final : public Model {
     }
     layers::final_logits(w_.head, w_.final_norm, static_cast<float>(m.rms_eps), x.data(), n, H, all_logits, xb.data(),
                          logits, pool);
-    if (batch)
-      for (auto* st : states) st->pos += 1;
-    else
-      states[0]->pos += n;
   }
 
   ModelWeights w_;

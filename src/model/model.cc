@@ -82,6 +82,28 @@ void Model::forward_batch(const std::vector<SequenceState*>& states, const int32
     forward(*states[i], tokens + i, 1, logits + i * static_cast<size_t>(config().vocab), false, pool);
 }
 
+void CpuModel::forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,
+                       ThreadPool& pool) const {
+  run_rows({&st}, tokens, n, logits, all_logits, pool);
+}
+
+void CpuModel::forward_batch(const std::vector<SequenceState*>& states, const int32_t* tokens, float* logits,
+                             ThreadPool& pool) const {
+  run_rows(states, tokens, static_cast<int>(states.size()), logits, true, pool);
+}
+
+void CpuModel::run_rows(const std::vector<SequenceState*>& states, const int32_t* tokens, int n, float* logits,
+                        bool all_logits, ThreadPool& pool) const {
+  const bool batch = states.size() > 1;
+  std::vector<int32_t> pos(n);
+  for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(batch ? states[i]->pos : states[0]->pos + i);
+  run(states, tokens, n, pos.data(), logits, all_logits, pool);
+  if (batch)
+    for (auto* st : states) st->pos += 1;
+  else
+    states[0]->pos += n;
+}
+
 void Model::fill_synthetic(SequenceState& st, size_t n, uint64_t seed, ThreadPool& pool) const {
   std::vector<int32_t> t(std::min<size_t>(n, 512));
   std::vector<float> logits(config().vocab);

@@ -68,6 +68,27 @@ class Model {
   std::unique_ptr<Checkpoint> ckpt_;
 };
 
+// A model computed on the CPU. forward and forward_batch both come down to run: the rows
+// are n tokens of one sequence (states.size() == 1) or one token of each of several
+// sequences (row i belongs to states[i]).
+class CpuModel : public Model {
+ public:
+  void forward(SequenceState& state, const int32_t* tokens, int n, float* logits, bool all_logits,
+               ThreadPool& pool) const final;
+  void forward_batch(const std::vector<SequenceState*>& states, const int32_t* tokens, float* logits,
+                     ThreadPool& pool) const final;
+
+ protected:
+  using Model::Model;
+  // Runs the n rows and returns; the caller advances the states.
+  virtual void run(const std::vector<SequenceState*>& states, const int32_t* tokens, int n, const int32_t* pos,
+                   float* logits, bool all_logits, ThreadPool& pool) const = 0;
+
+ private:
+  void run_rows(const std::vector<SequenceState*>& states, const int32_t* tokens, int n, float* logits,
+                bool all_logits, ThreadPool& pool) const;
+};
+
 // Layers shared by the architectures (shapes in comments; x, xb: [n][hidden]).
 namespace layers {
 // x[i] = embedding row tokens[i]; checks each id against the vocabulary.

@@ -14,32 +14,18 @@
 namespace tq {
 namespace {
 
-class Qwen35 final : public Model {
+class Qwen35 final : public CpuModel {
  public:
-  explicit Qwen35(std::unique_ptr<Checkpoint> c) : Model(std::move(c)), w_(load_weights(*ckpt_)) {}
-
-  void forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,
-               ThreadPool& pool) const override {
-    run({&st}, tokens, n, logits, all_logits, pool);
-  }
-
-  void forward_batch(const std::vector<SequenceState*>& states, const int32_t* tokens, float* logits,
-                     ThreadPool& pool) const override {
-    run(states, tokens, static_cast<int>(states.size()), logits, true, pool);
-  }
+  explicit Qwen35(std::unique_ptr<Checkpoint> c) : CpuModel(std::move(c)), w_(load_weights(*ckpt_)) {}
 
  private:
-  // One sequence (states.size() == 1: n tokens of it) or a batch (one token per state).
-  void run(const std::vector<SequenceState*>& states, const int32_t* tokens, int n, float* logits, bool all_logits,
-           ThreadPool& pool) const {
+  void run(const std::vector<SequenceState*>& states, const int32_t* tokens, int n, const int32_t* pos, float* logits,
+           bool all_logits, ThreadPool& pool) const override {
     const ModelConfig& m = config();
     const int H = m.hidden;
     const float eps = static_cast<float>(m.rms_eps);
-    const bool batch = states.size() > 1;
     std::vector<float> x(static_cast<size_t>(n) * H), xb(x.size()), o(x.size());
     std::vector<float> g(static_cast<size_t>(n) * m.intermediate), u(g.size());
-    std::vector<int32_t> pos(n);
-    for (int i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(batch ? states[i]->pos : states[0]->pos + i);
     layers::embed(w_.embed, tokens, n, m.vocab, x.data());
     for (int l = 0; l < m.n_layers; ++l) {
       const LayerWeights& L = w_.layers[l];
@@ -47,17 +33,13 @@ class Qwen35 final : public Model {
       if (m.is_linear[l])
         delta_mixer(L.delta, states, l, xb.data(), n, o.data(), pool);
       else
-        attention_mixer(L.attn, states, l, xb.data(), n, pos.data(), o.data(), pool);
+        attention_mixer(L.attn, states, l, xb.data(), n, pos, o.data(), pool);
       for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
       cpu::rmsnorm(x.data(), L.post_norm.data(), n, H, eps, xb.data());
       layers::swiglu_mlp(L.gate, L.up, L.down, xb.data(), n, g.data(), u.data(), o.data(), pool);
       for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
     }
     layers::final_logits(w_.head, w_.final_norm, eps, x.data(), n, H, all_logits, xb.data(), logits, pool);
-    if (batch)
-      for (auto* st : states) st->pos += 1;
-    else
-      states[0]->pos += n;
   }
 
   // Gated attention: q/gate interleaved per head, q/k RMSNorm, partial RoPE, output × σ(gate).
