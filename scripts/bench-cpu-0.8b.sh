@@ -4,6 +4,7 @@
 # usage: scripts/bench-cpu-0.8b.sh [MODEL_DIR] [GEN_TOKENS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh python3  # (reads the JSON it gets back)
 TQ=./build/tq
 MODEL=${1:-/tmp/tq-qwen35-0.8b-mlx4}
 GEN=${2:-32}

@@ -8,6 +8,7 @@
 # usage: scripts/serve-evidence.sh [TOKENS] [CLIENTS] [REQUESTS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh python3  # (reads the JSON it gets back)
 TQ=./build/tq
 TOKENS=${1:-4000}
 CLIENTS=${2:-8}
