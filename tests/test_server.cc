@@ -359,12 +359,19 @@ TEST(Server, ConcurrentClientsGetTheirOwnResults) {
   EXPECT_GT(m.cached_tokens, 0u);
   // Decode steps of concurrent requests ran batched (mean batch size above 1).
   EXPECT_GT(m.decode_batch_tokens, m.decode_batches) << m.decode_batches << " batches";
-  auto met = s.client().Get("/metrics");
-  ASSERT_TRUE(met);
-  EXPECT_NE(met->body.find("tq_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 24"),
-            std::string::npos)
-      << met->body;
-  EXPECT_NE(met->body.find("tq_kv_bytes_resident "), std::string::npos);
+  // The HTTP counter is updated once a response has been written, so a client can read
+  // /metrics a moment before its own last request is counted: poll briefly.
+  const std::string want = "tq_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 24";
+  std::string body;
+  for (int i = 0; i < 100; ++i) {
+    auto met = s.client().Get("/metrics");
+    ASSERT_TRUE(met);
+    body = met->body;
+    if (body.find(want) != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_NE(body.find(want), std::string::npos) << body;
+  EXPECT_NE(body.find("tq_kv_bytes_resident "), std::string::npos);
 }
 
 // Sessions over the budget go to the prompt cache directory (or are dropped without one);
