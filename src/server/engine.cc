@@ -8,6 +8,7 @@
 #include <fstream>
 #include <random>
 
+#include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -167,7 +168,7 @@ void Engine::decode_batch(const std::vector<Running*>& decoding, ThreadPool& poo
   }
   // Batches of at most kMaxBatch rows: up to there a batched step computes bit-for-bit
   // what each request's own step would (see cpu::matmul).
-  constexpr size_t kMaxBatch = 8;
+  constexpr size_t kMaxBatch = cpu::kPerTokenMaxRows;
   const size_t V = static_cast<size_t>(model_.config().vocab);
   for (size_t b0 = 0; b0 < live.size(); b0 += kMaxBatch) {
     const size_t nb = std::min(kMaxBatch, live.size() - b0);

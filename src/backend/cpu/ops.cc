@@ -135,7 +135,7 @@ void matmul(const Weight& w, const float* x, int n, float* y, ThreadPool& pool) 
   // Up to 8 tokens (decode, batched decode across sequences): the fused 4-bit kernel, each
   // block of rows read from memory once and reused from cache for the other tokens. More
   // tokens (prefill): each row is dequantized once into floats and dotted with every token.
-  const bool q4 = w.quantized() && w.bits == 4 && w.group % 32 == 0 && n <= 8;
+  const bool q4 = w.quantized() && w.bits == 4 && w.group % 32 == 0 && n <= kPerTokenMaxRows;
   std::vector<float> xsum, xd;
   if (q4) {
     const int64_t ng = cols / w.group;
@@ -192,7 +192,7 @@ void matmul(const Weight& w, const float* x, int n, float* y, ThreadPool& pool) 
       // The 4×4 kernel for prefill; up to 8 tokens (batched decode) each token alone, so a
       // batched step computes exactly what the token's own step would.
       int i = 0;
-      if (nr == 4 && n > 8)
+      if (nr == 4 && n > kPerTokenMaxRows)
         for (; i + 4 <= n; i += 4) dot4x4(rp, x + i * cols, cols, y + i * rows + r, rows);
       for (; i < n; ++i)
         for (int k = 0; k < nr; ++k) y[i * rows + r + k] = dot(rp[k], x + i * cols, cols);

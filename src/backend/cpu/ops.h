@@ -10,6 +10,9 @@ class ThreadPool;
 
 namespace tq::cpu {
 
+// Up to this many tokens, matmul computes each token's row exactly as it would alone
+// (batched decode relies on it); more tokens (prefill) share 4×4 blocked dot products.
+constexpr int kPerTokenMaxRows = 8;
 // y[n][w.rows] = x[n][w.cols] · Wᵀ (dense F32/F16/BF16 or MLX affine quantized).
 void matmul(const Weight& w, const float* x, int n, float* y, ThreadPool& pool);
 // Reference: dequantize each row, accumulate in double.

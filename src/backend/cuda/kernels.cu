@@ -455,18 +455,7 @@ __device__ void fwht_shared_many(float* y, int count, int stride, int D) {
   __syncthreads();
 }
 
-__device__ void fwht_shared(float* y, int D) {
-  for (int len = 1; len < D; len <<= 1) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < D / 2; i += blockDim.x) {
-      const int blk = i / len, off = i % len, a = blk * 2 * len + off, b = a + len;
-      const float u = y[a], v = y[b];
-      y[a] = u + v;
-      y[b] = u - v;
-    }
-  }
-  __syncthreads();
-}
+__device__ void fwht_shared(float* y, int D) { fwht_shared_many(y, 1, D, D); }
 
 __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, size_t first, const int32_t* first_dev) {
   pdl_enter();
@@ -802,11 +791,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
       __syncthreads();
     }
     if (lane_live)
-      for (int tt = n_rows + warp; tt < n; tt += kAttnThreads / 32) {
-        const size_t t = base + tt;
-        add_token(reinterpret_cast<const uint32_t*>(L.v.ring + (static_cast<size_t>(g) * L.ring_rows + t % L.ring_rows) * Dv),
-                  16, tt);
-      }
+      for (int tt = n_rows + warp; tt < n; tt += kAttnThreads / 32) add_token(row_ref(L, L.v, g, base + tt, true).p, 16, tt);
     __syncthreads();  // ps, red, tile_* are rewritten by the next tile
   }
   // The warps' partial values, added in shared memory (stage is free), head by head.
@@ -1053,7 +1038,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shared, cuda
   attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  TQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  TQ_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));  // (launch errors included)
 }
 
 int threads_for(int n) { return std::min(256, std::max(32, (n + 31) / 32 * 32)); }
@@ -1081,7 +1066,6 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     while (g.wpu < 8 && units * g.wpu < kTargetWarps && nb >= 32 * kMinBlocksPerLane * g.wpu) g.wpu *= 2;
     const int per_block = kQ8Threads / 32 / g.wpu;
     launch(q4_q8_kernel, (units + per_block - 1) / per_block, kQ8Threads, 0, s, g, *xq);
-    TQ_CUDA_LAUNCHED();
     return;
   }
   int units = 0;  // warps, one per 4 rows (block_end: exclusive prefix of units per weight)
@@ -1102,7 +1086,6 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     else if (nt <= 2) launch(q4_group_kernel<2>, blocks, threads, 0, s, gt, xt, nt);
     else if (nt <= 4) launch(q4_group_kernel<4>, blocks, threads, 0, s, gt, xt, nt);
     else launch(q4_group_kernel<8>, blocks, threads, 0, s, gt, xt, nt);
-    TQ_CUDA_LAUNCHED();
   }
 }
 }  // namespace
@@ -1110,7 +1093,6 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
 void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s) {
   if (!g_decode_int8 || n % 32 != 0) return;  // (a 4-bit weight has cols % 32 == 0)
   launch(quantize_q8_kernel, (n + 255) / 256, 256, 0, s, x, n, out);
-  TQ_CUDA_LAUNCHED();
 }
 
 void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
@@ -1159,27 +1141,23 @@ void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s,
     float* yt = y + static_cast<size_t>(t0) * w.rows;
     if (nt == 1) launch(f32_matvec_kernel<1>, blocks, threads, 0, s, w, xt, nt, yt);
     else launch(f32_matvec_kernel<8>, blocks, threads, 0, s, w, xt, nt, yt);
-    TQ_CUDA_LAUNCHED();
   }
 }
 
 void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s) {
   launch(embed_kernel, n, 256, 0, s, w, tokens, x);
-  TQ_CUDA_LAUNCHED();
 }
 
 void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s,
              const XQ8* q8) {
   XQ8 q = q8 && g_decode_int8 && dim % 32 == 0 ? *q8 : XQ8{};
   launch(rmsnorm_kernel, rows, std::min(1024, std::max(32, (dim / 4 + 31) / 32 * 32)), 0, s, x, add, w, dim, eps, out, q);
-  TQ_CUDA_LAUNCHED();
 }
 
 void attn_prep(const AttnPrep& a, const float* qg, float* q, float* gate, float* k, float* v, const int32_t* pos,
                cudaStream_t s) {
   dim3 grid(a.n, a.n_heads + 2 * a.n_kv_heads);
   launch(attn_prep_kernel, grid, threads_for(a.head_dim), (a.head_dim + 32) * sizeof(float), s, a, qg, q, gate, k, v, pos);
-  TQ_CUDA_LAUNCHED();
 }
 
 void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t first, cudaStream_t s,
@@ -1188,7 +1166,6 @@ void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t firs
   dim3 grid(n, L.n_kv_heads, 2);
   const size_t sh = D * sizeof(float) + (D + 3) / 4 * sizeof(float) + 32 * sizeof(float);
   launch(kv_append_kernel, grid, threads_for(D), sh, s, L, k, v, first, first_dev);
-  TQ_CUDA_LAUNCHED();
 }
 
 namespace {
@@ -1230,13 +1207,11 @@ void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q,
   else if (G == 2) launch_attention<2>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
   else if (G <= 4) launch_attention<4>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
   else launch_attention<8>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
-  TQ_CUDA_LAUNCHED();
   const int merge_threads = std::min(1024, std::max(32, L.v.dim * std::min(8, (sp + 7) / 8)) / 32 * 32);
   const size_t merge_groups = std::max(1, merge_threads / L.v.dim);
   launch(attention_merge_kernel, dim3(n_q, L.n_heads), merge_threads,
          (L.v.dim * (1 + merge_groups) + sp) * sizeof(float), s,
       L, sp, ml, acc, gate, att, q8 && g_decode_int8 && L.head_dim % 32 == 0 ? *q8 : XQ8{});
-  TQ_CUDA_LAUNCHED();
 }
 
 void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const float* conv_w, const float* b,
@@ -1254,28 +1229,23 @@ void delta_rule(const DeltaDims& d, const float* q, const float* k, const float*
   else if (d.dk == 64) launch(delta_rule_kernel<64>, grid, 128, 0, s, d, q, k, v, beta, g, state, y);
   else if (d.dk == 32) launch(delta_rule_kernel<32>, grid, 128, 0, s, d, q, k, v, beta, g, state, y);
   else cuda_unsupported("CUDA DeltaNet: key head dim must be 32, 64 or 128");
-  TQ_CUDA_LAUNCHED();
 }
 
 void gated_norm(const DeltaDims& d, float* y, const float* z, const float* w, float eps, cudaStream_t s, const XQ8* q8) {
   launch(gated_norm_kernel, d.n * d.hv, threads_for(d.dv), 0, s, d.dv, y, z, w, eps,
                                                             q8 && g_decode_int8 && d.dv % 32 == 0 ? *q8 : XQ8{});
-  TQ_CUDA_LAUNCHED();
 }
 
 void swiglu(float* g, const float* u, size_t n, cudaStream_t s) {
   launch(swiglu_kernel, (n + 255) / 256, 256, 0, s, g, u, n);
-  TQ_CUDA_LAUNCHED();
 }
 
 void fill_random(float* x, size_t n, uint64_t seed, cudaStream_t s) {
   launch(fill_random_kernel, (n + 255) / 256, 256, 0, s, x, n, seed);
-  TQ_CUDA_LAUNCHED();
 }
 
 void add(float* x, const float* o, size_t n, cudaStream_t s) {
   launch(add_kernel, (n + 255) / 256, 256, 0, s, x, o, n);
-  TQ_CUDA_LAUNCHED();
 }
 
 }  // namespace tq::cuda

@@ -19,7 +19,6 @@ namespace tq::cuda {
     cudaError_t err_ = (expr);                                        \
     if (err_ != cudaSuccess) ::tq::cuda::cuda_error(err_, __FILE__, __LINE__); \
   } while (0)
-#define TQ_CUDA_LAUNCHED() TQ_CUDA_CHECK(cudaGetLastError())
 
 // A weight on the device. kind q4: codes [rows][cols/2] bytes (value j: nibble j of the
 // row's little-endian stream), scales/biases [rows][cols/group] (bf16 if sbf16 else f32).
