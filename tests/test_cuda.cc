@@ -3,6 +3,7 @@
 // skips with the reason.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -221,6 +222,38 @@ TEST(Cuda, Int8DecodeWithinDerivedBound) {
   std::printf("[cuda int8] trained model, 64 decode steps: logits rel. error ≤ %.2e, argmax equal %d/64\n", worst, same);
   EXPECT_LT(worst, 1e-1);
   EXPECT_GE(same, 58);
+}
+
+// Greedy decoding on the GPU: the argmax of the logits without copying them.
+TEST(Cuda, ArgmaxOnGpuIsTheFirstLargest) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(test::fresh_seed());
+  for (size_t n : {1u, 31u, 1000u, 248320u, 300001u}) {
+    auto y = test::gaussian(n, rng);
+    for (auto& v : y) v -= 4.0f;  // mostly negative: the sign handling of the key matters
+    const size_t top = rng() % n;
+    y[top] = 3.5f;
+    if (n > 2) y[(top + 1 + rng() % (n - 1)) % n] = 3.5f;  // a tie: the first index wins
+    const int32_t want = static_cast<int32_t>(std::max_element(y.begin(), y.end()) - y.begin());
+    EXPECT_EQ(cuda::ops::argmax(y), want) << n;
+    std::vector<float> neg(n, -2.0f);
+    neg[n - 1] = -1.0f;
+    EXPECT_EQ(cuda::ops::argmax(neg), static_cast<int32_t>(n - 1)) << n;
+  }
+  // Through the model: forward_argmax equals the argmax of forward's logits, step by step.
+  ThreadPool pool(2);
+  for (const char* dir : {TQ_TEST_DATA "/trained_qwen35", TQ_SOURCE_DIR "/models/stories260K"}) {
+    auto gpu = cuda::load_model(dir);
+    auto a = gpu->new_state(CachePolicy::parse("tq3")), b = gpu->new_state(CachePolicy::parse("tq3"));
+    std::vector<float> logits(gpu->config().vocab);
+    int32_t ta = 1, tb = 1;
+    for (int i = 0; i < 24; ++i) {
+      gpu->forward(*a, &ta, 1, logits.data(), false, pool);
+      ta = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      tb = gpu->forward_argmax(*b, &tb, 1, pool);
+      ASSERT_EQ(tb, ta) << dir << " step " << i;
+    }
+  }
 }
 
 TEST(Cuda, Stories260KGreedyTextIdentical) {

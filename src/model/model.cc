@@ -1,5 +1,7 @@
 #include "model/model.h"
 
+#include <algorithm>
+
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 
@@ -80,6 +82,12 @@ void Model::forward_batch(const std::vector<SequenceState*>& states, const int32
                           ThreadPool& pool) const {
   for (size_t i = 0; i < states.size(); ++i)
     forward(*states[i], tokens + i, 1, logits + i * static_cast<size_t>(config().vocab), false, pool);
+}
+
+int32_t Model::forward_argmax(SequenceState& state, const int32_t* tokens, int n, ThreadPool& pool) const {
+  std::vector<float> logits(config().vocab);
+  forward(state, tokens, n, logits.data(), false, pool);
+  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
 void CpuModel::forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,

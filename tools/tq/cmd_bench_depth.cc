@@ -89,13 +89,10 @@ int run(const O& o) {
     for (size_t d : o.depths) {
       if (d > st->pos) model->fill_synthetic(*st, d - st->pos, 1234, pool);
       int32_t next = toks[0];
-      for (int w = 0; w < 3; ++w) model->forward(*st, &next, 1, logits.data(), false, pool);  // warm-up
+      for (int w = 0; w < 3; ++w) model->forward_argmax(*st, &next, 1, pool);  // warm-up
       const size_t depth = st->pos;
       const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < o.gen; ++i) {
-        model->forward(*st, &next, 1, logits.data(), false, pool);
-        next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      }
+      for (int i = 0; i < o.gen; ++i) next = model->forward_argmax(*st, &next, 1, pool);  // greedy
       const double s = seconds_since(t0), rate = o.gen / s;
       const size_t kvb = st->kv_bytes(), stb = st->state_bytes();
       const double gbs = (weight_bytes + kvb + stb) * rate / 1e9;

@@ -48,6 +48,8 @@ void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float
 std::vector<float> attention(const CachePolicy& p, const KVGeometry& g, int layer, const std::vector<float>& k,
                              const std::vector<float>& v, size_t n_kv, size_t chunk, const std::vector<float>& q,
                              const std::vector<int32_t>& pos);
+// Index of y's largest value (the first of equal ones), found on the GPU.
+int32_t argmax(const std::vector<float>& y);
 }  // namespace ops
 
 }  // namespace tq::cuda

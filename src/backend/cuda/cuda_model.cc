@@ -58,6 +58,16 @@ class DevBuf {
   size_t bytes_ = 0;
 };
 
+// One page-locked 64-bit value: the host end of a 4-byte copy per decode step (a copy to
+// pageable memory is staged by the driver).
+struct PinnedKey {
+  PinnedKey() { TQ_CUDA_CHECK(cudaMallocHost(&p, sizeof *p)); }
+  PinnedKey(const PinnedKey&) = delete;
+  PinnedKey& operator=(const PinnedKey&) = delete;
+  ~PinnedKey() { cudaFreeHost(p); }
+  unsigned long long* p = nullptr;
+};
+
 template <typename T>
 DevBuf upload(const T* host, size_t n) {
   DevBuf b(n * sizeof(T));
@@ -258,6 +268,23 @@ class StageProfile {
   std::map<std::string, double> ms_;
 };
 
+// TQ_CUDA_SKIP=stage,stage,...: leaves those stages out of every forward pass (timing
+// experiments only: the results are wrong). The time a stage takes inside the real decode
+// step is the step time without it subtracted from the step time with it.
+class StageSkip {
+ public:
+  StageSkip() {
+    const char* v = std::getenv("TQ_CUDA_SKIP");
+    if (!v) return;
+    std::string all = std::string(",") + v + ",";
+    all_ = all;
+  }
+  bool operator()(const char* stage) const { return !all_.empty() && all_.find(std::string(",") + stage + ",") != std::string::npos; }
+
+ private:
+  std::string all_;
+};
+
 // A decode step captured as a CUDA graph, valid while its key (where every KV buffer is,
 // whether x goes int8) holds: the buffers move only when a cache grows.
 class StepGraph {
@@ -434,6 +461,18 @@ class CudaModel final : public Model {
     }
   }
 
+  int32_t forward_argmax(SequenceState& st, const int32_t* tokens, int n, ThreadPool&) const override {
+    check(st.device != nullptr, "--device cuda: this sequence state was made by another backend");
+    auto& ds = static_cast<CudaSequence&>(*st.device);
+    int32_t best = -1;
+    for (int i = 0; i < n; i += kChunk) {
+      const int c = std::min(kChunk, n - i);
+      run_chunk(ds, st.pos, tokens + i, c, nullptr, false, i + c == n ? &best : nullptr);
+      st.pos += c;
+    }
+    return best;
+  }
+
  private:
   void alloc_scratch() {
     const ModelConfig& m = config();
@@ -473,7 +512,10 @@ class CudaModel final : public Model {
                reinterpret_cast<float*>(q8_.get<int4>() + 3 * blocks)};
   }
 
-  void run_chunk(CudaSequence& ds, size_t pos0, const int32_t* tokens, int n, float* logits, bool all) const {
+  // logits: the last row's (all: every row's) to the host; or, with best, only the last
+  // row's argmax.
+  void run_chunk(CudaSequence& ds, size_t pos0, const int32_t* tokens, int n, float* logits, bool all,
+                 int32_t* best = nullptr) const {
     const ModelConfig& m = config();
     cudaStream_t s = stream_;
     for (int i = 0; i < n; ++i)
@@ -484,29 +526,31 @@ class CudaModel final : public Model {
       if (kv) kv->reserve(pos0 + n, s);  // may move buffers: before anything is enqueued
     TQ_CUDA_CHECK(cudaMemcpyAsync(tok_dev_.get(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
     TQ_CUDA_CHECK(cudaMemcpyAsync(pos_dev_.get(), pos.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-    const int first = all ? 0 : n - 1, rows = logits ? n - first : 0;
+    const int first = all ? 0 : n - 1, rows = logits ? n - first : (best ? 1 : 0);
     // A decode step reads every per-step value (token, position, ring bound) from device
     // memory, so its launches can be captured once and replayed as a CUDA graph.
-    const bool decode = n == 1 && logits && use_graph_ && !prof_.on();
+    const bool decode = n == 1 && (logits || best) && use_graph_ && !prof_.on();
     if (decode) {
-      std::vector<uintptr_t> key = {g_decode_int8};
+      std::vector<uintptr_t> key = {g_decode_int8, best != nullptr};
       for (const auto& kv : ds.kv)
         if (kv) kv->append_key(key);
       if (!ds.decode_graph.valid_for(key))
-        ds.decode_graph.capture(std::move(key), s, [&] { enqueue(ds, pos0, n, first, rows); });
+        ds.decode_graph.capture(std::move(key), s, [&] { enqueue(ds, pos0, n, first, rows, best != nullptr); });
       ds.decode_graph.launch(s);
     } else {
-      enqueue(ds, pos0, n, first, rows);
+      enqueue(ds, pos0, n, first, rows, best != nullptr);
     }
     for (auto& kv : ds.kv)
       if (kv) kv->appended(n);
     const DevWeight& head = tied_ ? embed_.w : head_.w;
-    for (int r = 0; r < rows; ++r) {  // logits_ holds one row (the head ran for it when rows == 1)
+    if (best) TQ_CUDA_CHECK(cudaMemcpyAsync(best_host_, best_dev_.get(), sizeof *best_host_, cudaMemcpyDeviceToHost, s));
+    for (int r = 0; logits && r < rows; ++r) {  // logits_ holds one row (the head ran for it when rows == 1)
       if (rows > 1) matmul(head, xb_ + static_cast<size_t>(r) * m.hidden, 1, logits_, s);
       TQ_CUDA_CHECK(cudaMemcpyAsync(logits + static_cast<size_t>(r) * m.vocab, logits_, m.vocab * sizeof(float),
                                     cudaMemcpyDeviceToHost, s));
     }
     TQ_CUDA_CHECK(cudaStreamSynchronize(s));
+    if (best) *best = argmax_index(*best_host_);
     prof_.mark("head+copy", s);
   }
 
@@ -514,7 +558,7 @@ class CudaModel final : public Model {
   // the device); the final norm of rows [first, first + rows) into xb_, and their logits into
   // logits_ when there is one row. Enqueues only: no host
   // synchronization, no allocation (a decode step is captured as a graph).
-  void enqueue(CudaSequence& ds, size_t pos0, int n, int first, int rows) const {
+  void enqueue(CudaSequence& ds, size_t pos0, int n, int first, int rows, bool argmax_only) const {
     const ModelConfig& m = config();
     const int H = m.hidden, hd = m.head_dim;
     const float eps = static_cast<float>(m.rms_eps);
@@ -522,13 +566,14 @@ class CudaModel final : public Model {
     const int32_t* dpos = pos_dev_.get<int32_t>();
     const XQ8* xq = n == 1 ? &xq8_ : nullptr;  // int8 x for decode matvecs
     prof_.reset();
+    if (argmax_only) TQ_CUDA_CHECK(cudaMemsetAsync(best_dev_.get(), 0, sizeof(unsigned long long), s));
     prof_.mark("start", s);
     embed(embed_.w, tok_dev_.get<int32_t>(), n, x_, s);
     prof_.mark("embed", s);
     const float* pending = nullptr;  // sublayer output not yet added to x
     for (int l = 0; l < m.n_layers; ++l) {
       const DevLayer& L = layers_[l];
-      rmsnorm(x_, pending, L.in_norm.get<float>(), n, H, eps, xb_, s, xq);
+      if (!skip_("norm")) rmsnorm(x_, pending, L.in_norm.get<float>(), n, H, eps, xb_, s, xq);
       prof_.mark("norm", s);
       if (L.linear) {
         delta_mixer(L, ds.conv[l].get<float>(), ds.state[l].get<float>(), n);
@@ -536,31 +581,32 @@ class CudaModel final : public Model {
         DevKVLayer& kv = ds.kv[l]->layer();
         const DevWeight* ws[3] = {&L.q.w, &L.k.w, &L.v.w};
         float* ys[3] = {m.attn_output_gate ? qg_ : q_, k_, v_};
-        matmul_many(ws, ys, 3, xb_, n, s, xq);
+        if (!skip_("attn_qkv")) matmul_many(ws, ys, 3, xb_, n, s, xq);
         prof_.mark("attn qkv", s);
         AttnPrep ap{n, m.n_heads, m.n_kv_heads, hd, m.rot_dims(), m.rope_theta, eps, m.attn_output_gate,
                     L.q_norm.get<float>(), L.k_norm.get<float>(), L.q_bias.get<float>(), L.k_bias.get<float>(),
                     L.v_bias.get<float>()};
-        attn_prep(ap, m.attn_output_gate ? qg_ : q_, q_, gt_, k_, v_, dpos, s);
+        if (!skip_("attn_prep")) attn_prep(ap, m.attn_output_gate ? qg_ : q_, q_, gt_, k_, v_, dpos, s);
         prof_.mark("attn prep", s);
-        kv_append(kv, k_, v_, n, pos0, s, dpos);
+        if (!skip_("kv_append")) kv_append(kv, k_, v_, n, pos0, s, dpos);
         prof_.mark("kv append", s);
         // Decode: every split count and bound from the capacity and device values, so the
         // same launches serve every step until the cache grows.
         const size_t n_tokens = n == 1 ? SIZE_MAX : pos0 + n;
         const int sp = splits_for(kv, n, n == 1 ? kv.cap : pos0 + n);
-        attention(kv, q_, dpos, n, n_tokens, sp, m.attn_output_gate ? gt_ : nullptr,
+        if (!skip_("attention"))
+          attention(kv, q_, dpos, n, n_tokens, sp, m.attn_output_gate ? gt_ : nullptr,
                   1.0f / std::sqrt(static_cast<float>(hd)), att_scr_, att_, s, xq);
         prof_.mark("attention", s);
-        matmul(L.o.w, att_, n, o_, s, xq);
+        if (!skip_("attn_out")) matmul(L.o.w, att_, n, o_, s, xq);
         prof_.mark("attn out", s);
       }
-      rmsnorm(x_, o_, L.post_norm.get<float>(), n, H, eps, xb_, s, xq);
+      if (!skip_("norm")) rmsnorm(x_, o_, L.post_norm.get<float>(), n, H, eps, xb_, s, xq);
       prof_.mark("norm", s);
-      swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s, xq);
+      if (!skip_("mlp_gateup")) swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s, xq);
       prof_.mark("mlp gate/up", s);
-      if (xq) quantize_q8(g_, m.intermediate, *xq, s);
-      matmul(L.down.w, g_, n, o_, s, xq);
+      if (xq && !skip_("q8")) quantize_q8(g_, m.intermediate, *xq, s);
+      if (!skip_("mlp_down")) matmul(L.down.w, g_, n, o_, s, xq);
       prof_.mark("mlp down", s);
       pending = o_;
     }
@@ -568,7 +614,8 @@ class CudaModel final : public Model {
       float* xr = x_ + static_cast<size_t>(first) * H;
       add(xr, o_ + static_cast<size_t>(first) * H, static_cast<size_t>(rows) * H, s);
       rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s, rows == 1 ? &xq8_ : nullptr);
-      if (rows == 1) matmul(tied_ ? embed_.w : head_.w, xb_, 1, logits_, s, &xq8_);
+      if (rows == 1 && !skip_("head")) matmul(tied_ ? embed_.w : head_.w, xb_, 1, logits_, s, &xq8_);
+      if (argmax_only) argmax(logits_, m.vocab, best_dev_.get<unsigned long long>(), s);
     }
   }
 
@@ -579,16 +626,17 @@ class CudaModel final : public Model {
     DeltaDims d{n, m.lin_k_heads, m.lin_v_heads, m.lin_k_dim, m.lin_v_dim, m.conv_kernel};
     const DevWeight* ws[4] = {&L.qkv.w, &L.z.w, &L.b.w, &L.a.w};
     float* ys[4] = {qkv_, z_, b_, a_};
-    matmul_many(ws, ys, 4, xb_, n, s, xq);
+    if (!skip_("dn_proj")) matmul_many(ws, ys, 4, xb_, n, s, xq);
     prof_.mark("dn proj", s);
-    delta_conv_prep(d, qkv_, conv_state, L.conv.get<float>(), b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_,
+    if (!skip_("dn_conv"))
+      delta_conv_prep(d, qkv_, conv_state, L.conv.get<float>(), b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_,
                     dk_, dv_, beta_, gd_, s);
     prof_.mark("dn conv+prep", s);
-    delta_rule(d, dq_, dk_, dv_, beta_, gd_, state, y_, s);
+    if (!skip_("dn_rule")) delta_rule(d, dq_, dk_, dv_, beta_, gd_, state, y_, s);
     prof_.mark("dn rule", s);
-    gated_norm(d, y_, z_, L.norm.get<float>(), static_cast<float>(m.rms_eps), s, xq);
+    if (!skip_("dn_norm")) gated_norm(d, y_, z_, L.norm.get<float>(), static_cast<float>(m.rms_eps), s, xq);
     prof_.mark("dn norm", s);
-    matmul(L.out.w, y_, n, o_, s, xq);
+    if (!skip_("dn_out")) matmul(L.out.w, y_, n, o_, s, xq);
     prof_.mark("dn out", s);
   }
 
@@ -597,10 +645,13 @@ class CudaModel final : public Model {
   bool tied_ = false;
   DevBuf final_norm_;
   std::vector<DevLayer> layers_;
-  DevBuf arena_, tok_dev_, pos_dev_, q8_;
+  DevBuf arena_, tok_dev_, pos_dev_, q8_, best_dev_{sizeof(unsigned long long)};
+  PinnedKey best_pin_;
+  unsigned long long* best_host_ = best_pin_.p;
   XQ8 xq8_;  // int8 copy of the decode step's current matvec input
   bool use_graph_ = !(std::getenv("TQ_CUDA_GRAPH") && std::string(std::getenv("TQ_CUDA_GRAPH")) == "0");
   mutable StageProfile prof_;
+  StageSkip skip_;
   float *x_, *xb_, *o_, *g_, *u_, *qg_, *q_, *gt_, *att_, *k_, *v_, *att_scr_, *qkv_, *z_, *b_, *a_, *beta_, *gd_,
       *dq_, *dk_, *dv_, *y_, *logits_;
 };
@@ -666,6 +717,16 @@ std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n) {
   std::vector<float> y(static_cast<size_t>(n) * w.rows);
   TQ_CUDA_CHECK(cudaMemcpy(y.data(), dy.get(), y.size() * sizeof(float), cudaMemcpyDeviceToHost));
   return y;
+}
+
+int32_t argmax(const std::vector<float>& y) {
+  ensure_device();
+  DevBuf dy = upload(y), slot(sizeof(unsigned long long));
+  TQ_CUDA_CHECK(cudaMemset(slot.get(), 0, slot.bytes()));
+  cuda::argmax(dy.get<float>(), static_cast<int>(y.size()), slot.get<unsigned long long>(), nullptr);
+  unsigned long long key = 0;
+  TQ_CUDA_CHECK(cudaMemcpy(&key, slot.get(), sizeof key, cudaMemcpyDeviceToHost));
+  return argmax_index(key);
 }
 
 void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y) {

@@ -24,6 +24,7 @@ std::vector<float> attention(const CachePolicy&, const KVGeometry&, int, const s
                              const std::vector<int32_t>&) {
   fail("{}", kWhy);
 }
+int32_t argmax(const std::vector<float>&) { fail("{}", kWhy); }
 }  // namespace ops
 
 }  // namespace tq::cuda

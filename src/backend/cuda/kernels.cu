@@ -131,7 +131,7 @@ struct MatvecGroup {
   int count = 0;
   int block_end[4];  // exclusive prefix of row units (warps) per weight
   bool swiglu = false;
-  int wpu = 1;  // q4_q8_kernel: warps sharing one unit's columns (1, 2, 4 or 8)
+  int wpu = 1;  // q4_q8_kernel: warps sharing one unit's columns (1 … 8)
 };
 
 constexpr int kMatvecThreads = 128;  // 4 warps, one unit of rows each
@@ -221,15 +221,17 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 __device__ __forceinline__ float small_int_to_float(int v) { return __int_as_float(v + 0x4B400000) - 12582912.0f; }
 
 // One warp per unit of kQ8Rows rows (swiglu: half gate rows, the same half of up); lane
-// reads 16 bytes (32 weights, one x block) of every row per step, kQ8Unroll steps in flight.
-constexpr int kQ8Rows = 4, kQ8Unroll = 1, kQ8Threads = 256;
+// reads 16 bytes (32 weights, one x block) of every row per step, U steps in flight.
+// A block holds whole units: wpu warps each, up to 8 warps.
+constexpr int kQ8Rows = 4, kQ8Threads = 256;
 
-__global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8 x) {
-  constexpr int R = kQ8Rows, U = kQ8Unroll, H = R / 2;
+template <int U>
+__global__ void __launch_bounds__(kQ8Threads, U == 1 ? 3 : 2) q4_q8_kernel(MatvecGroup g, XQ8 x) {
+  constexpr int R = kQ8Rows, H = R / 2;
   __shared__ float part[kQ8Threads / 32][R];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpu = g.wpu;
   const int sub = warp % wpu;  // this warp's share of the unit's columns
-  const int unit = blockIdx.x * (kQ8Threads / 32 / wpu) + warp / wpu;
+  const int unit = blockIdx.x * (static_cast<int>(blockDim.x) / 32 / wpu) + warp / wpu;
   const uint32_t* rc32[R];
   const uint8_t* sr[R];
   const uint8_t* br[R];
@@ -370,23 +372,53 @@ __global__ void rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ 
   __shared__ float red[32];
   float* xr = x + static_cast<size_t>(blockIdx.x) * dim;
   const float* ar = add ? add + static_cast<size_t>(blockIdx.x) * dim : nullptr;
+  float* o = out + static_cast<size_t>(blockIdx.x) * dim;
+  // Up to kKeep values per thread stay in registers between the two passes (every load of
+  // the first pass in flight at once, none in the second); longer rows re-read the rest.
+  constexpr int kKeep = 8;
+  const int bd = blockDim.x;
+  float v[kKeep], wv[kKeep];
   float ss = 0;
-#pragma unroll 4
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = xr[i];
-    if (ar) {
-      v += ar[i];
-      xr[i] = v;
+#pragma unroll
+  for (int k = 0; k < kKeep; ++k) {
+    const int i = threadIdx.x + k * bd;
+    v[k] = 0, wv[k] = 1;
+    if (i < dim) {
+      v[k] = xr[i] + (ar ? ar[i] : 0.0f);
+      if (w) wv[k] = w[i];
     }
-    ss += v * v;
+  }
+#pragma unroll
+  for (int k = 0; k < kKeep; ++k) {
+    const int i = threadIdx.x + k * bd;
+    if (i < dim) {
+      if (ar) xr[i] = v[k];
+      ss += v[k] * v[k];
+    }
+  }
+  for (int i = threadIdx.x + kKeep * bd; i < dim; i += bd) {
+    float u = xr[i];
+    if (ar) {
+      u += ar[i];
+      xr[i] = u;
+    }
+    ss += u * u;
   }
   ss = block_sum(ss, red);
   const float inv = rsqrtf(ss / dim + eps);
-  float* o = out + static_cast<size_t>(blockIdx.x) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-    const float v = xr[i] * inv * (w ? w[i] : 1.0f);
-    o[i] = v;
-    if (q8.q) q8_store_warp(v, static_cast<size_t>(blockIdx.x) * dim + i, q8);  // dim % 32 == 0
+  const size_t row0 = static_cast<size_t>(blockIdx.x) * dim;
+#pragma unroll
+  for (int k = 0; k < kKeep; ++k) {
+    const int i = threadIdx.x + k * bd;
+    if (i >= dim) break;  // (whole warps: dim % 32 == 0 when q8 is on)
+    const float u = v[k] * inv * wv[k];
+    o[i] = u;
+    if (q8.q) q8_store_warp(u, row0 + i, q8);
+  }
+  for (int i = threadIdx.x + kKeep * bd; i < dim; i += bd) {
+    const float u = xr[i] * inv * (w ? w[i] : 1.0f);
+    o[i] = u;
+    if (q8.q) q8_store_warp(u, row0 + i, q8);
   }
 }
 
@@ -622,10 +654,16 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
   if (L.v.bits < 16)
     for (int i = tid; i < (1 << L.v.bits); i += blockDim.x) cv[i] = L.v.centroids[i];
   // Queries in K's domain: rotated (Π_K·q) when K holds codes.
-  for (int h = 0; h < G; ++h) {
+  // (every load of the block's queries in flight at once: Dk ≤ 2 · kAttnThreads)
+#pragma unroll
+  for (int h = 0; h < GM; ++h) {
+    if (h >= G) break;
     const float* qh = q + (static_cast<size_t>(qi) * L.n_heads + g * G + h) * hd;
-    for (int i = tid; i < Dk; i += blockDim.x)
-      qs[h][i] = i < hd ? qh[i] * (L.k.bits >= 16 ? 1.0f : L.k.signs[static_cast<size_t>(g) * Dk + i]) : 0.0f;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int i = tid + k * kAttnThreads;
+      if (i < Dk) qs[h][i] = i < hd ? qh[i] * (L.k.bits >= 16 ? 1.0f : L.k.signs[static_cast<size_t>(g) * Dk + i]) : 0.0f;
+    }
   }
   if (L.k.bits < 16) {  // (the 1/√D of the rotation is applied with each token's scale)
     fwht_shared_many(&qs[0][0], G, 256, Dk);
@@ -1014,6 +1052,26 @@ __global__ void fill_random_kernel(float* x, size_t n, uint64_t seed) {
   x[i] = static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
 }
 
+// Greedy sampling on the GPU: the largest value's index as one 64-bit key, folded in with
+// atomicMax: the value's bits made orderable as unsigned (negatives flipped, the sign bit
+// set on the rest) in the high word, and ~index in the low word so that ties go to the
+// first index (as std::max_element).
+__device__ __forceinline__ unsigned long long argmax_key(float v, uint32_t i) {
+  const uint32_t b = __float_as_uint(v);
+  const uint32_t o = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (static_cast<unsigned long long>(o) << 32) | (0xFFFFFFFFu - i);
+}
+
+__global__ void argmax_kernel(const float* __restrict__ y, int n, unsigned long long* slot) {
+  pdl_enter();
+  unsigned long long best = 0;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    best = max(best, argmax_key(y[i], static_cast<uint32_t>(i)));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
+  if ((threadIdx.x & 31) == 0 && best) atomicMax(slot, best);
+}
+
 // On by default where the device has it (sm_90+); TQ_CUDA_PDL=0 turns it off.
 bool pdl_enabled() {
   static const bool on = [] {
@@ -1048,6 +1106,58 @@ int threads_for(int n) { return std::min(256, std::max(32, (n + 31) / 32 * 32));
 bool g_decode_int8 = std::getenv("TQ_CUDA_EXACT") == nullptr;
 
 namespace {
+int env_int(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : dflt;
+}
+
+// How a decode matvec of `units` warps' worth of rows and nb blocks of 32 columns is laid
+// out: wpu warps share a unit's columns; U column steps per lane in flight (2 costs
+// registers: 2 blocks per SM instead of 3). Chosen so that every lane has the same number
+// of steps and the warps fill the GPU's warp slots in whole waves (a last wave that is
+// mostly empty leaves the memory system idle for its duration).
+struct MvShape {
+  int wpu = 1, u = 1;
+};
+MvShape mv_shape(int units, int nb) {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    TQ_CUDA_CHECK(cudaGetDevice(&dev));
+    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  static const int per_sm[3] = {0, [] {
+    int b = 0;
+    TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, q4_q8_kernel<1>, kQ8Threads, 0));
+    return b * kQ8Threads / 32;
+  }(), [] {
+    int b = 0;
+    TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, q4_q8_kernel<2>, kQ8Threads, 0));
+    return b * kQ8Threads / 32;
+  }()};
+  static const int force_u = env_int("TQ_MV_U", 0), old = env_int("TQ_MV_OLD", 0), slot_scale = env_int("TQ_MV_SLOTS", 100);
+  MvShape best;
+  if (old) {
+    constexpr int kTargetWarps = 4096, kMinBlocksPerLane = 2;
+    while (best.wpu < 8 && units * best.wpu < kTargetWarps && nb >= 32 * kMinBlocksPerLane * best.wpu) best.wpu *= 2;
+    return best;
+  }
+  double best_score = -1;
+  for (int u = 1; u <= 2; ++u) {
+    if (force_u && u != force_u) continue;
+    const double slots = static_cast<double>(sms) * per_sm[u] * slot_scale / 100;
+    for (int wpu = 1; wpu <= 8 && 32 * wpu <= nb; ++wpu) {
+      const int steps = (nb + 32 * wpu - 1) / (32 * wpu);
+      if (u == 2 && steps < 2 && !force_u) continue;
+      const double within = static_cast<double>(nb) / (32.0 * wpu * steps);
+      const double waves = units * wpu / slots;
+      const double score = within * (waves < 1 ? waves : waves / std::ceil(waves));
+      if (score > best_score + 1e-3) best_score = score, best.wpu = wpu, best.u = u;
+    }
+  }
+  return best;
+}
+
 void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s) {
   if (n == 1 && xq && g_decode_int8) {
     int units = 0;  // warps, one per kQ8Rows rows
@@ -1056,16 +1166,12 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     } else {
       for (int j = 0; j < g.count; ++j) g.block_end[j] = (units += (g.w[j].rows + kQ8Rows - 1) / kQ8Rows);
     }
-    // Enough warps to keep the memory system busy: small matrices split each unit's columns
-    // over up to 8 warps, as long as each lane keeps ≥ 2 blocks.
-    const int nb = g.w[0].cols / 32;
-    // (H200, 9b shapes, depth 0: a target of 2048 warps measured 4-6% faster than this 4096
-    // in two runs, 8192 and 1024 slower; the recorded tables are with 4096.)
-    constexpr int kTargetWarps = 4096, kMinBlocksPerLane = 2;
-    g.wpu = 1;
-    while (g.wpu < 8 && units * g.wpu < kTargetWarps && nb >= 32 * kMinBlocksPerLane * g.wpu) g.wpu *= 2;
-    const int per_block = kQ8Threads / 32 / g.wpu;
-    launch(q4_q8_kernel, (units + per_block - 1) / per_block, kQ8Threads, 0, s, g, *xq);
+    const MvShape sh = mv_shape(units, g.w[0].cols / 32);
+    g.wpu = sh.wpu;
+    const int per_block = std::max(1, kQ8Threads / 32 / g.wpu), threads = 32 * g.wpu * per_block;
+    const int blocks = (units + per_block - 1) / per_block;
+    if (sh.u == 2) launch(q4_q8_kernel<2>, blocks, threads, 0, s, g, *xq);
+    else launch(q4_q8_kernel<1>, blocks, threads, 0, s, g, *xq);
     return;
   }
   int units = 0;  // warps, one per 4 rows (block_end: exclusive prefix of units per weight)
@@ -1144,8 +1250,14 @@ void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s,
   }
 }
 
+void argmax(const float* y, int n, unsigned long long* slot, cudaStream_t s) {
+  launch(argmax_kernel, std::max(1, std::min(264, (n + 1023) / 1024)), 256, 0, s, y, n, slot);
+}
+
+int32_t argmax_index(unsigned long long key) { return static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(key)); }
+
 void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s) {
-  launch(embed_kernel, n, 256, 0, s, w, tokens, x);
+  launch(embed_kernel, n, 1024, 0, s, w, tokens, x);
 }
 
 void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s,

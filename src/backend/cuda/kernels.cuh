@@ -77,6 +77,11 @@ void matmul_many(const DevWeight* const* w, float* const* y, int count, const fl
 void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
                    cudaStream_t s, const XQ8* xq = nullptr);
 void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s);
+// *slot ← max(*slot, the key of y's largest value [n values], ties: the first); with *slot
+// zeroed before, argmax_index(*slot) is that value's index. Greedy sampling without
+// copying the logits to the host.
+void argmax(const float* y, int n, unsigned long long* slot, cudaStream_t s);
+int32_t argmax_index(unsigned long long key);
 // out = rmsnorm(x (+= add when add != nullptr)) · w, rows × dim; also as int8 into q8 when
 // given (and g_decode_int8, dim % 32 == 0).
 void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s,
