@@ -142,6 +142,13 @@ struct ModelCase {
   double tol;  // relative logit error
 };
 
+// Tolerances: an fp16 cache stores each K/V value rounded to fp16 on both sides, so a
+// last-bit difference of the float inputs (summation order) occasionally rounds one value
+// the other way: an error of one fp16 step, 2^-11 ≈ 4.9e-4 relative, in that value. Logit
+// errors stay below that (measured 4e-7 … 2.5e-4 over seeds on stories260K, whose random
+// prompts make the largest); code caches add the codebook boundaries' flips (1e-2).
+constexpr double kFp16Tol = 1e-3, kCodesTol = 1e-2;
+
 // Whole-model logits, GPU vs CPU: a 70-token prompt in chunks of 40 and 30 (both prefill
 // paths), then 10 decode steps.
 TEST(Cuda, ModelLogitsMatchCpu) {
@@ -150,11 +157,11 @@ TEST(Cuda, ModelLogitsMatchCpu) {
   ThreadPool pool(2);
   std::mt19937_64 rng(test::fresh_seed());
   const std::vector<ModelCase> cases = {
-      {TQ_SOURCE_DIR "/models/stories260K", "fp16", 1e-4}, {TQ_SOURCE_DIR "/models/stories260K", "tq3", 1e-2},
-      {TQ_TEST_DATA "/qwen35_tiny_bf16", "fp16", 1e-4},    {TQ_TEST_DATA "/qwen35_tiny_mlx4", "tq3", 1e-2},
-      {TQ_TEST_DATA "/trained_qwen35", "fp16", 1e-4},      {TQ_TEST_DATA "/trained_qwen35", "tq3", 1e-2},
-      {TQ_TEST_DATA "/qwen2_tiny", "fp16", 1e-4},          {TQ_TEST_DATA "/qwen3_tiny", "k8v3", 1e-2},
-      {TQ_TEST_DATA "/llama_tiny", "fp16", 1e-4}};
+      {TQ_SOURCE_DIR "/models/stories260K", "fp16", kFp16Tol}, {TQ_SOURCE_DIR "/models/stories260K", "tq3", kCodesTol},
+      {TQ_TEST_DATA "/qwen35_tiny_bf16", "fp16", kFp16Tol},    {TQ_TEST_DATA "/qwen35_tiny_mlx4", "tq3", kCodesTol},
+      {TQ_TEST_DATA "/trained_qwen35", "fp16", kFp16Tol},      {TQ_TEST_DATA "/trained_qwen35", "tq3", kCodesTol},
+      {TQ_TEST_DATA "/qwen2_tiny", "fp16", kFp16Tol},          {TQ_TEST_DATA "/qwen3_tiny", "k8v3", kCodesTol},
+      {TQ_TEST_DATA "/llama_tiny", "fp16", kFp16Tol}};
   for (const auto& mc : cases) {
     auto cpu = Model::load(mc.dir);
     auto gpu = cuda::load_model(mc.dir);

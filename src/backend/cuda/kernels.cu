@@ -487,7 +487,45 @@ __device__ void fwht_shared_many(float* y, int count, int stride, int D) {
   __syncthreads();
 }
 
-__device__ void fwht_shared(float* y, int D) { fwht_shared_many(y, 1, D, D); }
+// The same on powers of two 32 … 256, a warp per vector: lane l holds elements
+// l·E … l·E + E − 1 (E = D/32) in registers; the butterflies within a lane run there, those
+// across lanes through shuffles (no block barrier between stages). Other sizes: the above.
+// Every thread of the block calls it; y is complete on return.
+__device__ void fwht_warps(float* y, int count, int stride, int D) {
+  if (D < 32 || D > 256 || (D & (D - 1))) {
+    fwht_shared_many(y, count, stride, D);
+    return;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, E = D / 32;
+  for (int c = threadIdx.x >> 5; c < count; c += blockDim.x >> 5) {
+    float* v = y + static_cast<size_t>(c) * stride + lane * E;
+    float r[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) r[e] = e < E ? v[e] : 0.0f;
+#pragma unroll
+    for (int len = 1; len < 8; len <<= 1)
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (len < E && !(e & len)) {
+          const float a = r[e], b = r[e | len];
+          r[e] = a + b, r[e | len] = a - b;
+        }
+#pragma unroll
+    for (int m = 1; m < 32; m <<= 1)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float o = __shfl_xor_sync(0xffffffffu, r[e], m);
+        r[e] = (lane & m) ? o - r[e] : r[e] + o;
+      }
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (e < E) v[e] = r[e];
+  }
+  __syncthreads();
+}
+
+__device__ void fwht_shared(float* y, int D) { fwht_warps(y, 1, D, D); }
 
 __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, size_t first, const int32_t* first_dev) {
   pdl_enter();
@@ -629,6 +667,77 @@ __device__ __forceinline__ void row8(const uint32_t* row, int fmt, int lane, flo
   }
 }
 
+// Scores of a tile's n tokens against the G query heads into ps[token][head] (scaled),
+// TPT threads per token, each taking every TPT-th 4-dim chunk, the tile in passes of
+// kAttnThreads / TPT tokens. TPT = 1 issues the fewest instructions (full tiles of codes);
+// TPT = 4 has a quarter of the dependent steps per token (a tile with few tokens; fp16
+// rows, whose loads then coalesce better).
+template <int TPT, int GM, int KB>
+__device__ __forceinline__ void score_tile(const DevKVLayer& L, int g, int G, int Dk, size_t base, int n, size_t bound,
+                                           bool k_staged, int k_rows, const uint32_t* kstage, const float (&qs)[GM][256],
+                                           const float* ck, float scale, float (&ps)[kAttnThreads][GM]) {
+  const int tid = threadIdx.x, part = tid % TPT;
+  for (int pass = 0; pass * (kAttnThreads / TPT) < n; ++pass) {
+    const int tt = pass * (kAttnThreads / TPT) + tid / TPT;
+    float sp[GM];
+#pragma unroll
+    for (int h = 0; h < GM; ++h) sp[h] = 0;
+    RowRef kr{nullptr, 16, 1.0f};
+    if (tt < n) {
+      const size_t t = base + tt;
+      kr = row_ref(L, L.k, g, t, t >= bound);
+      if (k_staged && tt < k_rows) kr.p = kstage + tt * (L.k.row_bytes / 4);
+      // 4 dims per step (Dk % 4 == 0): one float4 of each query head from shared memory.
+      const float4* q4 = reinterpret_cast<const float4*>(&qs[0][0]);
+      if (kr.fmt == 16) {
+#pragma unroll 4
+        for (int j = 4 * part; j < Dk; j += 4 * TPT) {
+          const uint2 raw = reinterpret_cast<const uint2*>(kr.p)[j >> 2];
+          const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+          const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+#pragma unroll
+          for (int h = 0; h < GM; ++h) {
+            const float4 qv = q4[h * 64 + (j >> 2)];
+            if (h < G) sp[h] += (qv.x * a.x + qv.y * a.y) + (qv.z * b.x + qv.w * b.y);
+          }
+        }
+      } else if (!KB && kr.fmt == 32) {
+#pragma unroll 4
+        for (int j = 4 * part; j < Dk; j += 4 * TPT) {
+          const float4 kv = reinterpret_cast<const float4*>(kr.p)[j >> 2];
+#pragma unroll
+          for (int h = 0; h < GM; ++h) {
+            const float4 qv = q4[h * 64 + (j >> 2)];
+            if (h < G) sp[h] += (qv.x * kv.x + qv.y * kv.y) + (qv.z * kv.z + qv.w * kv.w);
+          }
+        }
+      } else {
+        const int bits = KB ? KB : kr.fmt;
+        const uint32_t mask = (1u << bits) - 1;
+#pragma unroll 4
+        for (int j = 4 * part; j < Dk; j += 4 * TPT) {
+          const int o = j * bits;
+          const uint32_t win = __funnelshift_r(kr.p[o >> 5], kr.p[(o >> 5) + 1], o & 31);  // 4 codes ≤ 32 bits
+          const float c0 = ck[win & mask], c1 = ck[(win >> bits) & mask], c2 = ck[(win >> (2 * bits)) & mask],
+                      c3 = ck[(win >> (3 * bits)) & mask];
+#pragma unroll
+          for (int h = 0; h < GM; ++h) {
+            const float4 qv = q4[h * 64 + (j >> 2)];
+            if (h < G) sp[h] += (qv.x * c0 + qv.y * c1) + (qv.z * c2 + qv.w * c3);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < GM; ++h)  // (every lane: tt < n is uniform over a token's threads)
+#pragma unroll
+      for (int o = 1; o < TPT; o <<= 1) sp[h] += __shfl_xor_sync(0xffffffffu, sp[h], o);
+    if (part == 0 && tt < n)
+#pragma unroll
+      for (int h = 0; h < GM; ++h) ps[tt][h] = sp[h] * kr.scale * scale;
+  }
+}
+
 // Partial results: m, l per (query, head, split), acc [query][head][split][Dv].
 // GM ≥ the query heads per KV head (arrays sized at compile time: registers); KB, VB: the
 // code width of K and V when known at compile time (0: read from the layer).
@@ -666,7 +775,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
     }
   }
   if (L.k.bits < 16) {  // (the 1/√D of the rotation is applied with each token's scale)
-    fwht_shared_many(&qs[0][0], G, 256, Dk);
+    fwht_warps(&qs[0][0], G, 256, Dk);
     scale *= rsqrtf(static_cast<float>(Dk));
   }
   __syncthreads();
@@ -702,54 +811,13 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
       for (int w = tid; w < k_rows * L.k.row_bytes / 4; w += kAttnThreads) kstage[w] = src[w];
       __syncthreads();
     }
-    if (tid < n) {
-      const size_t t = base + tid;
-      RowRef kr = row_ref(L, L.k, g, t, t >= bound);
-      if (k_staged && tid < k_rows) kr.p = kstage + tid * (L.k.row_bytes / 4);
-      // 4 dims per step (Dk % 4 == 0): one float4 of each query head from shared memory.
-      const float4* q4 = reinterpret_cast<const float4*>(&qs[0][0]);
-      if (kr.fmt == 16) {
-        for (int j = 0; j < Dk; j += 4) {
-          const uint2 raw = reinterpret_cast<const uint2*>(kr.p)[j >> 2];
-          const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-          const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    if (L.k.bits < 16 && n == kAttnThreads)
+      score_tile<1, GM, KB>(L, g, G, Dk, base, n, bound, k_staged, k_rows, kstage, qs, ck, scale, ps);
+    else
+      score_tile<4, GM, KB>(L, g, G, Dk, base, n, bound, k_staged, k_rows, kstage, qs, ck, scale, ps);
+    __syncthreads();
 #pragma unroll
-          for (int h = 0; h < GM; ++h) {
-            const float4 qv = q4[h * 64 + (j >> 2)];
-            if (h < G) s[h] += (qv.x * a.x + qv.y * a.y) + (qv.z * b.x + qv.w * b.y);
-          }
-        }
-      } else if (!KB && kr.fmt == 32) {
-        for (int j = 0; j < Dk; j += 4) {
-          const float4 kv = reinterpret_cast<const float4*>(kr.p)[j >> 2];
-#pragma unroll
-          for (int h = 0; h < GM; ++h) {
-            const float4 qv = q4[h * 64 + (j >> 2)];
-            if (h < G) s[h] += (qv.x * kv.x + qv.y * kv.y) + (qv.z * kv.z + qv.w * kv.w);
-          }
-        }
-      } else {
-        const int bits = KB ? KB : kr.fmt;
-        const uint32_t mask = (1u << bits) - 1;
-#pragma unroll 4
-        for (int j = 0; j < Dk; j += 4) {
-          const int o = j * bits;
-          const uint32_t win = __funnelshift_r(kr.p[o >> 5], kr.p[(o >> 5) + 1], o & 31);  // 4 codes ≤ 32 bits
-          const float c0 = ck[win & mask], c1 = ck[(win >> bits) & mask], c2 = ck[(win >> (2 * bits)) & mask],
-                      c3 = ck[(win >> (3 * bits)) & mask];
-#pragma unroll
-          for (int h = 0; h < GM; ++h) {
-            const float4 qv = q4[h * 64 + (j >> 2)];
-            if (h < G) s[h] += (qv.x * c0 + qv.y * c1) + (qv.z * c2 + qv.w * c3);
-          }
-        }
-      }
-#pragma unroll
-      for (int h = 0; h < GM; ++h) s[h] *= kr.scale * scale;
-    } else {
-#pragma unroll
-      for (int h = 0; h < GM; ++h) s[h] = -INFINITY;
-    }
+    for (int h = 0; h < GM; ++h) s[h] = tid < n ? ps[tid][h] : -INFINITY;
     // Tile max per head, then the new running max.
 #pragma unroll
     for (int h = 0; h < GM; ++h) {
