@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <utility>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -84,7 +85,8 @@ Generation::Generation(const Model& model, SequenceState& state, const Tokenizer
       opt_(opt),
       session_(session),
       logits_(model.config().vocab),
-      sampler_(opt.sampler) {
+      sampler_(opt.sampler),
+      argmax_only_(!session && opt.sampler.temperature <= 0 && opt.sampler.repetition_penalty == 1.0f) {
   const ModelConfig& c = model.config();
   ctx_ = opt.context > 0 ? opt.context : (c.max_position > 0 ? c.max_position : SIZE_MAX);
   check(!prompt_.empty(), "generate: empty prompt (no tokens; the model has no BOS token to start from)");
@@ -133,6 +135,7 @@ void Generation::prefill_chunk(ThreadPool& pool) {
   }
   const int32_t* t = prompt_.data() + prefilled_;
   if (session_) session_->forward(t, static_cast<int>(n), logits_.data(), false, pool);
+  else if (argmax_only_ && prefilled_ + n == prompt_.size()) next_ = model_.forward_argmax(st_, t, static_cast<int>(n), pool);
   else model_.forward(st_, t, static_cast<int>(n), logits_.data(), false, pool);
   prefilled_ += n;
   if (session_ && (at_checkpoint || !prefilling())) session_->checkpoint();
@@ -141,7 +144,7 @@ void Generation::prefill_chunk(ThreadPool& pool) {
 int32_t Generation::decode_begin(std::string& text) {
   text.clear();
   if (done_) return -1;
-  const int32_t next = sampler_.sample(logits_, history_);
+  const int32_t next = next_ >= 0 ? std::exchange(next_, -1) : sampler_.sample(logits_, history_);
   if (std::binary_search(opt_.stop_tokens.begin(), opt_.stop_tokens.end(), next)) {
     text = finish("stop", false);
     return -1;
@@ -175,6 +178,7 @@ std::string Generation::decode_one(ThreadPool& pool) {
   const int32_t next = decode_begin(text);
   if (next < 0) return text;
   if (session_) session_->forward(&next, 1, logits_.data(), false, pool);
+  else if (argmax_only_) next_ = model_.forward_argmax(st_, &next, 1, pool);
   else model_.forward(st_, &next, 1, logits_.data(), false, pool);
   return text + release_text(false);
 }

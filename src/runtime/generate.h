@@ -94,6 +94,10 @@ class Generation {
   size_t prefilled_ = 0;
   std::vector<float> logits_;
   Sampler sampler_;
+  // Greedy without a penalty and without a session: the model returns only the argmax
+  // (Model::forward_argmax; on the GPU the logits stay there) into next_, not logits_.
+  bool argmax_only_ = false;
+  int32_t next_ = -1;
   std::vector<int32_t> history_;
   std::unique_ptr<StreamDecoder> stream_;
   std::string text_;     // all decoded text (stop string cut off when found)
