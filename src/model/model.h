@@ -54,7 +54,7 @@ class Model {
   virtual void forward(SequenceState& state, const int32_t* tokens, int n, float* logits, bool all_logits,
                        ThreadPool& pool) const = 0;
   // forward for the last token's logits, returning only their argmax (the first of equal
-  // values): greedy decoding. The CUDA backend computes it on the GPU and copies 4 bytes
+  // values): greedy decoding. The CUDA backend computes it on the GPU and copies 8 bytes
   // instead of the logits; the default runs forward and scans on the host.
   virtual int32_t forward_argmax(SequenceState& state, const int32_t* tokens, int n, ThreadPool& pool) const;
   // Batched decode: one token for each of several sequences (tokens[i] at states[i]->pos),

@@ -58,7 +58,7 @@ class DevBuf {
   size_t bytes_ = 0;
 };
 
-// One page-locked 64-bit value: the host end of a 4-byte copy per decode step (a copy to
+// One page-locked 64-bit value: the host end of an 8-byte copy per decode step (a copy to
 // pageable memory is staged by the driver).
 struct PinnedKey {
   PinnedKey() { TQ_CUDA_CHECK(cudaMallocHost(&p, sizeof *p)); }
@@ -274,10 +274,7 @@ class StageProfile {
 class StageSkip {
  public:
   StageSkip() {
-    const char* v = std::getenv("TQ_CUDA_SKIP");
-    if (!v) return;
-    std::string all = std::string(",") + v + ",";
-    all_ = all;
+    if (const char* v = std::getenv("TQ_CUDA_SKIP")) all_ = std::string(",") + v + ",";
   }
   bool operator()(const char* stage) const { return !all_.empty() && all_.find(std::string(",") + stage + ",") != std::string::npos; }
 
@@ -543,14 +540,14 @@ class CudaModel final : public Model {
     for (auto& kv : ds.kv)
       if (kv) kv->appended(n);
     const DevWeight& head = tied_ ? embed_.w : head_.w;
-    if (best) TQ_CUDA_CHECK(cudaMemcpyAsync(best_host_, best_dev_.get(), sizeof *best_host_, cudaMemcpyDeviceToHost, s));
+    if (best) TQ_CUDA_CHECK(cudaMemcpyAsync(best_pin_.p, best_dev_.get(), sizeof *best_pin_.p, cudaMemcpyDeviceToHost, s));
     for (int r = 0; logits && r < rows; ++r) {  // logits_ holds one row (the head ran for it when rows == 1)
       if (rows > 1) matmul(head, xb_ + static_cast<size_t>(r) * m.hidden, 1, logits_, s);
       TQ_CUDA_CHECK(cudaMemcpyAsync(logits + static_cast<size_t>(r) * m.vocab, logits_, m.vocab * sizeof(float),
                                     cudaMemcpyDeviceToHost, s));
     }
     TQ_CUDA_CHECK(cudaStreamSynchronize(s));
-    if (best) *best = argmax_index(*best_host_);
+    if (best) *best = argmax_index(*best_pin_.p);
     prof_.mark("head+copy", s);
   }
 
@@ -646,8 +643,7 @@ class CudaModel final : public Model {
   DevBuf final_norm_;
   std::vector<DevLayer> layers_;
   DevBuf arena_, tok_dev_, pos_dev_, q8_, best_dev_{sizeof(unsigned long long)};
-  PinnedKey best_pin_;
-  unsigned long long* best_host_ = best_pin_.p;
+  PinnedKey best_pin_;  // the host end of best_dev_
   XQ8 xq8_;  // int8 copy of the decode step's current matvec input
   bool use_graph_ = !(std::getenv("TQ_CUDA_GRAPH") && std::string(std::getenv("TQ_CUDA_GRAPH")) == "0");
   mutable StageProfile prof_;

@@ -798,9 +798,6 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
   for (size_t base = t0; base < t1; base += kAttnThreads) {
     const int n = static_cast<int>(min(static_cast<size_t>(kAttnThreads), t1 - base));
     // Scores: this thread's token against every query head.
-    float s[GM];
-#pragma unroll
-    for (int h = 0; h < GM; ++h) s[h] = 0;
     // Code rows of K (not the ring) staged in shared memory with coalesced loads: a thread
     // then reads its own row there (an odd row stride in words: no bank conflicts) instead
     // of 32 rows per load instruction through L1.
@@ -816,6 +813,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
     else
       score_tile<4, GM, KB>(L, g, G, Dk, base, n, bound, k_staged, k_rows, kstage, qs, ck, scale, ps);
     __syncthreads();
+    float s[GM];  // this thread's token's scores
 #pragma unroll
     for (int h = 0; h < GM; ++h) s[h] = tid < n ? ps[tid][h] : -INFINITY;
     // Tile max per head, then the new running max.
