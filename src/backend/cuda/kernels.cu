@@ -45,6 +45,11 @@ __device__ float block_sum(float v, float* red) {
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ float siluf_(float x) { return x / (1.0f + expf(-x)); }
 
+template <bool kBf16>
+__device__ __forceinline__ float scale_of(const void* p, int i) {
+  if constexpr (kBf16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
 __device__ __forceinline__ float scale_at(const void* p, bool bf16, size_t i) {
   return bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]) : static_cast<const float*>(p)[i];
 }
@@ -220,13 +225,46 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 // Exact int → float for |v| < 2^22 without the (quarter-rate) conversion unit.
 __device__ __forceinline__ float small_int_to_float(int v) { return __int_as_float(v + 0x4B400000) - 12582912.0f; }
 
+// One block of 32 x values as the int8 matvec uses it (c: 8 · the int8 sums of its words).
+struct XBlock {
+  int4 a, b;
+  float4 d;
+  float sum;
+  int c0, c1, c2, c3;
+};
+__device__ __forceinline__ XBlock load_xblock(const XQ8& x, int b) {
+  XBlock v;
+  v.a = __ldg(x.q + 2 * b), v.b = __ldg(x.q + 2 * b + 1);
+  v.d = __ldg(x.d + b);
+  v.sum = __ldg(x.sum + b);
+  constexpr int ones = 0x01010101;
+  v.c0 = 8 * __dp4a(v.a.y, ones, __dp4a(v.a.x, ones, 0)), v.c1 = 8 * __dp4a(v.a.w, ones, __dp4a(v.a.z, ones, 0));
+  v.c2 = 8 * __dp4a(v.b.y, ones, __dp4a(v.b.x, ones, 0)), v.c3 = 8 * __dp4a(v.b.w, ones, __dp4a(v.b.z, ones, 0));
+  return v;
+}
+// scale·Σ(q−8)·x̂ + (bias + 8·scale)·Σx over one block of 32 weights (16 bytes of codes).
+// Codes centred on 8: the dot carries the int8 rounding of x, the rest uses the exact sum
+// (no common-mode rounding error).
+__device__ __forceinline__ float q4_block_dot(uint4 q, float sc, float bi, const XBlock& x) {
+  constexpr uint32_t m = 0x0f0f0f0fu;
+  const int d0 = __dp4a(static_cast<int>((q.x >> 4) & m), x.a.y, __dp4a(static_cast<int>(q.x & m), x.a.x, -x.c0));
+  const int d1 = __dp4a(static_cast<int>((q.y >> 4) & m), x.a.w, __dp4a(static_cast<int>(q.y & m), x.a.z, -x.c1));
+  const int d2 = __dp4a(static_cast<int>((q.z >> 4) & m), x.b.y, __dp4a(static_cast<int>(q.z & m), x.b.x, -x.c2));
+  const int d3 = __dp4a(static_cast<int>((q.w >> 4) & m), x.b.w, __dp4a(static_cast<int>(q.w & m), x.b.z, -x.c3));
+  const float dot = (x.d.x * small_int_to_float(d0) + x.d.y * small_int_to_float(d1)) +
+                    (x.d.z * small_int_to_float(d2) + x.d.w * small_int_to_float(d3));
+  return sc * dot + (bi + 8.0f * sc) * x.sum;
+}
+
 // One warp per unit of kQ8Rows rows (swiglu: half gate rows, the same half of up); lane
 // reads 16 bytes (32 weights, one x block) of every row per step, U steps in flight.
 // A block holds whole units: wpu warps each, up to 8 warps. (2 steps in flight per lane
 // need 122 registers, 2 blocks per SM: measured 9% slower at depth 0.)
 constexpr int kQ8Rows = 4, kQ8Unroll = 1, kQ8Threads = 256;
 
-__global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8 x) {
+// kBf16: the scales' type (a branch per load otherwise); gshift: log2(group / 32).
+template <bool kBf16>
+__global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8 x, int gshift) {
   constexpr int R = kQ8Rows, U = kQ8Unroll, H = R / 2;
   __shared__ float part[kQ8Threads / 32][R];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpu = g.wpu;
@@ -250,8 +288,7 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
     for (int r = 0; r < R; ++r) q4_row_ptrs(g.w[j], max(0, min(r0 + r, g.w[j].rows - 1)), rc32[r], sr[r], br[r]);
   }
   const DevWeight& w = g.w[j];
-  const int nb = live ? w.cols / 32 : 0, bpg = w.group / 32, stride = 32 * wpu;
-  const bool sbf16 = w.sbf16;
+  const int nb = live ? w.cols / 32 : 0, stride = 32 * wpu;
   if (sub * 32 + lane < nb && (lane & 7) == 0)  // this warp's first step, one lane per 128-byte line
 #pragma unroll
     for (int r = 0; r < R; ++r) prefetch_l2(reinterpret_cast<const uint4*>(rc32[r]) + sub * 32 + lane);
@@ -269,34 +306,17 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         wv[u][r] = ld_stream(reinterpret_cast<const uint4*>(rc32[r]) + b);
-        sc[u][r] = scale_at(sr[r], sbf16, b / bpg);
-        bi[u][r] = scale_at(br[r], sbf16, b / bpg);
+        sc[u][r] = scale_of<kBf16>(sr[r], b >> gshift);
+        bi[u][r] = scale_of<kBf16>(br[r], b >> gshift);
       }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int b = b0 + stride * u;
       if (b >= nb) break;
-      const int4 xa = __ldg(x.q + 2 * b), xb = __ldg(x.q + 2 * b + 1);
-      const float4 d = __ldg(x.d + b);
-      const float sx = __ldg(x.sum + b);
-      // Codes centred on 8: Σ(q−8)·x̂ carries the int8 rounding of x, and the rest,
-      // (bias + 8·scale)·Σx, uses the exact sum (no common-mode rounding error).
-      constexpr int ones = 0x01010101;
-      const int c0 = 8 * __dp4a(xa.y, ones, __dp4a(xa.x, ones, 0)), c1 = 8 * __dp4a(xa.w, ones, __dp4a(xa.z, ones, 0));
-      const int c2 = 8 * __dp4a(xb.y, ones, __dp4a(xb.x, ones, 0)), c3 = 8 * __dp4a(xb.w, ones, __dp4a(xb.z, ones, 0));
+      const XBlock xv = load_xblock(x, b);
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const uint4 q = wv[u][r];
-        constexpr uint32_t m = 0x0f0f0f0fu;
-        const int d0 = __dp4a(static_cast<int>((q.x >> 4) & m), xa.y, __dp4a(static_cast<int>(q.x & m), xa.x, -c0));
-        const int d1 = __dp4a(static_cast<int>((q.y >> 4) & m), xa.w, __dp4a(static_cast<int>(q.y & m), xa.z, -c1));
-        const int d2 = __dp4a(static_cast<int>((q.z >> 4) & m), xb.y, __dp4a(static_cast<int>(q.z & m), xb.x, -c2));
-        const int d3 = __dp4a(static_cast<int>((q.w >> 4) & m), xb.w, __dp4a(static_cast<int>(q.w & m), xb.z, -c3));
-        const float dot = (d.x * small_int_to_float(d0) + d.y * small_int_to_float(d1)) +
-                          (d.z * small_int_to_float(d2) + d.w * small_int_to_float(d3));
-        acc[r] += sc[u][r] * dot + (bi[u][r] + 8.0f * sc[u][r]) * sx;
-      }
+      for (int r = 0; r < R; ++r) acc[r] += q4_block_dot(wv[u][r], sc[u][r], bi[u][r], xv);
     }
   }
 #pragma unroll
@@ -1182,7 +1202,7 @@ int warps_per_unit(int units, int nb) {
     int dev = 0, sms = 0, blocks = 0;
     TQ_CUDA_CHECK(cudaGetDevice(&dev));
     TQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, q4_q8_kernel, kQ8Threads, 0));
+    TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, q4_q8_kernel<true>, kQ8Threads, 0));
     return static_cast<double>(sms) * blocks * kQ8Threads / 32;
   }();
   int best = 1;
@@ -1197,8 +1217,15 @@ int warps_per_unit(int units, int nb) {
   return best;
 }
 
+// The int8 matvec takes one scale type per launch and finds a block's group by a shift.
+bool int8_shape_ok(const MatvecGroup& g) {
+  bool same = (g.w[0].group & (g.w[0].group - 1)) == 0;
+  for (int j = 1; j < g.count; ++j) same = same && g.w[j].sbf16 == g.w[0].sbf16;
+  return same;
+}
+
 void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s) {
-  if (n == 1 && xq && g_decode_int8) {
+  if (n == 1 && xq && g_decode_int8 && int8_shape_ok(g)) {
     int units = 0;  // warps, one per kQ8Rows rows
     if (g.swiglu) {
       units = (g.w[0].rows + kQ8Rows / 2 - 1) / (kQ8Rows / 2);
@@ -1207,7 +1234,10 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     }
     g.wpu = warps_per_unit(units, g.w[0].cols / 32);
     const int per_block = std::max(1, kQ8Threads / 32 / g.wpu), threads = 32 * g.wpu * per_block;
-    launch(q4_q8_kernel, (units + per_block - 1) / per_block, threads, 0, s, g, *xq);
+    int gshift = 0;
+    while ((32 << gshift) < g.w[0].group) ++gshift;
+    launch(g.w[0].sbf16 ? q4_q8_kernel<true> : q4_q8_kernel<false>, (units + per_block - 1) / per_block, threads, 0, s, g,
+           *xq, gshift);
     return;
   }
   int units = 0;  // warps, one per 4 rows (block_end: exclusive prefix of units per weight)
