@@ -263,6 +263,48 @@ TEST(Cuda, ArgmaxOnGpuIsTheFirstLargest) {
   }
 }
 
+// Top-k sampling on the GPU: the k largest by a radix select, then pairs to the host.
+TEST(Cuda, TopKOnGpuEqualsHostSelection) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(test::fresh_seed());
+  for (size_t n : {1u, 7u, 1000u, 248320u, 300001u}) {
+    auto y = test::gaussian(n, rng);
+    for (size_t i = 0; i < n; ++i) {
+      y[i] = y[i] * 3.0f - 2.0f;                                  // both signs
+      if (i % 3 == 0) y[i] = std::round(y[i] * 4.0f) / 4.0f;      // many equal values
+    }
+    for (int k : {1, 40, 104, 3000, 5000}) {  // (5000: more than the GPU path gathers: the host path)
+      if (static_cast<size_t>(k) > n) continue;
+      const auto got = cuda::ops::top_k(y, k), want = top_logits(y.data(), static_cast<int>(n), k);
+      ASSERT_EQ(got.size(), want.size()) << n << " k=" << k;
+      for (size_t i = 0; i < want.size(); ++i) {
+        ASSERT_EQ(got[i].id, want[i].id) << n << " k=" << k << " rank " << i;
+        ASSERT_EQ(got[i].logit, want[i].logit);
+      }
+    }
+    const std::vector<float> flat(n, -0.5f);  // every value ties with the k-th
+    const auto got = cuda::ops::top_k(flat, 40);
+    ASSERT_EQ(got.size(), std::min<size_t>(40, n));
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].id, static_cast<int32_t>(i));
+  }
+  // Through the model: forward_top equals the host selection from forward's logits.
+  ThreadPool pool(2);
+  for (const char* dir : {TQ_TEST_DATA "/trained_qwen35", TQ_SOURCE_DIR "/models/stories260K"}) {
+    auto gpu = cuda::load_model(dir);
+    const int V = gpu->config().vocab;
+    auto a = gpu->new_state(CachePolicy::parse("tq3")), b = gpu->new_state(CachePolicy::parse("tq3"));
+    std::vector<float> logits(V);
+    int32_t t = 1;
+    for (int i = 0; i < 16; ++i) {
+      gpu->forward(*a, &t, 1, logits.data(), false, pool);
+      const auto want = top_logits(logits.data(), V, 40), got = gpu->forward_top(*b, &t, 1, 40, pool);
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t r = 0; r < want.size(); ++r) ASSERT_EQ(got[r].id, want[r].id) << dir << " step " << i << " rank " << r;
+      t = want[rng() % want.size()].id;
+    }
+  }
+}
+
 TEST(Cuda, Stories260KGreedyTextIdentical) {
   SKIP_WITHOUT_GPU();
   const std::string dir = TQ_SOURCE_DIR "/models/stories260K";

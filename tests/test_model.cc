@@ -148,6 +148,45 @@ TEST(Ops, MatmulMatchesReference) {
   }
 }
 
+// Sampling from the largest logits only (what Model::forward_top returns) draws the same
+// token as sampling from the whole row, with the same seed: top-k, top-p, min-p and a
+// repetition penalty (tokens repeated in the history) on rows with many equal values.
+TEST(Sampler, TopCandidatesDrawLikeTheWholeRow) {
+  std::mt19937_64 rng(test::fresh_seed());
+  const int V = 5000;
+  SamplerConfig base;
+  base.seed = rng();
+  std::vector<SamplerConfig> configs(4, base);
+  configs[1].temperature = 1.3f, configs[1].top_k = 5, configs[1].top_p = 1.0f, configs[1].min_p = 0.1f;
+  configs[2].repetition_penalty = 1.3f;
+  configs[3].repetition_penalty = 2.0f, configs[3].top_k = 1;
+  for (const SamplerConfig& c : configs) {
+    Sampler whole(c), top(c);
+    const int need = top.candidates_needed(V);
+    ASSERT_EQ(need, c.top_k + (c.repetition_penalty != 1.0f ? 64 : 0));
+    std::vector<int32_t> history;
+    for (int step = 0; step < 300; ++step) {
+      auto logits = test::gaussian(V, rng);
+      for (int i = 0; i < V; i += 2) logits[i] = std::round(logits[i] * 8.0f) / 8.0f;
+      for (int i = 0; i < 8 && !history.empty(); ++i) logits[history[rng() % history.size()]] += 3.0f;  // favour repeats
+      auto row = logits;
+      const int32_t a = whole.sample(row, history);
+      const int32_t b = top.sample_top(top_logits(logits.data(), V, need), history);
+      ASSERT_EQ(a, b) << "step " << step << " top_k " << c.top_k << " penalty " << c.repetition_penalty;
+      history.push_back(a);
+    }
+  }
+  SamplerConfig c = base;
+  c.temperature = 0;
+  EXPECT_EQ(Sampler(c).candidates_needed(V), 0);  // greedy: the argmax path
+  c = base, c.top_k = 0;
+  EXPECT_EQ(Sampler(c).candidates_needed(V), 0);  // no top-k: the whole row
+  c = base, c.repetition_penalty = 0.8f;
+  EXPECT_EQ(Sampler(c).candidates_needed(V), 0);  // a penalty below 1 can raise any token
+  c = base, c.top_k = 2 * V;
+  EXPECT_EQ(Sampler(c).candidates_needed(V), V);
+}
+
 TEST(Model, PromptLongerThanContextIsAnError) {
   auto model = Model::load(TQ_SOURCE_DIR "/models/stories260K");
   Tokenizer tok = Tokenizer::load(TQ_SOURCE_DIR "/models/stories260K/tokenizer.json");

@@ -90,6 +90,22 @@ int32_t Model::forward_argmax(SequenceState& state, const int32_t* tokens, int n
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
+std::vector<Candidate> top_logits(const float* logits, int n, int k) {
+  k = std::clamp(k, 0, n);
+  std::vector<Candidate> c(n);
+  for (int i = 0; i < n; ++i) c[i] = {logits[i], i};
+  std::partial_sort(c.begin(), c.begin() + k, c.end(), ranks_before);
+  c.resize(k);
+  return c;
+}
+
+std::vector<Candidate> Model::forward_top(SequenceState& state, const int32_t* tokens, int n, int k,
+                                          ThreadPool& pool) const {
+  std::vector<float> logits(config().vocab);
+  forward(state, tokens, n, logits.data(), false, pool);
+  return top_logits(logits.data(), config().vocab, k);
+}
+
 void CpuModel::forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,
                        ThreadPool& pool) const {
   run_rows({&st}, tokens, n, logits, all_logits, pool);

@@ -41,6 +41,18 @@ struct SequenceState {
   void truncate(size_t n);                  // KV only (DeltaNet state cannot roll back)
 };
 
+// One logit and its token id (Model::forward_top).
+struct Candidate {
+  float logit;
+  int32_t id;
+};
+// Candidates' order: larger logit first, equal logits by smaller id.
+inline bool ranks_before(const Candidate& a, const Candidate& b) {
+  return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+}
+// The k largest of logits[n] in that order.
+std::vector<Candidate> top_logits(const float* logits, int n, int k);
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -57,6 +69,12 @@ class Model {
   // values): greedy decoding. The CUDA backend computes it on the GPU and copies 8 bytes
   // instead of the logits; the default runs forward and scans on the host.
   virtual int32_t forward_argmax(SequenceState& state, const int32_t* tokens, int n, ThreadPool& pool) const;
+  // forward for the last token's logits, returning only the k largest (top-k sampling),
+  // largest first, equal values by smaller id (top_logits orders a logits row the same
+  // way). The CUDA backend selects them on the GPU and copies k pairs instead of the
+  // logits; the default runs forward and selects on the host.
+  virtual std::vector<Candidate> forward_top(SequenceState& state, const int32_t* tokens, int n, int k,
+                                             ThreadPool& pool) const;
   // Batched decode: one token for each of several sequences (tokens[i] at states[i]->pos),
   // the weights read once for all of them; logits [states.size()][vocab]. The default
   // runs forward per sequence.

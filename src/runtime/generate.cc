@@ -14,32 +14,54 @@
 
 namespace tq {
 
+constexpr size_t kPenaltyWindow = 64;
+
+template <typename F>
+void Sampler::penalize(const std::vector<int32_t>& history, F&& at) const {
+  if (cfg_.repetition_penalty == 1.0f) return;
+  const size_t from = history.size() > kPenaltyWindow ? history.size() - kPenaltyWindow : 0;
+  for (size_t i = from; i < history.size(); ++i)
+    if (float* l = at(history[i])) *l = *l > 0 ? *l / cfg_.repetition_penalty : *l * cfg_.repetition_penalty;
+}
+
 int32_t Sampler::sample(std::vector<float>& logits, const std::vector<int32_t>& history) {
   const int V = static_cast<int>(logits.size());
-  if (cfg_.repetition_penalty != 1.0f) {
-    const size_t from = history.size() > 64 ? history.size() - 64 : 0;
-    for (size_t i = from; i < history.size(); ++i) {
-      float& l = logits[history[i]];
-      l = l > 0 ? l / cfg_.repetition_penalty : l * cfg_.repetition_penalty;
-    }
-  }
+  penalize(history, [&](int32_t id) { return &logits[id]; });
   if (cfg_.temperature <= 0) return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  std::vector<int32_t> idx(V);
-  std::iota(idx.begin(), idx.end(), 0);
-  int k = cfg_.top_k > 0 ? std::min(cfg_.top_k, V) : V;
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) { return logits[a] > logits[b]; });
-  idx.resize(k);
+  return pick(top_logits(logits.data(), V, cfg_.top_k > 0 ? cfg_.top_k : V));
+}
+
+int Sampler::candidates_needed(int vocab) const {
+  if (cfg_.temperature <= 0 || cfg_.top_k <= 0 || cfg_.repetition_penalty < 1.0f) return 0;
+  // A penalty ≥ 1 only lowers logits, and lowers at most kPenaltyWindow tokens: the k
+  // largest after it are among the k + kPenaltyWindow largest before it.
+  return std::min(vocab, cfg_.top_k + (cfg_.repetition_penalty != 1.0f ? static_cast<int>(kPenaltyWindow) : 0));
+}
+
+int32_t Sampler::sample_top(std::vector<Candidate> top, const std::vector<int32_t>& history) {
+  penalize(history, [&](int32_t id) -> float* {
+    for (auto& c : top)
+      if (c.id == id) return &c.logit;
+    return nullptr;
+  });
+  std::sort(top.begin(), top.end(), ranks_before);
+  if (top.size() > static_cast<size_t>(cfg_.top_k)) top.resize(cfg_.top_k);
+  return pick(top);
+}
+
+int32_t Sampler::pick(const std::vector<Candidate>& c) {
+  const int k = static_cast<int>(c.size());
   std::vector<double> p(k);
-  const double mx = logits[idx[0]];
+  const double mx = c[0].logit;
   double sum = 0;
-  for (int i = 0; i < k; ++i) sum += (p[i] = std::exp((logits[idx[i]] - mx) / cfg_.temperature));
+  for (int i = 0; i < k; ++i) sum += (p[i] = std::exp((c[i].logit - mx) / cfg_.temperature));
   for (auto& x : p) x /= sum;
   int keep = k;
   if (cfg_.top_p < 1.0f) {
-    double c = 0;
+    double acc = 0;
     for (int i = 0; i < k; ++i) {
-      c += p[i];
-      if (c >= cfg_.top_p) {
+      acc += p[i];
+      if (acc >= cfg_.top_p) {
         keep = i + 1;
         break;
       }
@@ -48,7 +70,7 @@ int32_t Sampler::sample(std::vector<float>& logits, const std::vector<int32_t>& 
   if (cfg_.min_p > 0)
     while (keep > 1 && p[keep - 1] < cfg_.min_p * p[0]) --keep;
   std::discrete_distribution<int> d(p.begin(), p.begin() + keep);
-  return idx[d(rng_)];
+  return c[d(rng_)].id;
 }
 
 std::vector<int32_t> stop_tokens_for(const std::string& dir, const ModelConfig& c, const Tokenizer& t) {
@@ -86,7 +108,8 @@ Generation::Generation(const Model& model, SequenceState& state, const Tokenizer
       session_(session),
       logits_(model.config().vocab),
       sampler_(opt.sampler),
-      argmax_only_(!session && opt.sampler.temperature <= 0 && opt.sampler.repetition_penalty == 1.0f) {
+      argmax_only_(!session && opt.sampler.temperature <= 0 && opt.sampler.repetition_penalty == 1.0f),
+      top_fetch_(session ? 0 : sampler_.candidates_needed(model.config().vocab)) {
   const ModelConfig& c = model.config();
   ctx_ = opt.context > 0 ? opt.context : (c.max_position > 0 ? c.max_position : SIZE_MAX);
   check(!prompt_.empty(), "generate: empty prompt (no tokens; the model has no BOS token to start from)");
@@ -136,6 +159,7 @@ void Generation::prefill_chunk(ThreadPool& pool) {
   const int32_t* t = prompt_.data() + prefilled_;
   if (session_) session_->forward(t, static_cast<int>(n), logits_.data(), false, pool);
   else if (argmax_only_ && prefilled_ + n == prompt_.size()) next_ = model_.forward_argmax(st_, t, static_cast<int>(n), pool);
+  else if (top_fetch_ && prefilled_ + n == prompt_.size()) fetch_top(t, static_cast<int>(n), pool);
   else model_.forward(st_, t, static_cast<int>(n), logits_.data(), false, pool);
   prefilled_ += n;
   if (session_ && (at_checkpoint || !prefilling())) session_->checkpoint();
@@ -144,7 +168,9 @@ void Generation::prefill_chunk(ThreadPool& pool) {
 int32_t Generation::decode_begin(std::string& text) {
   text.clear();
   if (done_) return -1;
-  const int32_t next = next_ >= 0 ? std::exchange(next_, -1) : sampler_.sample(logits_, history_);
+  const int32_t next = next_ >= 0                        ? std::exchange(next_, -1)
+                       : std::exchange(have_top_, false) ? sampler_.sample_top(std::move(top_), history_)
+                                                          : sampler_.sample(logits_, history_);
   if (std::binary_search(opt_.stop_tokens.begin(), opt_.stop_tokens.end(), next)) {
     text = finish("stop", false);
     return -1;
@@ -179,8 +205,14 @@ std::string Generation::decode_one(ThreadPool& pool) {
   if (next < 0) return text;
   if (session_) session_->forward(&next, 1, logits_.data(), false, pool);
   else if (argmax_only_) next_ = model_.forward_argmax(st_, &next, 1, pool);
+  else if (top_fetch_) fetch_top(&next, 1, pool);
   else model_.forward(st_, &next, 1, logits_.data(), false, pool);
   return text + release_text(false);
+}
+
+void Generation::fetch_top(const int32_t* tokens, int n, ThreadPool& pool) {
+  top_ = model_.forward_top(st_, tokens, n, top_fetch_, pool);
+  have_top_ = true;
 }
 
 // Text up to where a stop string could still begin (all of it when none can).

@@ -28,8 +28,18 @@ class Sampler {
  public:
   explicit Sampler(const SamplerConfig& c) : cfg_(c), rng_(c.seed) {}
   int32_t sample(std::vector<float>& logits, const std::vector<int32_t>& history);
+  // How many of the largest logits (before the repetition penalty) decide the draw: top_k,
+  // plus one per token the penalty may lower; 0 when the whole row is needed (greedy, no
+  // top-k, or a penalty below 1, which can raise any token).
+  int candidates_needed(int vocab) const;
+  // The same draw as sample from the candidates_needed largest logits (Model::forward_top).
+  int32_t sample_top(std::vector<Candidate> top, const std::vector<int32_t>& history);
 
  private:
+  // Applies fn(logit) once per occurrence of a token in the penalty window.
+  template <typename F>
+  void penalize(const std::vector<int32_t>& history, F&& at) const;
+  int32_t pick(const std::vector<Candidate>& sorted);  // temperature, top-p, min-p, draw
   SamplerConfig cfg_;
   std::mt19937_64 rng_;
 };
@@ -80,6 +90,7 @@ class Generation {
  private:
   void prefill_chunk(ThreadPool& pool);
   std::string decode_one(ThreadPool& pool);
+  void fetch_top(const int32_t* tokens, int n, ThreadPool& pool);  // model_.forward_top into top_
   std::string finish(const std::string& reason, bool cut_by_stop_string);
   bool cut_at_stop_string();
   std::string release_text(bool all);
@@ -98,6 +109,11 @@ class Generation {
   // (Model::forward_argmax; on the GPU the logits stay there) into next_, not logits_.
   bool argmax_only_ = false;
   int32_t next_ = -1;
+  // Top-k sampling without a session: only the largest logits come back
+  // (Model::forward_top: on the GPU the logits stay there) into top_, not logits_.
+  int top_fetch_ = 0;
+  bool have_top_ = false;
+  std::vector<Candidate> top_;
   std::vector<int32_t> history_;
   std::unique_ptr<StreamDecoder> stream_;
   std::string text_;     // all decoded text (stop string cut off when found)

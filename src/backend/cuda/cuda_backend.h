@@ -50,6 +50,8 @@ std::vector<float> attention(const CachePolicy& p, const KVGeometry& g, int laye
                              const std::vector<int32_t>& pos);
 // Index of y's largest value (the first of equal ones), found on the GPU.
 int32_t argmax(const std::vector<float>& y);
+// The k largest of y selected on the GPU (Model::forward_top's selection), in ranks_before order.
+std::vector<Candidate> top_k(const std::vector<float>& y, int k);
 }  // namespace ops
 
 }  // namespace tq::cuda

@@ -68,6 +68,43 @@ struct PinnedKey {
   unsigned long long* p = nullptr;
 };
 
+// The k largest of a device row, selected on the device (cuda::top_k) and copied as pairs,
+// in ranks_before order; the whole row goes to the host instead when k is large or too
+// many values equal the k-th.
+class TopKOnDevice {
+ public:
+  std::vector<Candidate> select(const float* y, int n, int k, cudaStream_t s) {
+    k = std::clamp(k, 1, n);
+    if (k <= kCap / 2) {
+      auto* sel = sel_.get<TopKSelect>();
+      top_k(y, n, k, sel, vals_.get<float>(), ids_.get<int32_t>(), kCap, s);
+      uint32_t count = 0;
+      TQ_CUDA_CHECK(cudaMemcpyAsync(&count, &sel->count, sizeof count, cudaMemcpyDeviceToHost, s));
+      TQ_CUDA_CHECK(cudaStreamSynchronize(s));
+      if (count <= static_cast<uint32_t>(kCap)) {
+        std::vector<float> v(count);
+        std::vector<int32_t> id(count);
+        TQ_CUDA_CHECK(cudaMemcpyAsync(v.data(), vals_.get(), count * sizeof(float), cudaMemcpyDeviceToHost, s));
+        TQ_CUDA_CHECK(cudaMemcpyAsync(id.data(), ids_.get(), count * sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+        TQ_CUDA_CHECK(cudaStreamSynchronize(s));
+        std::vector<Candidate> c(count);
+        for (uint32_t i = 0; i < count; ++i) c[i] = {v[i], id[i]};
+        std::sort(c.begin(), c.end(), ranks_before);
+        c.resize(k);
+        return c;
+      }
+    }
+    std::vector<float> h(n);
+    TQ_CUDA_CHECK(cudaMemcpyAsync(h.data(), y, n * sizeof(float), cudaMemcpyDeviceToHost, s));
+    TQ_CUDA_CHECK(cudaStreamSynchronize(s));
+    return top_logits(h.data(), n, k);
+  }
+
+ private:
+  static constexpr int kCap = 8192;
+  DevBuf sel_{sizeof(TopKSelect)}, vals_{kCap * sizeof(float)}, ids_{kCap * sizeof(int32_t)};
+};
+
 template <typename T>
 DevBuf upload(const T* host, size_t n) {
   DevBuf b(n * sizeof(T));
@@ -458,6 +495,17 @@ class CudaModel final : public Model {
     }
   }
 
+  std::vector<Candidate> forward_top(SequenceState& st, const int32_t* tokens, int n, int k, ThreadPool&) const override {
+    check(st.device != nullptr, "--device cuda: this sequence state was made by another backend");
+    auto& ds = static_cast<CudaSequence&>(*st.device);
+    for (int i = 0; i < n; i += kChunk) {
+      const int c = std::min(kChunk, n - i);
+      run_chunk(ds, st.pos, tokens + i, c, nullptr, false, nullptr, i + c == n);
+      st.pos += c;
+    }
+    return top_.select(logits_, config().vocab, k, stream_);
+  }
+
   int32_t forward_argmax(SequenceState& st, const int32_t* tokens, int n, ThreadPool&) const override {
     check(st.device != nullptr, "--device cuda: this sequence state was made by another backend");
     auto& ds = static_cast<CudaSequence&>(*st.device);
@@ -510,9 +558,9 @@ class CudaModel final : public Model {
   }
 
   // logits: the last row's (all: every row's) to the host; or, with best, only the last
-  // row's argmax.
+  // row's argmax; or, with keep, the last row's logits left in logits_.
   void run_chunk(CudaSequence& ds, size_t pos0, const int32_t* tokens, int n, float* logits, bool all,
-                 int32_t* best = nullptr) const {
+                 int32_t* best = nullptr, bool keep = false) const {
     const ModelConfig& m = config();
     cudaStream_t s = stream_;
     for (int i = 0; i < n; ++i)
@@ -523,10 +571,10 @@ class CudaModel final : public Model {
       if (kv) kv->reserve(pos0 + n, s);  // may move buffers: before anything is enqueued
     TQ_CUDA_CHECK(cudaMemcpyAsync(tok_dev_.get(), tokens, n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
     TQ_CUDA_CHECK(cudaMemcpyAsync(pos_dev_.get(), pos.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-    const int first = all ? 0 : n - 1, rows = logits ? n - first : (best ? 1 : 0);
+    const int first = all ? 0 : n - 1, rows = logits ? n - first : (best || keep ? 1 : 0);
     // A decode step reads every per-step value (token, position, ring bound) from device
     // memory, so its launches can be captured once and replayed as a CUDA graph.
-    const bool decode = n == 1 && (logits || best) && use_graph_ && !prof_.on();
+    const bool decode = n == 1 && rows == 1 && use_graph_ && !prof_.on();
     if (decode) {
       std::vector<uintptr_t> key = {g_decode_int8, best != nullptr};
       for (const auto& kv : ds.kv)
@@ -644,6 +692,7 @@ class CudaModel final : public Model {
   std::vector<DevLayer> layers_;
   DevBuf arena_, tok_dev_, pos_dev_, q8_, best_dev_{sizeof(unsigned long long)};
   PinnedKey best_pin_;  // the host end of best_dev_
+  mutable TopKOnDevice top_;
   XQ8 xq8_;  // int8 copy of the decode step's current matvec input
   bool use_graph_ = !(std::getenv("TQ_CUDA_GRAPH") && std::string(std::getenv("TQ_CUDA_GRAPH")) == "0");
   mutable StageProfile prof_;
@@ -713,6 +762,13 @@ std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n) {
   std::vector<float> y(static_cast<size_t>(n) * w.rows);
   TQ_CUDA_CHECK(cudaMemcpy(y.data(), dy.get(), y.size() * sizeof(float), cudaMemcpyDeviceToHost));
   return y;
+}
+
+std::vector<Candidate> top_k(const std::vector<float>& y, int k) {
+  ensure_device();
+  DevBuf dy = upload(y);
+  TopKOnDevice sel;
+  return sel.select(dy.get<float>(), static_cast<int>(y.size()), k, nullptr);
 }
 
 int32_t argmax(const std::vector<float>& y) {

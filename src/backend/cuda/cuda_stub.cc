@@ -25,6 +25,7 @@ std::vector<float> attention(const CachePolicy&, const KVGeometry&, int, const s
   fail("{}", kWhy);
 }
 int32_t argmax(const std::vector<float>&) { fail("{}", kWhy); }
+std::vector<Candidate> top_k(const std::vector<float>&, int) { fail("{}", kWhy); }
 }  // namespace ops
 
 }  // namespace tq::cuda

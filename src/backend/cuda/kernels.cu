@@ -1142,10 +1142,12 @@ __global__ void fill_random_kernel(float* x, size_t n, uint64_t seed) {
 // atomicMax: the value's bits made orderable as unsigned (negatives flipped, the sign bit
 // set on the rest) in the high word, and ~index in the low word so that ties go to the
 // first index (as std::max_element).
-__device__ __forceinline__ unsigned long long argmax_key(float v, uint32_t i) {
+__device__ __forceinline__ uint32_t order_key(float v) {
   const uint32_t b = __float_as_uint(v);
-  const uint32_t o = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-  return (static_cast<unsigned long long>(o) << 32) | (0xFFFFFFFFu - i);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ unsigned long long argmax_key(float v, uint32_t i) {
+  return (static_cast<unsigned long long>(order_key(v)) << 32) | (0xFFFFFFFFu - i);
 }
 
 __global__ void argmax_kernel(const float* __restrict__ y, int n, unsigned long long* slot) {
@@ -1156,6 +1158,58 @@ __global__ void argmax_kernel(const float* __restrict__ y, int n, unsigned long 
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
   if ((threadIdx.x & 31) == 0 && best) atomicMax(slot, best);
+}
+
+// Top-k sampling on the GPU: the k-th largest key by a radix select, 8 bits per pass from
+// the top (a histogram of the next 8 bits among keys with the bits fixed so far, then the
+// bin holding the k-th), then every value with a key at or above it gathered.
+__global__ void topk_init_kernel(TopKSelect* t, int k) {
+  pdl_enter();
+  t->hist[threadIdx.x] = 0;
+  if (threadIdx.x == 0) t->prefix = 0, t->mask = 0, t->need = k, t->count = 0;
+}
+
+__global__ void topk_hist_kernel(const float* __restrict__ y, int n, TopKSelect* t, int shift) {
+  pdl_enter();
+  __shared__ uint32_t h[256];
+  h[threadIdx.x] = 0;
+  __syncthreads();
+  const uint32_t prefix = t->prefix, mask = t->mask;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const uint32_t key = order_key(y[i]);
+    if ((key & mask) != prefix) continue;
+    const uint32_t bin = (key >> shift) & 255u;
+    // Logits share few exponents: lanes with one bin add once (not 32 atomics on one word).
+    const uint32_t same = __match_any_sync(__activemask(), bin);
+    if ((threadIdx.x & 31) == __ffs(same) - 1) atomicAdd(&h[bin], __popc(same));
+  }
+  __syncthreads();
+  if (h[threadIdx.x]) atomicAdd(&t->hist[threadIdx.x], h[threadIdx.x]);
+}
+
+__global__ void topk_pick_kernel(TopKSelect* t, int shift) {
+  pdl_enter();
+  if (threadIdx.x == 0) {
+    uint32_t above = 0;
+    int b = 255;
+    for (; b > 0 && above + t->hist[b] < static_cast<uint32_t>(t->need); --b) above += t->hist[b];
+    t->need -= static_cast<int>(above);
+    t->prefix |= static_cast<uint32_t>(b) << shift;
+    t->mask |= 255u << shift;
+  }
+  __syncthreads();
+  t->hist[threadIdx.x] = 0;  // for the next pass
+}
+
+__global__ void topk_gather_kernel(const float* __restrict__ y, int n, TopKSelect* t, float* vals, int32_t* ids, int cap) {
+  pdl_enter();
+  const uint32_t kth = t->prefix;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const float v = y[i];
+    if (order_key(v) < kth) continue;
+    const uint32_t at = atomicAdd(&t->count, 1u);
+    if (at < static_cast<uint32_t>(cap)) vals[at] = v, ids[at] = i;
+  }
 }
 
 // On by default where the device has it (sm_90+); TQ_CUDA_PDL=0 turns it off.
@@ -1318,6 +1372,16 @@ void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s,
 
 void argmax(const float* y, int n, unsigned long long* slot, cudaStream_t s) {
   launch(argmax_kernel, std::max(1, std::min(264, (n + 1023) / 1024)), 256, 0, s, y, n, slot);
+}
+
+void top_k(const float* y, int n, int k, TopKSelect* sel, float* vals, int32_t* ids, int cap, cudaStream_t s) {
+  const int blocks = std::max(1, std::min(264, (n + 1023) / 1024));
+  launch(topk_init_kernel, 1, 256, 0, s, sel, k);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    launch(topk_hist_kernel, blocks, 256, 0, s, y, n, sel, shift);
+    launch(topk_pick_kernel, 1, 256, 0, s, sel, shift);
+  }
+  launch(topk_gather_kernel, blocks, 256, 0, s, y, n, sel, vals, ids, cap);
 }
 
 int32_t argmax_index(unsigned long long key) { return static_cast<int32_t>(0xFFFFFFFFu - static_cast<uint32_t>(key)); }

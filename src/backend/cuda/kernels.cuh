@@ -82,6 +82,16 @@ void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStrea
 // copying the logits to the host.
 void argmax(const float* y, int n, unsigned long long* slot, cudaStream_t s);
 int32_t argmax_index(unsigned long long key);
+// Top-k on the GPU (sampling without copying the logits): every value of y[n] at or above
+// its k-th largest (1 ≤ k ≤ n) into vals/ids (unordered; ties at the k-th included), up to
+// cap of them; sel->count ends as how many there were (more than cap: some were not written).
+struct TopKSelect {
+  uint32_t prefix, mask;  // the bits of the k-th largest's orderable key found so far
+  int need;               // how many keys with that prefix are still wanted
+  uint32_t count;         // values gathered
+  uint32_t hist[256];
+};
+void top_k(const float* y, int n, int k, TopKSelect* sel, float* vals, int32_t* ids, int cap, cudaStream_t s);
 // out = rmsnorm(x (+= add when add != nullptr)) · w, rows × dim; also as int8 into q8 when
 // given (and g_decode_int8, dim % 32 == 0).
 void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, float eps, float* out, cudaStream_t s,
