@@ -187,6 +187,50 @@ TEST(Sampler, TopCandidatesDrawLikeTheWholeRow) {
   EXPECT_EQ(Sampler(c).candidates_needed(V), V);
 }
 
+// Without top-k the sampler looks at only as much of the row as top-p and min-p need (no
+// sort of the vocabulary per token): its draws equal a reference that sorts the whole row
+// (or, with neither cut, draws over the row in index order), from the same seed.
+TEST(Sampler, WholeRowWithoutTopKEqualsFullSortReference) {
+  std::mt19937_64 rng(test::fresh_seed());
+  const int V = 20000;
+  struct Cut {
+    float top_p, min_p;
+  };
+  for (const Cut cut : {Cut{0.9f, 0}, Cut{0.999f, 0}, Cut{1, 0.05f}, Cut{0.5f, 0.2f}, Cut{1, 0}}) {
+    SamplerConfig c;
+    c.temperature = 0.7f, c.top_k = 0, c.top_p = cut.top_p, c.min_p = cut.min_p, c.seed = rng();
+    Sampler sampler(c);
+    std::mt19937_64 ref_rng(c.seed);
+    for (int step = 0; step < 50; ++step) {
+      auto logits = test::gaussian(V, rng, 2.0f);
+      for (int i = 0; i < V; i += 3) logits[i] = std::round(logits[i] * 4.0f) / 4.0f;
+      std::vector<int32_t> order(V);
+      for (int i = 0; i < V; ++i) order[i] = i;
+      const bool cuts = cut.top_p < 1 || cut.min_p > 0;
+      if (cuts)
+        std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+          return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+        });
+      const double mx = *std::max_element(logits.begin(), logits.end());
+      std::vector<double> p(V);
+      double sum = 0;
+      for (int i = 0; i < V; ++i) sum += (p[i] = std::exp((logits[order[i]] - mx) / c.temperature));
+      size_t keep = V;
+      double acc = 0;
+      for (int i = 0; i < V && cut.top_p < 1; ++i)
+        if ((acc += p[i] / sum) >= cut.top_p) {
+          keep = i + 1;
+          break;
+        }
+      while (cut.min_p > 0 && keep > 1 && p[keep - 1] < cut.min_p * p[0]) --keep;
+      std::discrete_distribution<int> d(p.begin(), p.begin() + keep);
+      const int32_t want = order[d(ref_rng)];
+      auto row = logits;
+      ASSERT_EQ(sampler.sample(row, {}), want) << "top_p " << cut.top_p << " min_p " << cut.min_p << " step " << step;
+    }
+  }
+}
+
 TEST(Model, PromptLongerThanContextIsAnError) {
   auto model = Model::load(TQ_SOURCE_DIR "/models/stories260K");
   Tokenizer tok = Tokenizer::load(TQ_SOURCE_DIR "/models/stories260K/tokenizer.json");

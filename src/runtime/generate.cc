@@ -28,7 +28,19 @@ int32_t Sampler::sample(std::vector<float>& logits, const std::vector<int32_t>& 
   const int V = static_cast<int>(logits.size());
   penalize(history, [&](int32_t id) { return &logits[id]; });
   if (cfg_.temperature <= 0) return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  return pick(top_logits(logits.data(), V, cfg_.top_k > 0 ? cfg_.top_k : V));
+  if (cfg_.top_k > 0 && cfg_.top_k < V) return pick(top_logits(logits.data(), V, cfg_.top_k));
+  // No top-k: the whole row's mass once, then only as long a sorted prefix as top-p and
+  // min-p look at (not a sort of the whole vocabulary per token), or none when neither cuts.
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> w(V);
+  double mass = 0;
+  for (int i = 0; i < V; ++i) mass += (w[i] = std::exp((logits[i] - mx) / cfg_.temperature));
+  if (cfg_.top_p >= 1.0f && cfg_.min_p <= 0) {
+    std::discrete_distribution<int> d(w.begin(), w.end());
+    return d(rng_);
+  }
+  for (int k = std::min(V, 256);; k = std::min(V, 4 * k))
+    if (const int32_t t = pick(top_logits(logits.data(), V, k), mass, k == V); t >= 0) return t;
 }
 
 int Sampler::candidates_needed(int vocab) const {
@@ -49,13 +61,13 @@ int32_t Sampler::sample_top(std::vector<Candidate> top, const std::vector<int32_
   return pick(top);
 }
 
-int32_t Sampler::pick(const std::vector<Candidate>& c) {
+int32_t Sampler::pick(const std::vector<Candidate>& c, double mass, bool complete) {
   const int k = static_cast<int>(c.size());
   std::vector<double> p(k);
   const double mx = c[0].logit;
   double sum = 0;
   for (int i = 0; i < k; ++i) sum += (p[i] = std::exp((c[i].logit - mx) / cfg_.temperature));
-  for (auto& x : p) x /= sum;
+  for (auto& x : p) x /= complete ? sum : mass;
   int keep = k;
   if (cfg_.top_p < 1.0f) {
     double acc = 0;
@@ -66,9 +78,12 @@ int32_t Sampler::pick(const std::vector<Candidate>& c) {
         break;
       }
     }
+    if (keep == k && !complete && acc < cfg_.top_p) return -1;  // the cut lies past this prefix
   }
-  if (cfg_.min_p > 0)
+  if (cfg_.min_p > 0) {
+    if (keep == k && !complete && p[k - 1] >= cfg_.min_p * p[0]) return -1;
     while (keep > 1 && p[keep - 1] < cfg_.min_p * p[0]) --keep;
+  }
   std::discrete_distribution<int> d(p.begin(), p.begin() + keep);
   return c[d(rng_)].id;
 }

@@ -39,7 +39,10 @@ class Sampler {
   // Applies fn(logit) once per occurrence of a token in the penalty window.
   template <typename F>
   void penalize(const std::vector<int32_t>& history, F&& at) const;
-  int32_t pick(const std::vector<Candidate>& sorted);  // temperature, top-p, min-p, draw
+  // Temperature, top-p, min-p and the draw over sorted candidates. A prefix of a longer
+  // sorted row (!complete) comes with the row's mass; −1 when top-p or min-p would look
+  // past it.
+  int32_t pick(const std::vector<Candidate>& sorted, double mass = 0, bool complete = true);
   SamplerConfig cfg_;
   std::mt19937_64 rng_;
 };
