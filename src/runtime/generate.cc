@@ -39,8 +39,14 @@ int32_t Sampler::sample(std::vector<float>& logits, const std::vector<int32_t>& 
     std::discrete_distribution<int> d(w.begin(), w.end());
     return d(rng_);
   }
-  for (int k = std::min(V, 256);; k = std::min(V, 4 * k))
-    if (const int32_t t = pick(top_logits(logits.data(), V, k), mass, k == V); t >= 0) return t;
+  std::vector<Candidate> all(V);
+  for (int i = 0; i < V; ++i) all[i] = {logits[i], i};
+  for (int k = std::min(V, 256);; k = std::min(V, 4 * k)) {
+    if (k < V) std::nth_element(all.begin(), all.begin() + k, all.end(), ranks_before);  // the k largest first
+    std::vector<Candidate> top(all.begin(), all.begin() + k);
+    std::sort(top.begin(), top.end(), ranks_before);
+    if (const int32_t t = pick(top, mass, k == V); t >= 0) return t;
+  }
 }
 
 int Sampler::candidates_needed(int vocab) const {
