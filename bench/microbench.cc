@@ -1,4 +1,5 @@
-// Google Benchmark microbenchmarks of the quantizer and the attention kernels.
+// Google Benchmark microbenchmarks of the quantizer, the attention kernels, the 4-bit
+// matvec and the sampler.
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -7,6 +8,7 @@
 #include "core/thread_pool.h"
 #include "kv/kv_slot.h"
 #include "quant/quantizer.h"
+#include "runtime/generate.h"
 
 namespace {
 
@@ -63,4 +65,26 @@ void BM_MatvecQ4(benchmark::State& st) {
   st.SetBytesProcessed(st.iterations() * w.bytes());
 }
 BENCHMARK(BM_MatvecQ4)->Args({3584, 1024, 1})->Args({3584, 1024, 2})->Args({248320, 1024, 1})->Args({248320, 1024, 2});
+
+// One sampling step over a Qwen3.5-sized row (248320 logits, Gaussian with the given
+// spread: 1 = flat, 6 = peaked), temperature 0.8: top_k 40 (the CLI's default), no top-k
+// with top_p 0.95, no top-k with top_p 1 (the server's default request).
+void BM_SampleRow(benchmark::State& st) {
+  const int V = 248320;
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> nd(0.0f, static_cast<float>(st.range(0)));
+  std::vector<float> logits(V), row(V);
+  for (auto& l : logits) l = nd(rng);
+  tq::SamplerConfig c;
+  c.top_k = static_cast<int>(st.range(1));
+  c.top_p = st.range(2) / 100.0f;
+  tq::Sampler sampler(c);
+  for (auto _ : st) {
+    row = logits;
+    benchmark::DoNotOptimize(sampler.sample(row, {}));
+  }
+}
+BENCHMARK(BM_SampleRow)
+    ->Args({1, 40, 95})->Args({1, 0, 95})->Args({1, 0, 100})
+    ->Args({6, 40, 95})->Args({6, 0, 95})->Args({6, 0, 100})->Unit(benchmark::kMillisecond);
 }  // namespace
