@@ -118,6 +118,33 @@ TEST(Session, AttentionOnlyResumesAnywhere) {
   EXPECT_LT(max_abs_diff(lg, one_pass(*model, s.policy(), b, pool)), 1e-4f);
 }
 
+// Sampling through a session draws from the whole row of logits; without one, Generation
+// fetches only the largest (Model::forward_top; on the GPU the row stays there). The same
+// seed gives the same tokens either way, with top-k, top-p and a repetition penalty.
+TEST(Session, SampledTokensWithAndWithoutSessionIdentical) {
+  auto model = Model::load(kStories);
+  Tokenizer tok = Tokenizer::load(kStories + "/tokenizer.json");
+  ThreadPool pool(2);
+  std::mt19937_64 rng(test::fresh_seed());
+  std::vector<int32_t> prompt = {model->config().bos_id};
+  const auto text = tok.encode("Once upon a time, a little dog");
+  prompt.insert(prompt.end(), text.begin(), text.end());
+  for (float penalty : {1.0f, 1.5f}) {
+    GenerateOptions opt;
+    opt.max_tokens = 80;
+    opt.sampler.temperature = 1.2f, opt.sampler.top_k = 12, opt.sampler.top_p = 0.9f;
+    opt.sampler.repetition_penalty = penalty, opt.sampler.seed = rng();
+    auto st = model->new_state(CachePolicy::parse("fp16"));
+    Generation plain(*model, *st, tok, prompt, opt);
+    Session s(*model, CachePolicy::parse("fp16"));
+    Generation through(*model, s.state(), tok, prompt, opt, &s);
+    while (!plain.done()) plain.step(pool);
+    while (!through.done()) through.step(pool);
+    EXPECT_EQ(plain.result().tokens, through.result().tokens) << "penalty " << penalty;
+    EXPECT_GT(plain.result().tokens.size(), 10u);
+  }
+}
+
 // Save → load gives a session that continues bit-identically to the original (the
 // TurboQuant window ring is restored with its size, so attention splits it the same
 // way). Bad files are errors naming the file and the problem.

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <numeric>
 #include <utility>
 
 #include "core/error.h"
@@ -189,9 +188,9 @@ void Generation::prefill_chunk(ThreadPool& pool) {
 int32_t Generation::decode_begin(std::string& text) {
   text.clear();
   if (done_) return -1;
-  const int32_t next = next_ >= 0                        ? std::exchange(next_, -1)
-                       : std::exchange(have_top_, false) ? sampler_.sample_top(std::move(top_), history_)
-                                                          : sampler_.sample(logits_, history_);
+  const int32_t next = next_ >= 0      ? std::exchange(next_, -1)
+                       : !top_.empty() ? sampler_.sample_top(std::exchange(top_, {}), history_)
+                                        : sampler_.sample(logits_, history_);
   if (std::binary_search(opt_.stop_tokens.begin(), opt_.stop_tokens.end(), next)) {
     text = finish("stop", false);
     return -1;
@@ -233,7 +232,6 @@ std::string Generation::decode_one(ThreadPool& pool) {
 
 void Generation::fetch_top(const int32_t* tokens, int n, ThreadPool& pool) {
   top_ = model_.forward_top(st_, tokens, n, top_fetch_, pool);
-  have_top_ = true;
 }
 
 // Text up to where a stop string could still begin (all of it when none can).

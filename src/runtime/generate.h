@@ -112,10 +112,10 @@ class Generation {
   // (Model::forward_argmax; on the GPU the logits stay there) into next_, not logits_.
   bool argmax_only_ = false;
   int32_t next_ = -1;
-  // Top-k sampling without a session: only the largest logits come back
-  // (Model::forward_top: on the GPU the logits stay there) into top_, not logits_.
+  // Top-k sampling without a session: only the top_fetch_ largest logits come back
+  // (Model::forward_top: on the GPU the logits stay there) into top_ (non-empty until
+  // sampled), not logits_.
   int top_fetch_ = 0;
-  bool have_top_ = false;
   std::vector<Candidate> top_;
   std::vector<int32_t> history_;
   std::unique_ptr<StreamDecoder> stream_;

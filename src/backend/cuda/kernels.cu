@@ -1277,9 +1277,9 @@ int warps_per_unit(int units, int nb) {
 
 // The int8 matvec takes one scale type per launch and finds a block's group by a shift.
 bool int8_shape_ok(const MatvecGroup& g) {
-  bool same = (g.w[0].group & (g.w[0].group - 1)) == 0;
-  for (int j = 1; j < g.count; ++j) same = same && g.w[j].sbf16 == g.w[0].sbf16;
-  return same;
+  bool ok = (g.w[0].group & (g.w[0].group - 1)) == 0;
+  for (int j = 1; j < g.count; ++j) ok = ok && g.w[j].sbf16 == g.w[0].sbf16;
+  return ok;
 }
 
 void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s) {
@@ -1374,12 +1374,17 @@ void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s,
   }
 }
 
+namespace {
+// Blocks of 256 threads for a grid-stride pass over a logits row (about 4 values per thread, at most 2 per SM).
+int row_scan_blocks(int n) { return std::max(1, std::min(264, (n + 1023) / 1024)); }
+}  // namespace
+
 void argmax(const float* y, int n, unsigned long long* slot, cudaStream_t s) {
-  launch(argmax_kernel, std::max(1, std::min(264, (n + 1023) / 1024)), 256, 0, s, y, n, slot);
+  launch(argmax_kernel, row_scan_blocks(n), 256, 0, s, y, n, slot);
 }
 
 void top_k(const float* y, int n, int k, TopKSelect* sel, float* vals, int32_t* ids, int cap, cudaStream_t s) {
-  const int blocks = std::max(1, std::min(264, (n + 1023) / 1024));
+  const int blocks = row_scan_blocks(n);
   launch(topk_init_kernel, 1, 256, 0, s, sel, k);
   for (int shift = 24; shift >= 0; shift -= 8) {
     launch(topk_hist_kernel, blocks, 256, 0, s, y, n, sel, shift);
