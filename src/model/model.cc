@@ -84,9 +84,14 @@ void Model::forward_batch(const std::vector<SequenceState*>& states, const int32
     forward(*states[i], tokens + i, 1, logits + i * static_cast<size_t>(config().vocab), false, pool);
 }
 
-int32_t Model::forward_argmax(SequenceState& state, const int32_t* tokens, int n, ThreadPool& pool) const {
+std::vector<float> Model::last_logits(SequenceState& state, const int32_t* tokens, int n, ThreadPool& pool) const {
   std::vector<float> logits(config().vocab);
   forward(state, tokens, n, logits.data(), false, pool);
+  return logits;
+}
+
+int32_t Model::forward_argmax(SequenceState& state, const int32_t* tokens, int n, ThreadPool& pool) const {
+  const auto logits = last_logits(state, tokens, n, pool);
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
@@ -101,9 +106,7 @@ std::vector<Candidate> top_logits(const float* logits, int n, int k) {
 
 std::vector<Candidate> Model::forward_top(SequenceState& state, const int32_t* tokens, int n, int k,
                                           ThreadPool& pool) const {
-  std::vector<float> logits(config().vocab);
-  forward(state, tokens, n, logits.data(), false, pool);
-  return top_logits(logits.data(), config().vocab, k);
+  return top_logits(last_logits(state, tokens, n, pool).data(), config().vocab, k);
 }
 
 void CpuModel::forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,

@@ -87,6 +87,8 @@ class Model {
 
  protected:
   explicit Model(std::unique_ptr<Checkpoint> c) : ckpt_(std::move(c)) {}
+  // forward's logits of the last token (the host defaults of forward_argmax and forward_top).
+  std::vector<float> last_logits(SequenceState& state, const int32_t* tokens, int n, ThreadPool& pool) const;
   std::unique_ptr<Checkpoint> ckpt_;
 };
 

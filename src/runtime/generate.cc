@@ -31,13 +31,13 @@ int32_t Sampler::sample(std::vector<float>& logits, const std::vector<int32_t>& 
   // No top-k: the whole row's mass once, then only as long a sorted prefix as top-p and
   // min-p look at (not a sort of the whole vocabulary per token), or none when neither cuts.
   const float mx = *std::max_element(logits.begin(), logits.end());
-  std::vector<double> w(V);
-  double mass = 0;
-  for (int i = 0; i < V; ++i) mass += (w[i] = std::exp((logits[i] - mx) / cfg_.temperature));
+  const auto weight = [&](int i) { return std::exp((logits[i] - mx) / static_cast<double>(cfg_.temperature)); };
   if (cfg_.top_p >= 1.0f && cfg_.min_p <= 0) {
-    std::discrete_distribution<int> d(w.begin(), w.end());
+    std::discrete_distribution<int> d(V, 0, V, [&](double x) { return weight(static_cast<int>(x)); });
     return d(rng_);
   }
+  double mass = 0;
+  for (int i = 0; i < V; ++i) mass += weight(i);
   std::vector<Candidate> all(V);
   for (int i = 0; i < V; ++i) all[i] = {logits[i], i};
   for (int k = std::min(V, 256);; k = std::min(V, 4 * k)) {

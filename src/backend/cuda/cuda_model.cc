@@ -496,25 +496,13 @@ class CudaModel final : public Model {
   }
 
   std::vector<Candidate> forward_top(SequenceState& st, const int32_t* tokens, int n, int k, ThreadPool&) const override {
-    check(st.device != nullptr, "--device cuda: this sequence state was made by another backend");
-    auto& ds = static_cast<CudaSequence&>(*st.device);
-    for (int i = 0; i < n; i += kChunk) {
-      const int c = std::min(kChunk, n - i);
-      run_chunk(ds, st.pos, tokens + i, c, nullptr, false, nullptr, i + c == n);
-      st.pos += c;
-    }
+    run_chunks(st, tokens, n, nullptr, true);
     return top_.select(logits_, config().vocab, k, stream_);
   }
 
   int32_t forward_argmax(SequenceState& st, const int32_t* tokens, int n, ThreadPool&) const override {
-    check(st.device != nullptr, "--device cuda: this sequence state was made by another backend");
-    auto& ds = static_cast<CudaSequence&>(*st.device);
     int32_t best = -1;
-    for (int i = 0; i < n; i += kChunk) {
-      const int c = std::min(kChunk, n - i);
-      run_chunk(ds, st.pos, tokens + i, c, nullptr, false, i + c == n ? &best : nullptr);
-      st.pos += c;
-    }
+    run_chunks(st, tokens, n, &best, false);
     return best;
   }
 
@@ -555,6 +543,19 @@ class CudaModel final : public Model {
     q8_ = DevBuf(blocks * (2 * sizeof(int4) + sizeof(float4) + sizeof(float)));
     xq8_ = XQ8{q8_.get<int4>(), reinterpret_cast<float4*>(q8_.get<int4>() + 2 * blocks),
                reinterpret_cast<float*>(q8_.get<int4>() + 3 * blocks)};
+  }
+
+  // The n tokens in chunks; the last chunk's last row: its argmax into best, or (keep) its
+  // logits left in logits_.
+  void run_chunks(SequenceState& st, const int32_t* tokens, int n, int32_t* best, bool keep) const {
+    check(st.device != nullptr, "--device cuda: this sequence state was made by another backend");
+    auto& ds = static_cast<CudaSequence&>(*st.device);
+    for (int i = 0; i < n; i += kChunk) {
+      const int c = std::min(kChunk, n - i);
+      const bool last = i + c == n;
+      run_chunk(ds, st.pos, tokens + i, c, nullptr, false, last ? best : nullptr, last && keep);
+      st.pos += c;
+    }
   }
 
   // logits: the last row's (all: every row's) to the host; or, with best, only the last
