@@ -102,13 +102,22 @@ TEST(Cuda, GatedDeltaRuleMatchesCpu) {
 }
 
 // Attention over a GPU cache of each policy equals attention over the CPU slot of the same
-// policy (same seeds, same chunked appends): decode and a causal block of queries.
+// policy (same seeds, same chunked appends): decode and a causal block of queries, with the
+// tensor-core kernel (where the layer fits it) and with the float kernel.
+struct AttentionKernel {
+  explicit AttentionKernel(bool tc) : saved(cuda::attention_tc()) { cuda::set_attention_tc(tc); }
+  ~AttentionKernel() { cuda::set_attention_tc(saved); }
+  bool saved;
+};
+
 TEST(Cuda, AttentionMatchesCpuSlot) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
-  const std::vector<KVGeometry> geos = {{16, 4, 256}, {4, 2, 256}, {8, 8, 64}, {8, 4, 8}};
+  const std::vector<KVGeometry> geos = {{16, 4, 256}, {4, 2, 256}, {8, 2, 128}, {8, 8, 64}, {8, 4, 8}};
+  for (bool tc : {true, false})
   for (const char* pol : {"fp16", "f32", "tq3", "tq4", "k8v3", "tq3+w0", "k16v3", "tq2+w16"}) {
+    const AttentionKernel kernel(tc);
     const CachePolicy p = CachePolicy::parse(pol);
     for (const auto& geo : geos) {
       const size_t n_kv = 300, chunk = 64, row = static_cast<size_t>(geo.n_kv_heads) * geo.head_dim;
@@ -129,8 +138,9 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
         const double e = rel_err(got, ref);
         // Dense and codes agree to float rounding; a code can flip where the GPU's float
         // norm and the CPU's double norm straddle a boundary, moving one coordinate a level.
+        // (The tensor-core kernel's fp16 centroids add ≤ 2^-12 relative per value.)
         EXPECT_LT(e, p.dense ? 1e-5 : 2e-3) << pol << " heads " << geo.n_heads << "/" << geo.n_kv_heads << " hd "
-                                            << geo.head_dim << " nq " << nq;
+                                            << geo.head_dim << " nq " << nq << (tc ? " tensor cores" : " float kernel");
       }
     }
   }

@@ -31,6 +31,12 @@ std::unique_ptr<Model> load_model(const std::string& dir);
 // rounding (2.1× slower decode).
 void set_decode_int8(bool on);
 bool decode_int8();
+// Attention on tensor cores (mma.sync; queries and weights as fp16 hi + lo pairs, so fp16
+// caches agree with the CPU to float rounding, code values as fp16 centroids) for layers
+// of fp16 rows or 2/3/4/8-bit codes with a dim of 64, 128 or 256; on by default.
+// set_attention_tc(false) or TQ_CUDA_ATTN_TC=0: the float kernel for every layer.
+void set_attention_tc(bool on);
+bool attention_tc();
 
 // Bytes of GPU memory in use on the device (cudaMemGetInfo: total − free).
 size_t device_memory_used();

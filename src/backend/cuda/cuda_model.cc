@@ -577,7 +577,7 @@ class CudaModel final : public Model {
     // memory, so its launches can be captured once and replayed as a CUDA graph.
     const bool decode = n == 1 && rows == 1 && use_graph_ && !prof_.on();
     if (decode) {
-      std::vector<uintptr_t> key = {g_decode_int8, best != nullptr};
+      std::vector<uintptr_t> key = {g_decode_int8, g_attention_tc, best != nullptr};
       for (const auto& kv : ds.kv)
         if (kv) kv->append_key(key);
       if (!ds.decode_graph.valid_for(key))
@@ -742,6 +742,8 @@ double copy_bandwidth_gbs(size_t bytes) {
 
 void set_decode_int8(bool on) { g_decode_int8 = on; }
 bool decode_int8() { return g_decode_int8; }
+void set_attention_tc(bool on) { g_attention_tc = on; }
+bool attention_tc() { return g_attention_tc; }
 
 size_t device_memory_used() {
   size_t free_b = 0, total = 0;

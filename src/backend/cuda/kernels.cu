@@ -935,6 +935,403 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
   }
 }
 
+// ---- attention on tensor cores (sm_80+: mma.sync m16n8k16, fp16 in, f32 accumulate) ----
+// grid (kv head, query, split) as above, kTcWarps warps per block. Each warp owns every
+// kTcWarps-th chunk of 16 tokens of the split and streams them through a two-stage cp.async
+// pipeline of raw rows: fp16 rows land padded to R halves (ready for ldmatrix), code rows
+// land as stored and are decoded into an fp16 tile through a table of centroid pairs (one
+// lookup per two codes; 8-bit codes one per code). Scores are K̂ (16 tokens × D) · Q (D × 8
+// query-head columns); each warp keeps its own online softmax per head; values are added as
+// V̂ᵀ (D × 16 tokens) · P (16 tokens × 8 heads). Queries and weights enter the products as
+// fp16 hi + lo pairs (≈ 22 significant bits), so fp16 caches agree with the CPU to float
+// rounding; code values are their centroids in fp16 (2^-12 relative). The warps' partials
+// are combined at the end into the split partials attention_merge_kernel reads.
+constexpr int kTcWarps = 4, kTcTok = 16;
+
+// Shared memory of attention_tc_kernel, bytes (the host sizes the launch with the same).
+struct TcLayout {
+  int R;             // halves per tile row: D + 8 (rows 16 bytes apart in banks: conflict-free ldmatrix)
+  int k_raw, v_raw;  // a chunk's raw K / V rows in a stage
+  int stage;         // K rows, V rows, 16 K norms, 16 V norms
+  int tile;          // the decoded fp16 tile (0 when neither side holds codes)
+  int warp;          // per warp: 2 stages, the tile, P as hi/lo [2][8 heads][16 tokens] halves
+  int head;          // before the warps' areas: queries hi/lo [2][8][R] halves, tables [K, V][256] half2
+  __host__ __device__ static int raw_bytes(const DevKVSide& S, int R) {
+    return S.bits == 16 ? kTcTok * R * 2 : (kTcTok * S.row_bytes + 16 + 15) / 16 * 16;
+  }
+  __host__ __device__ TcLayout(const DevKVLayer& L, int D) : R(D + 8) {
+    k_raw = raw_bytes(L.k, R), v_raw = raw_bytes(L.v, R);
+    stage = k_raw + v_raw + 64;
+    tile = L.k.bits < 16 || L.v.bits < 16 ? kTcTok * R * 2 : 0;
+    warp = 2 * stage + tile + 2 * 8 * kTcTok * 2;
+    head = 2 * 8 * R * 2 + 2 * 256 * 4;
+  }
+  __host__ __device__ int bytes() const { return head + kTcWarps * warp; }
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+// 16 bytes global → shared without registers; zeros when !valid.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p))
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p))
+               : "memory");
+}
+// c += a (16×16, row) · b (16×8, col); fragments as the PTX ISA lays them out.
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// x = hi + lo to ≈ 22 bits, both fp16.
+__device__ __forceinline__ void split_f16(float x, __half& hi, __half& lo) {
+  hi = __float2half_rn(x);
+  lo = __float2half_rn(x - __half2float(hi));
+}
+
+// Bytes per token row of a side: fp16 rows, or B-bit codes with the layout DevKV allocates
+// (codes + 1 byte read-ahead, 4-byte aligned; cuda_model.cc).
+__host__ __device__ constexpr int kv_row_bytes(int D, int B) { return B == 16 ? 2 * D : ((D * B + 7) / 8 + 2 + 3) / 4 * 4; }
+
+// A 3-bit codebook's fp16 centroids as byte planes for prmt (a register table: no shared
+// memory lookups): low bytes of entries 0-3 and 4-7, high bytes likewise.
+struct Prmt8 {
+  uint32_t lo0, lo1, hi0, hi1;
+};
+__device__ __forceinline__ Prmt8 prmt8_table(const float* cents) {
+  uint32_t lo[2] = {0, 0}, hi[2] = {0, 0};
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const uint32_t h = __half_as_ushort(__float2half_rn(cents[e]));
+    lo[e >> 2] |= (h & 0xFFu) << (8 * (e & 3));
+    hi[e >> 2] |= (h >> 8) << (8 * (e & 3));
+  }
+  return {lo[0], lo[1], hi[0], hi[1]};
+}
+// Codes 0-7 of win (3 bits each, from bit 0) → their 8 centroids as 4 half2 words.
+__device__ __forceinline__ uint4 decode8_b3(uint32_t win, const Prmt8& t) {
+  uint32_t x = (win & 0xFFFu) | ((win << 4) & 0x0FFF0000u);           // codes 0-3 | 4-7 in 16-bit halves
+  x = (x & 0x003F003Fu) | ((x << 2) & 0x3F003F00u);                     // two codes per byte
+  const uint32_t s = (x & 0x07070707u) | ((x << 1) & 0x70707070u);     // code k in nibble k (bit 3 clear)
+  const uint32_t sa = s & 0xFFFFu, sb = s >> 16;
+  const uint32_t la = __byte_perm(t.lo0, t.lo1, sa), ha = __byte_perm(t.hi0, t.hi1, sa);
+  const uint32_t lb = __byte_perm(t.lo0, t.lo1, sb), hb = __byte_perm(t.hi0, t.hi1, sb);
+  return make_uint4(__byte_perm(la, ha, 0x5140), __byte_perm(la, ha, 0x7362), __byte_perm(lb, hb, 0x5140),
+                    __byte_perm(lb, hb, 0x7362));
+}
+
+// cp.async of a chunk's 16 rows of one side into its stage: fp16 rows padded to D + 8
+// halves (rows at or past n_valid zero-filled: their weight is 0, and 0 · garbage could be
+// NaN), code rows and their 16 norms as stored. rb: bytes per stored row.
+template <int D>
+__device__ __forceinline__ void issue_side(int bits, int rb, const uint8_t* src, const uint16_t* norms, unsigned char* dst,
+                                           unsigned char* ndst, int lane, int n_valid) {
+  if (bits == 16) {
+    constexpr int LPT = D / 8, RPI = 32 / LPT;
+    const int j = lane % LPT, r0 = lane / LPT;
+#pragma unroll
+    for (int k = 0; k < kTcTok / RPI; ++k) {
+      const int r = k * RPI + r0;
+      cp_async16(dst + r * (D + 8) * 2 + 16 * j, src + r * 2 * D + 16 * j, r < n_valid);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < (rb + 31) / 32; ++k)  // 16 rows = rb pieces
+      if (lane + 32 * k < rb) cp_async16(dst + 16 * (lane + 32 * k), src + 16 * (lane + 32 * k), true);
+    if (lane < 2) cp_async16(ndst + 16 * lane, norms + 8 * lane, true);
+  }
+}
+
+// 8 codes of B bits from bit sh of w[0], w[1] → their fp16 centroids (3 bits: prmt from
+// registers; 2 and 4 bits: a shared table of centroid pairs; 8 bits: of single centroids).
+template <int B>
+__device__ __forceinline__ uint4 decode8(const uint32_t* w, int sh, const Prmt8& t3, const __half2* lut) {
+  if constexpr (B == 3) {
+    return decode8_b3(__funnelshift_r(w[0], w[1], sh), t3);
+  } else if constexpr (B == 8) {
+    const __half* c1 = reinterpret_cast<const __half*>(lut);
+    uint32_t o[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const uint32_t word = w[e >> 1] >> (16 * (e & 1));
+      const __half2 h = __halves2half2(c1[word & 0xFF], c1[(word >> 8) & 0xFF]);
+      o[e] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+  } else {
+    const uint32_t win = __funnelshift_r(w[0], w[1], sh), pm = (1u << (2 * B)) - 1;
+    uint32_t o[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const __half2 h = lut[(win >> (2 * B * e)) & pm];
+      o[e] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+  }
+}
+
+// The chunk's 16 rows of one code side into the fp16 tile (without the tokens' norms): a
+// row's D codes by D/8 lanes, 8 codes per lane; rb: bytes per stored row (a compile-time
+// constant where the format is). A full chunk of stored rows decodes as straight-line code
+// (the tokens interleave); otherwise tokens at or past n_coded come from the window's fp16
+// ring (ring: this head's ring rows; c: the chunk's first token), at or past n_valid are zeros.
+template <int D, int B>
+__device__ __forceinline__ void decode_tile_b(int rb, const uint32_t* raw, const Prmt8& t3, const __half2* lut,
+                                              __half* tile, int lane, int n_valid, int n_coded, const __half* ring,
+                                              int ring_rows, size_t c) {
+  constexpr int R = D + 8, LPT = D / 8, TPP = 32 / LPT;
+  const int j = lane % LPT, i0 = lane / LPT;
+  const int lane_bit = i0 * rb * 8 + 8 * B * j, sh = lane_bit & 31;
+  const uint32_t* wl = raw + (lane_bit >> 5);
+  __half* tl = tile + i0 * R + 8 * j;
+  if (n_valid == kTcTok && n_coded == kTcTok) {
+#pragma unroll
+    for (int k = 0; k < kTcTok / TPP; ++k)
+      *reinterpret_cast<uint4*>(tl + k * TPP * R) = decode8<B>(wl + k * TPP * rb / 4, sh, t3, lut);
+    return;
+  }
+  for (int k = 0; k < kTcTok / TPP; ++k) {
+    const int i = k * TPP + i0;
+    uint4 out = make_uint4(0, 0, 0, 0);
+    if (i < n_valid && i < n_coded) out = decode8<B>(wl + k * TPP * rb / 4, sh, t3, lut);
+    else if (i < n_valid) out = reinterpret_cast<const uint4*>(ring + ((c + i) % ring_rows) * D)[j];
+    *reinterpret_cast<uint4*>(tl + k * TPP * R) = out;
+  }
+}
+template <int D>
+__device__ __forceinline__ void decode_tile(int b, int rb, const uint32_t* raw, const Prmt8& t3, const __half2* lut,
+                                            __half* tile, int lane, int n_valid, int n_coded, const __half* ring,
+                                            int ring_rows, size_t c) {
+  if (b == 3) decode_tile_b<D, 3>(rb, raw, t3, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
+  else if (b == 4) decode_tile_b<D, 4>(rb, raw, t3, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
+  else if (b == 2) decode_tile_b<D, 2>(rb, raw, t3, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
+  else decode_tile_b<D, 8>(rb, raw, t3, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
+}
+
+// D: the padded dim of both sides (64, 128, 256); KB, VB: the sides' formats compiled in
+// (16: fp16 rows, else code bits; 0: the layer's, read at run time).
+template <int D, int KB, int VB>
+__global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
+                                                                     int n_splits, size_t n_tokens, float scale,
+                                                                     float* part_ml, float* part_acc) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  constexpr int R = D + 8;
+  const TcLayout lay(L, D);
+  const int g = blockIdx.x, qi = blockIdx.y, split = blockIdx.z, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tig = lane & 3;
+  const int G = L.n_heads / L.n_kv_heads, hd = L.head_dim;
+  const int kb = KB ? KB : L.k.bits, vb = VB ? VB : L.v.bits;
+  const int rbk = KB ? kv_row_bytes(D, KB) : L.k.row_bytes, rbv = VB ? kv_row_bytes(D, VB) : L.v.row_bytes;
+  __half* qh = reinterpret_cast<__half*>(sm);                      // [hi, lo][8][R]
+  __half2* lut = reinterpret_cast<__half2*>(sm + 2 * 8 * R * 2);  // [K, V][256]
+  unsigned char* area = sm + lay.head;
+  unsigned char* mine = area + warp * lay.warp;
+  pdl_enter();
+  Prmt8 t3[2] = {};
+  for (int side = 0; side < 2; ++side) {
+    const DevKVSide& S = side ? L.v : L.k;
+    const int b = side ? vb : kb;
+    if (b == 3) {
+      t3[side] = prmt8_table(S.centroids);
+    } else if (b == 2 || b == 4) {
+      for (int i = tid; i < (1 << (2 * b)); i += blockDim.x)
+        lut[side * 256 + i] = __floats2half2_rn(S.centroids[i & ((1 << b) - 1)], S.centroids[i >> b]);
+    } else if (b == 8) {
+      for (int i = tid; i < 256; i += blockDim.x) reinterpret_cast<__half*>(lut + side * 256)[i] = __float2half_rn(S.centroids[i]);
+    }
+  }
+  // Queries as floats in the warps' area (free until the pipeline starts), in K's domain
+  // (rotated, with the rotation's 1/√D, when K holds codes), then as hi/lo halves.
+  float* qf = reinterpret_cast<float*>(area);
+  for (int i = tid; i < 8 * D; i += blockDim.x) {
+    const int h = i / D, d = i % D;
+    float v = 0;
+    if (h < G && d < hd)
+      v = q[(static_cast<size_t>(qi) * L.n_heads + g * G + h) * hd + d] *
+          (kb >= 16 ? 1.0f : L.k.signs[static_cast<size_t>(g) * D + d]);
+    qf[i] = v;
+  }
+  if (kb < 16) fwht_warps(qf, G, D, D);  // (syncs before and after)
+  else __syncthreads();
+  const float qscale = kb < 16 ? rsqrtf(static_cast<float>(D)) : 1.0f;
+  for (int i = tid; i < 8 * D; i += blockDim.x) split_f16(qf[i] * qscale, qh[(i / D) * R + i % D], qh[8 * R + (i / D) * R + i % D]);
+  __syncthreads();
+  const size_t ring_lo = L.window > 0 ? static_cast<size_t>(*L.ring_lo) : 0;
+  const size_t p = pos[qi];
+  const size_t end_all = min(p + 1, n_tokens);
+  const size_t per = ((end_all + n_splits - 1) / n_splits + kTcTok - 1) / kTcTok * kTcTok;  // chunks start at multiples of 16
+  const size_t t0 = min(static_cast<size_t>(split) * per, end_all), t1 = min(t0 + per, end_all);
+  size_t bound = end_all;
+  if (L.window > 0) bound = max(ring_lo, p + 1 > static_cast<size_t>(L.window) ? p + 1 - L.window : size_t(0));
+  const size_t row0 = static_cast<size_t>(g) * L.cap;
+  const __half* kring = L.k.ring ? L.k.ring + static_cast<size_t>(g) * L.ring_rows * D : nullptr;
+  const __half* vring = L.v.ring ? L.v.ring + static_cast<size_t>(g) * L.ring_rows * D : nullptr;
+  auto valid_in = [&](size_t c) { return static_cast<int>(min(static_cast<size_t>(kTcTok), t1 - c)); };
+  auto issue = [&](size_t c, int st) {
+    unsigned char* sg = mine + st * lay.stage;
+    const int nv = valid_in(c);
+    issue_side<D>(kb, rbk, L.k.rows + (row0 + c) * rbk, L.k.norms + row0 + c, sg, sg + lay.k_raw + lay.v_raw, lane, nv);
+    issue_side<D>(vb, rbv, L.v.rows + (row0 + c) * rbv, L.v.norms + row0 + c, sg + lay.k_raw,
+                  sg + lay.k_raw + lay.v_raw + 32, lane, nv);
+  };
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // heads 2·tig, 2·tig + 1
+  float acc[D / 16][4];  // Oᵀ: dims 16·mt + gid (+8) × heads 2·tig (+1)
+#pragma unroll
+  for (int mt = 0; mt < D / 16; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0;
+  __half* tile = reinterpret_cast<__half*>(mine + 2 * lay.stage);
+  __half* pb = reinterpret_cast<__half*>(mine + 2 * lay.stage + lay.tile);  // [hi, lo][8 heads][16 tokens]
+  const float rsd = rsqrtf(static_cast<float>(D));
+  const float scale2 = scale * 1.44269504088896341f;  // scores in log2 units: exp2 in the softmax; m leaves as natural
+  int st = 0;
+  size_t c = t0 + kTcTok * warp;
+  if (c < t1) issue(c, 0);
+  cp_async_commit();
+  for (; c < t1; c += kTcTok * kTcWarps, st ^= 1) {
+    if (c + kTcTok * kTcWarps < t1) issue(c + kTcTok * kTcWarps, st ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncwarp();
+    const unsigned char* sg = mine + st * lay.stage;
+    const uint16_t* kn = reinterpret_cast<const uint16_t*>(sg + lay.k_raw + lay.v_raw);
+    const uint16_t* vn = kn + 16;
+    const int n_valid = valid_in(c), n_coded = bound > c ? static_cast<int>(min(static_cast<size_t>(kTcTok), bound - c)) : 0;
+    const __half* kt = reinterpret_cast<const __half*>(sg);
+    if (kb < 16) {
+      decode_tile<D>(kb, rbk, reinterpret_cast<const uint32_t*>(sg), t3[0], lut, tile, lane, n_valid, n_coded, kring,
+                     L.ring_rows, c);
+      __syncwarp();
+      kt = tile;
+    }
+    float sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};  // scores by Q's hi and lo parts
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk += 2) {
+      uint32_t bh[4], bl[4], a0[4], a1[4];
+      const int qo = (lane & 7) * R + 16 * kk + (lane >> 3) * 8;
+      ldsm_x4(bh, qh + qo);
+      ldsm_x4(bl, qh + 8 * R + qo);
+      const int ko = (lane & 15) * R + 16 * kk + (lane >> 4) * 8;
+      ldsm_x4(a0, kt + ko);
+      ldsm_x4(a1, kt + ko + 16);
+      mma_16816(sa, a0, bh[0], bh[1]);
+      mma_16816(sb, a0, bl[0], bl[1]);
+      mma_16816(sa, a1, bh[2], bh[3]);
+      mma_16816(sb, a1, bl[2], bl[3]);
+    }
+    // Tokens gid and gid + 8 of the chunk: scaled scores (−∞ past t1), then the softmax.
+    float sc[4], vs[2];
+    bool valid[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = gid + 8 * hf;
+      valid[hf] = r < n_valid;
+      const bool coded = r < n_coded;
+      const float ks = kb < 16 && coded ? __half2float(__ushort_as_half(kn[r])) * rsd : 1.0f;
+      vs[hf] = vb < 16 && coded ? __half2float(__ushort_as_half(vn[r])) * rsd : 1.0f;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) sc[2 * hf + j] = valid[hf] ? (sa[2 * hf + j] + sb[2 * hf + j]) * ks * scale2 : -INFINITY;
+    }
+    float corr[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float mx = fmaxf(sc[j], sc[2 + j]);
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float mn = fmaxf(m[j], mx);  // finite: token c is valid
+      corr[j] = exp2f(m[j] - mn);
+      const float p0 = exp2f(sc[j] - mn), p1 = exp2f(sc[2 + j] - mn);
+      float sum = p0 + p1;
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      l[j] = l[j] * corr[j] + sum;
+      m[j] = mn;
+      const int h = 2 * tig + j;
+      split_f16(valid[0] ? p0 * vs[0] : 0.0f, pb[h * 16 + gid], pb[128 + h * 16 + gid]);
+      split_f16(valid[1] ? p1 * vs[1] : 0.0f, pb[h * 16 + gid + 8], pb[128 + h * 16 + gid + 8]);
+    }
+    if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f))  // (the running max rarely moves at depth)
+#pragma unroll
+      for (int mt = 0; mt < D / 16; ++mt) acc[mt][0] *= corr[0], acc[mt][1] *= corr[1], acc[mt][2] *= corr[0], acc[mt][3] *= corr[1];
+    __syncwarp();  // P complete; every lane's K tile reads done before V overwrites it
+    const __half* vt = reinterpret_cast<const __half*>(sg + lay.k_raw);
+    if (vb < 16) {
+      decode_tile<D>(vb, rbv, reinterpret_cast<const uint32_t*>(sg + lay.k_raw), t3[1], lut + 256, tile, lane, n_valid,
+                     n_coded, vring, L.ring_rows, c);
+      __syncwarp();
+      vt = tile;
+    }
+    const uint32_t* pw = reinterpret_cast<const uint32_t*>(pb);  // words [hi, lo][8 heads][8 token pairs]
+    const uint32_t bh0 = pw[gid * 8 + tig], bh1 = pw[gid * 8 + tig + 4];
+    const uint32_t bl0 = pw[64 + gid * 8 + tig], bl1 = pw[64 + gid * 8 + tig + 4];
+    const int vo = ((lane & 7) + ((lane >> 4) & 1) * 8) * R + ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int mt = 0; mt < D / 16; ++mt) {
+      uint32_t a[4];
+      ldsm_x4_trans(a, vt + vo + 16 * mt);
+      mma_16816(acc[mt], a, bh0, bh1);
+      mma_16816(acc[mt], a, bl0, bl1);
+    }
+    __syncwarp();  // this stage and the tile are rewritten next
+  }
+  cp_async_wait<0>();
+  // The warps' partials: M = max of their m per head, each scaled by exp(m − M), added.
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(sm);  // [warp][8 heads][m, l] (the queries are done)
+#pragma unroll
+  for (int j = 0; j < 2; ++j) m[j] *= 0.693147180559945309f;  // (−∞ stays −∞)
+  if (gid == 0)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) red[(warp * 8 + 2 * tig + j) * 2] = m[j], red[(warp * 8 + 2 * tig + j) * 2 + 1] = l[j];
+  __syncthreads();
+  float* wacc = reinterpret_cast<float*>(mine);  // [8 heads][D] (32·D bytes ≤ a warp's area)
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int h = 2 * tig + j;
+    float M = -INFINITY;
+    for (int w = 0; w < kTcWarps; ++w) M = fmaxf(M, red[(w * 8 + h) * 2]);
+    const float f = m[j] == -INFINITY ? 0.0f : expf(m[j] - M);
+    if (h < G)
+#pragma unroll
+      for (int mt = 0; mt < D / 16; ++mt) {
+        wacc[h * D + 16 * mt + gid] = acc[mt][j] * f;
+        wacc[h * D + 16 * mt + gid + 8] = acc[mt][2 + j] * f;
+      }
+  }
+  __syncthreads();
+  for (int i = tid; i < G * D; i += blockDim.x) {
+    float v = 0;
+    for (int w = 0; w < kTcWarps; ++w) v += reinterpret_cast<const float*>(area + w * lay.warp)[i];
+    const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + i / D) * n_splits + split;
+    part_acc[base * D + i % D] = v;
+  }
+  if (tid < G) {
+    float M = -INFINITY, Ls = 0;
+    for (int w = 0; w < kTcWarps; ++w) M = fmaxf(M, red[(w * 8 + tid) * 2]);
+    for (int w = 0; w < kTcWarps; ++w) {
+      const float mw = red[(w * 8 + tid) * 2];
+      if (mw != -INFINITY) Ls += red[(w * 8 + tid) * 2 + 1] * expf(mw - M);
+    }
+    const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + tid) * n_splits + split;
+    part_ml[2 * base] = M, part_ml[2 * base + 1] = Ls;
+  }
+}
+
 // Merges splits, inverse rotation of V codes, head_dim entries, × σ(gate).
 __global__ void attention_merge_kernel(DevKVLayer L, int n_splits, const float* part_ml, const float* part_acc,
                                        const float* gate, float* att, XQ8 q8) {
@@ -1433,10 +1830,62 @@ void launch_attention(const DevKVLayer& L, dim3 grid, cudaStream_t s, const floa
 }
 }  // namespace
 
+bool g_attention_tc = !(std::getenv("TQ_CUDA_ATTN_TC") && std::getenv("TQ_CUDA_ATTN_TC")[0] == '0');
+
+namespace {
+using TcKernelFn = void (*)(DevKVLayer, const float*, const int32_t*, int, size_t, float, float*, float*);
+struct TcKernel {
+  TcKernelFn fn = nullptr;
+  int bytes = 0;  // dynamic shared memory
+};
+template <int D, int KB, int VB>
+TcKernel tc_kernel(const DevKVLayer& L) {
+  TcKernel k{attention_tc_kernel<D, KB, VB>, TcLayout(L, D).bytes()};
+  static int allowed = 48 << 10;  // per instantiation: dynamic shared memory opted into so far
+  if (k.bytes > allowed) {
+    TQ_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
+    allowed = k.bytes;
+  }
+  return k;
+}
+template <int D>
+TcKernel tc_kernel_dim(const DevKVLayer& L) {
+  auto both = [&](int b) {
+    return L.k.bits == b && L.v.bits == b && L.k.row_bytes == kv_row_bytes(D, b) && L.v.row_bytes == kv_row_bytes(D, b);
+  };
+  if (both(3)) return tc_kernel<D, 3, 3>(L);
+  if (both(4)) return tc_kernel<D, 4, 4>(L);
+  if (both(16)) return tc_kernel<D, 16, 16>(L);
+  return tc_kernel<D, 0, 0>(L);
+}
+// The tensor-core kernel for this layer: fp16 rows and 2-, 3-, 4- and 8-bit codes, both
+// sides of one dim 64, 128 or 256 (none: f32 rows, small heads → attention_kernel).
+TcKernel tc_kernel_for(const DevKVLayer& L) {
+  auto side_ok = [](const DevKVSide& S) { return S.bits == 16 || S.bits == 8 || (S.bits >= 2 && S.bits <= 4); };
+  if (!g_attention_tc || !side_ok(L.k) || !side_ok(L.v) || L.v.dim != L.k.dim || L.n_heads > kMaxG * L.n_kv_heads)
+    return {};
+  if (L.k.dim == 256) return tc_kernel_dim<256>(L);
+  if (L.k.dim == 128) return tc_kernel_dim<128>(L);
+  if (L.k.dim == 64) return tc_kernel_dim<64>(L);
+  return {};
+}
+}  // namespace
+
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
   // Enough blocks to fill the GPU several times over (132 SMs × 8), at least 128 tokens per
-  // split (measured: 528 or 2112 blocks, 256 or 512 tokens were no better).
-  constexpr int blocks = 1056, min_tokens = 128;
+  // split (measured: 528 or 2112 blocks, 256 or 512 tokens were no better). The tensor-core
+  // kernel: at most as many, in whole waves of the blocks its shared memory lets reside.
+  constexpr int max_blocks = 1056, min_tokens = 128;
+  int blocks = max_blocks;
+  if (const TcKernel tc = tc_kernel_for(L); tc.fn) {
+    int dev = 0, sms = 0, per_sm = 0;
+    TQ_CUDA_CHECK(cudaGetDevice(&dev));
+    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, tc.fn, kTcWarps * 32, tc.bytes));
+    const int slots = std::max(1, sms * per_sm);
+    blocks = slots * std::max(1, max_blocks / slots);
+    if (blocks > max_blocks) blocks = max_blocks;
+  }
   const int want = std::max(1, blocks / std::max(1, n_q * L.n_kv_heads));
   return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + min_tokens - 1) / min_tokens)));
 }
@@ -1444,6 +1893,7 @@ int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
 size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits) {
   return static_cast<size_t>(n_q) * L.n_heads * n_splits * (2 + L.v.dim);
 }
+
 
 void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, size_t n_tokens, int n_splits,
                const float* gate, float scale, float* scratch, float* att, cudaStream_t s, const XQ8* q8) {
@@ -1454,7 +1904,8 @@ void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q,
   float* acc = scratch + static_cast<size_t>(n_q) * L.n_heads * sp * 2;
   const dim3 grid(L.n_kv_heads, n_q, sp);
   const int G = L.n_heads / L.n_kv_heads;
-  if (G == 1) launch_attention<1>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
+  if (const TcKernel tc = tc_kernel_for(L); tc.fn) launch(tc.fn, grid, kTcWarps * 32, tc.bytes, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+  else if (G == 1) launch_attention<1>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
   else if (G == 2) launch_attention<2>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
   else if (G <= 4) launch_attention<4>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
   else launch_attention<8>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);

@@ -114,6 +114,10 @@ void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t firs
 // cached (SIZE_MAX: every query's own pos + 1, as in a decode step); gate (optional):
 // att ·= σ(gate); q8: also att as int8 (decode). The tokens are split n_splits ways (splits_for); scratch holds
 // attention_scratch_floats.
+// Attention on tensor cores where the layer fits (fp16 rows or 2/3/4/8-bit codes, dim 64,
+// 128 or 256; default) else the float kernel; TQ_CUDA_ATTN_TC=0 or set_attention_tc(false):
+// the float kernel everywhere.
+extern bool g_attention_tc;
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens);
 size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits);
 void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, size_t n_tokens, int n_splits,
