@@ -547,6 +547,22 @@ __device__ void fwht_warps(float* y, int count, int stride, int D) {
 
 __device__ void fwht_shared(float* y, int D) { fwht_warps(y, 1, D, D); }
 
+// The nib3 layout of 3-bit codes (DevKVSide::nib3): group g of 32 codes is words 3g … 3g+2.
+// Codes 8·part … 8·part + 7 of group g as the nibbles of one word (bit 3 of each clear):
+// a mask of word `part` for parts 0-2, the top bits of the three words for part 3.
+__device__ __forceinline__ uint32_t nib3_codes8(const uint32_t* row, int g, int part) {
+  const uint32_t* w = row + 3 * g;
+  if (part < 3) return w[part] & 0x77777777u;
+  return ((w[0] >> 3) & 0x11111111u) | ((w[1] >> 2) & 0x22222222u) | ((w[2] >> 1) & 0x44444444u);
+}
+// Word b of group g from the group's codes c[0..31].
+__device__ __forceinline__ uint32_t nib3_word(const uint8_t* c, int b) {
+  uint32_t w = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) w |= (static_cast<uint32_t>(c[8 * b + k] & 7u) << (4 * k)) | (((c[24 + k] >> b) & 1u) << (4 * k + 3));
+  return w;
+}
+
 __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, size_t first, const int32_t* first_dev) {
   pdl_enter();
   extern __shared__ float sh[];  // D floats + D bytes idx + 32 red
@@ -609,6 +625,10 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
   c2 = block_sum(c2, red);  // syncs: idx complete
   uint8_t* row = S.rows + (static_cast<size_t>(g) * L.cap + pos) * S.row_bytes;
   const int code_bytes = (D * S.bits + 7) / 8;
+  if (S.nib3) {
+    for (int w = threadIdx.x; w < 3 * D / 32; w += blockDim.x)
+      reinterpret_cast<uint32_t*>(row)[w] = nib3_word(idx + 32 * (w / 3), w % 3);
+  } else
   for (int byte = threadIdx.x; byte < code_bytes; byte += blockDim.x) {
     unsigned val = 0;
     for (int b = 0; b < 8; ++b) {
@@ -663,7 +683,7 @@ __device__ __forceinline__ RowRef row_ref(const DevKVLayer& L, const DevKVSide& 
 }
 
 // Values 8·lane … 8·lane + 7 of a row (without its scale): fp16, f32 or codes.
-__device__ __forceinline__ void row8(const uint32_t* row, int fmt, int lane, float (&v)[8], const float* cents) {
+__device__ __forceinline__ void row8(const uint32_t* row, int fmt, bool nib3, int lane, float (&v)[8], const float* cents) {
   if (fmt == 16) {
     const uint4 raw = reinterpret_cast<const uint4*>(row)[lane];
     const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
@@ -675,6 +695,10 @@ __device__ __forceinline__ void row8(const uint32_t* row, int fmt, int lane, flo
   } else if (fmt == 32) {
     const float4 a = reinterpret_cast<const float4*>(row)[2 * lane], b = reinterpret_cast<const float4*>(row)[2 * lane + 1];
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else if (fmt == 3 && nib3) {
+    const uint32_t sel = nib3_codes8(row, lane / 4, lane % 4);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = cents[(sel >> (4 * i)) & 7];
   } else {
     const uint32_t mask = (1u << fmt) - 1;
 #pragma unroll
@@ -733,13 +757,16 @@ __device__ __forceinline__ void score_tile(const DevKVLayer& L, int g, int G, in
         }
       } else {
         const int bits = KB ? KB : kr.fmt;
+        const bool nib = bits == 3 && L.k.nib3;  // (the nibble window below: 4 codes 4 bits apart)
+        const int step = nib ? 4 : bits;
         const uint32_t mask = (1u << bits) - 1;
 #pragma unroll 4
         for (int j = 4 * part; j < Dk; j += 4 * TPT) {
           const int o = j * bits;
-          const uint32_t win = __funnelshift_r(kr.p[o >> 5], kr.p[(o >> 5) + 1], o & 31);  // 4 codes ≤ 32 bits
-          const float c0 = ck[win & mask], c1 = ck[(win >> bits) & mask], c2 = ck[(win >> (2 * bits)) & mask],
-                      c3 = ck[(win >> (3 * bits)) & mask];
+          const uint32_t win = nib ? nib3_codes8(kr.p, j / 32, (j % 32) / 8) >> (4 * (j % 8))
+                                   : __funnelshift_r(kr.p[o >> 5], kr.p[(o >> 5) + 1], o & 31);  // 4 codes ≤ 32 bits
+          const float c0 = ck[win & mask], c1 = ck[(win >> step) & mask], c2 = ck[(win >> (2 * step)) & mask],
+                      c3 = ck[(win >> (3 * step)) & mask];
 #pragma unroll
           for (int h = 0; h < GM; ++h) {
             const float4 qv = q4[h * 64 + (j >> 2)];
@@ -886,8 +913,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
     // sub-tile in flight at once; their scales are folded into the tile's weights.
     auto add_token = [&](const uint32_t* row, int fmt, int tt) {
       float val[8];
-      if (VB && fmt == VB) row8(row, VB, lane, val, cv);  // compile-time width: constant shifts
-      else row8(row, fmt, lane, val, cv);
+      if (VB && fmt == VB) row8(row, VB, L.v.nib3, lane, val, cv);  // compile-time width: constant shifts
+      else row8(row, fmt, L.v.nib3, lane, val, cv);
       const float* w = ps[tt];
 #pragma unroll
       for (int h = 0; h < GM; ++h) {
@@ -953,7 +980,7 @@ struct TcLayout {
   int R;             // halves per tile row: D + 8 (rows 16 bytes apart in banks: conflict-free ldmatrix)
   int k_raw, v_raw;  // a chunk's raw K / V rows in a stage
   int stage;         // K rows, V rows, 16 K norms, 16 V norms
-  int tile;          // the decoded fp16 tile (0 when neither side holds codes)
+  int tile;          // the decoded fp16 tile, half the dims at a time: [16][D/2 + 8] (0: no code side)
   int warp;          // per warp: 2 stages, the tile, P as hi/lo [2][8 heads][16 tokens] halves
   int head;          // before the warps' areas: queries hi/lo [2][8][R] halves, tables [K, V][256] half2
   __host__ __device__ static int raw_bytes(const DevKVSide& S, int R) {
@@ -962,8 +989,9 @@ struct TcLayout {
   __host__ __device__ TcLayout(const DevKVLayer& L, int D) : R(D + 8) {
     k_raw = raw_bytes(L.k, R), v_raw = raw_bytes(L.v, R);
     stage = k_raw + v_raw + 64;
-    tile = L.k.bits < 16 || L.v.bits < 16 ? kTcTok * R * 2 : 0;
+    tile = L.k.bits < 16 || L.v.bits < 16 ? kTcTok * (D / 2 + 8) * 2 : 0;
     warp = 2 * stage + tile + 2 * 8 * kTcTok * 2;
+    if (warp < 32 * D) warp = 32 * D;  // (the end's combine keeps [8 heads][D] floats per warp)
     head = 2 * 8 * R * 2 + 2 * 256 * 4;
   }
   __host__ __device__ int bytes() const { return head + kTcWarps * warp; }
@@ -1024,13 +1052,11 @@ __device__ __forceinline__ Prmt8 prmt8_table(const float* cents) {
   }
   return {lo[0], lo[1], hi[0], hi[1]};
 }
-// Codes 0-7 of win (3 bits each, from bit 0) → their 8 centroids as 4 half2 words.
-__device__ __forceinline__ uint4 decode8_b3(uint32_t win, const Prmt8& t) {
-  uint32_t x = (win & 0xFFFu) | ((win << 4) & 0x0FFF0000u);           // codes 0-3 | 4-7 in 16-bit halves
-  x = (x & 0x003F003Fu) | ((x << 2) & 0x3F003F00u);                     // two codes per byte
-  const uint32_t s = (x & 0x07070707u) | ((x << 1) & 0x70707070u);     // code k in nibble k (bit 3 clear)
-  const uint32_t sa = s & 0xFFFFu, sb = s >> 16;
-  const uint32_t la = __byte_perm(t.lo0, t.lo1, sa), ha = __byte_perm(t.hi0, t.hi1, sa);
+// 8 codes as the nibbles of s (bit 3 clear; prmt reads the low 16 bits) → their 8 centroids
+// as 4 half2 words.
+__device__ __forceinline__ uint4 decode8_sel(uint32_t s, const Prmt8& t) {
+  const uint32_t sb = s >> 16;
+  const uint32_t la = __byte_perm(t.lo0, t.lo1, s), ha = __byte_perm(t.hi0, t.hi1, s);
   const uint32_t lb = __byte_perm(t.lo0, t.lo1, sb), hb = __byte_perm(t.hi0, t.hi1, sb);
   return make_uint4(__byte_perm(la, ha, 0x5140), __byte_perm(la, ha, 0x7362), __byte_perm(lb, hb, 0x5140),
                     __byte_perm(lb, hb, 0x7362));
@@ -1058,13 +1084,11 @@ __device__ __forceinline__ void issue_side(int bits, int rb, const uint8_t* src,
   }
 }
 
-// 8 codes of B bits from bit sh of w[0], w[1] → their fp16 centroids (3 bits: prmt from
-// registers; 2 and 4 bits: a shared table of centroid pairs; 8 bits: of single centroids).
+// 8 codes of B bits from bit sh of w[0], w[1] → their fp16 centroids (2 and 4 bits: a
+// shared table of centroid pairs; 8 bits: of single centroids).
 template <int B>
-__device__ __forceinline__ uint4 decode8(const uint32_t* w, int sh, const Prmt8& t3, const __half2* lut) {
-  if constexpr (B == 3) {
-    return decode8_b3(__funnelshift_r(w[0], w[1], sh), t3);
-  } else if constexpr (B == 8) {
+__device__ __forceinline__ uint4 decode8(const uint32_t* w, int sh, const __half2* lut) {
+  if constexpr (B == 8) {
     const __half* c1 = reinterpret_cast<const __half*>(lut);
     uint32_t o[4];
 #pragma unroll
@@ -1086,48 +1110,77 @@ __device__ __forceinline__ uint4 decode8(const uint32_t* w, int sh, const Prmt8&
   }
 }
 
-// The chunk's 16 rows of one code side into the fp16 tile (without the tokens' norms): a
-// row's D codes by D/8 lanes, 8 codes per lane; rb: bytes per stored row (a compile-time
-// constant where the format is). A full chunk of stored rows decodes as straight-line code
-// (the tokens interleave); otherwise tokens at or past n_coded come from the window's fp16
-// ring (ring: this head's ring rows; c: the chunk's first token), at or past n_valid are zeros.
+// Dims [half·D/2, half·D/2 + D/2) of the chunk's 16 rows of one code side into the fp16
+// tile [16][D/2 + 8] (without the tokens' norms): D/16 lanes per row, 8 codes per lane; rb:
+// bytes per stored row (a compile-time constant where the format is). A full chunk of
+// stored rows decodes as straight-line code (the tokens interleave); otherwise tokens at or
+// past n_coded come from the window's fp16 ring (ring: this head's ring rows; c: the chunk's
+// first token), at or past n_valid are zeros.
 template <int D, int B>
-__device__ __forceinline__ void decode_tile_b(int rb, const uint32_t* raw, const Prmt8& t3, const __half2* lut,
+__device__ __forceinline__ void decode_tile_b(int half, int rb, const uint32_t* raw, const __half2* lut,
                                               __half* tile, int lane, int n_valid, int n_coded, const __half* ring,
                                               int ring_rows, size_t c) {
-  constexpr int R = D + 8, LPT = D / 8, TPP = 32 / LPT;
+  constexpr int R = D / 2 + 8, LPT = D / 16, TPP = 32 / LPT;
   const int j = lane % LPT, i0 = lane / LPT;
-  const int lane_bit = i0 * rb * 8 + 8 * B * j, sh = lane_bit & 31;
+  const int lane_bit = i0 * rb * 8 + 8 * B * (j + half * LPT), sh = lane_bit & 31;
   const uint32_t* wl = raw + (lane_bit >> 5);
   __half* tl = tile + i0 * R + 8 * j;
   if (n_valid == kTcTok && n_coded == kTcTok) {
 #pragma unroll
     for (int k = 0; k < kTcTok / TPP; ++k)
-      *reinterpret_cast<uint4*>(tl + k * TPP * R) = decode8<B>(wl + k * TPP * rb / 4, sh, t3, lut);
+      *reinterpret_cast<uint4*>(tl + k * TPP * R) = decode8<B>(wl + k * TPP * rb / 4, sh, lut);
     return;
   }
   for (int k = 0; k < kTcTok / TPP; ++k) {
     const int i = k * TPP + i0;
     uint4 out = make_uint4(0, 0, 0, 0);
-    if (i < n_valid && i < n_coded) out = decode8<B>(wl + k * TPP * rb / 4, sh, t3, lut);
-    else if (i < n_valid) out = reinterpret_cast<const uint4*>(ring + ((c + i) % ring_rows) * D)[j];
+    if (i < n_valid && i < n_coded) out = decode8<B>(wl + k * TPP * rb / 4, sh, lut);
+    else if (i < n_valid) out = reinterpret_cast<const uint4*>(ring + ((c + i) % ring_rows) * D)[j + half * LPT];
     *reinterpret_cast<uint4*>(tl + k * TPP * R) = out;
   }
 }
+// The same for 3-bit codes (nib3 layout, D % 32 == 0): a lane decodes whole groups of 32
+// codes: three masks and a gather of the top bits make the prmt selectors of the group's
+// 32 centroids (a register table: no shared-memory lookups, short dependency chains).
 template <int D>
-__device__ __forceinline__ void decode_tile(int b, int rb, const uint32_t* raw, const Prmt8& t3, const __half2* lut,
-                                            __half* tile, int lane, int n_valid, int n_coded, const __half* ring,
-                                            int ring_rows, size_t c) {
-  if (b == 3) decode_tile_b<D, 3>(rb, raw, t3, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
-  else if (b == 4) decode_tile_b<D, 4>(rb, raw, t3, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
-  else if (b == 2) decode_tile_b<D, 2>(rb, raw, t3, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
-  else decode_tile_b<D, 8>(rb, raw, t3, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
+__device__ __forceinline__ void decode_tile_nib3(int half, int rb, const uint32_t* raw, const Prmt8& t3, __half* tile,
+                                                 int lane, int n_valid, int n_coded, const __half* ring, int ring_rows,
+                                                 size_t c) {
+  constexpr int R = D / 2 + 8, GPR = D / 64, GROUPS = kTcTok * GPR;  // groups per half row; per pass
+  const bool plain = n_valid == kTcTok && n_coded == kTcTok;
+#pragma unroll
+  for (int q0 = 0; q0 < GROUPS; q0 += 32) {
+    const int q = q0 + lane, i = q / GPR, gg = q % GPR, g = half * GPR + gg;
+    if (q >= GROUPS) break;  // (D = 64: 16 groups)
+    uint4* out = reinterpret_cast<uint4*>(tile + i * R + 32 * gg);
+    if (plain || (i < n_valid && i < n_coded)) {
+      const uint32_t* w = raw + i * (rb / 4) + 3 * g;
+      const uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
+      out[0] = decode8_sel(w0 & 0x77777777u, t3);
+      out[1] = decode8_sel(w1 & 0x77777777u, t3);
+      out[2] = decode8_sel(w2 & 0x77777777u, t3);
+      out[3] = decode8_sel(((w0 >> 3) & 0x11111111u) | ((w1 >> 2) & 0x22222222u) | ((w2 >> 1) & 0x44444444u), t3);
+    } else {
+      const uint4* src = reinterpret_cast<const uint4*>(ring + ((c + i) % ring_rows) * D) + 4 * g;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out[e] = i < n_valid ? src[e] : make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+template <int D>
+__device__ __forceinline__ void decode_tile(int half, int b, int rb, const uint32_t* raw, const Prmt8& t3,
+                                            const __half2* lut, __half* tile, int lane, int n_valid, int n_coded,
+                                            const __half* ring, int ring_rows, size_t c) {
+  if (b == 3) decode_tile_nib3<D>(half, rb, raw, t3, tile, lane, n_valid, n_coded, ring, ring_rows, c);
+  else if (b == 4) decode_tile_b<D, 4>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
+  else if (b == 2) decode_tile_b<D, 2>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
+  else decode_tile_b<D, 8>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
 }
 
 // D: the padded dim of both sides (64, 128, 256); KB, VB: the sides' formats compiled in
 // (16: fp16 rows, else code bits; 0: the layer's, read at run time).
 template <int D, int KB, int VB>
-__global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
+__global__ void __launch_bounds__(kTcWarps * 32, 4) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
                                                                      int n_splits, size_t n_tokens, float scale,
                                                                      float* part_ml, float* part_acc) {
   extern __shared__ __align__(16) unsigned char sm[];
@@ -1212,27 +1265,36 @@ __global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(DevKVLayer 
     const uint16_t* kn = reinterpret_cast<const uint16_t*>(sg + lay.k_raw + lay.v_raw);
     const uint16_t* vn = kn + 16;
     const int n_valid = valid_in(c), n_coded = bound > c ? static_cast<int>(min(static_cast<size_t>(kTcTok), bound - c)) : 0;
-    const __half* kt = reinterpret_cast<const __half*>(sg);
-    if (kb < 16) {
-      decode_tile<D>(kb, rbk, reinterpret_cast<const uint32_t*>(sg), t3[0], lut, tile, lane, n_valid, n_coded, kring,
-                     L.ring_rows, c);
-      __syncwarp();
-      kt = tile;
-    }
     float sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};  // scores by Q's hi and lo parts
+    // K̂ · Q over k-steps [k0, k1) with K̂'s column 16·k0 at kt (rows `stride` halves apart).
+    auto scores = [&](const __half* kt, int stride, int k0, int k1) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk += 2) {
-      uint32_t bh[4], bl[4], a0[4], a1[4];
-      const int qo = (lane & 7) * R + 16 * kk + (lane >> 3) * 8;
-      ldsm_x4(bh, qh + qo);
-      ldsm_x4(bl, qh + 8 * R + qo);
-      const int ko = (lane & 15) * R + 16 * kk + (lane >> 4) * 8;
-      ldsm_x4(a0, kt + ko);
-      ldsm_x4(a1, kt + ko + 16);
-      mma_16816(sa, a0, bh[0], bh[1]);
-      mma_16816(sb, a0, bl[0], bl[1]);
-      mma_16816(sa, a1, bh[2], bh[3]);
-      mma_16816(sb, a1, bl[2], bl[3]);
+      for (int kk = k0; kk < k1; kk += 2) {
+        uint32_t bh[4], bl[4], a0[4], a1[4];
+        const int qo = (lane & 7) * R + 16 * kk + (lane >> 3) * 8;
+        ldsm_x4(bh, qh + qo);
+        ldsm_x4(bl, qh + 8 * R + qo);
+        const int ko = (lane & 15) * stride + 16 * (kk - k0) + (lane >> 4) * 8;
+        ldsm_x4(a0, kt + ko);
+        ldsm_x4(a1, kt + ko + 16);
+        mma_16816(sa, a0, bh[0], bh[1]);
+        mma_16816(sb, a0, bl[0], bl[1]);
+        mma_16816(sa, a1, bh[2], bh[3]);
+        mma_16816(sb, a1, bl[2], bl[3]);
+      }
+    };
+    if (kb < 16) {
+      auto pass = [&](int half) {  // (called with constants: the k-steps unroll)
+        decode_tile<D>(half, kb, rbk, reinterpret_cast<const uint32_t*>(sg), t3[0], lut, tile, lane, n_valid, n_coded,
+                       kring, L.ring_rows, c);
+        __syncwarp();
+        scores(tile, D / 2 + 8, half * D / 32, (half + 1) * D / 32);
+        __syncwarp();  // every lane's reads done before the tile is rewritten
+      };
+      pass(0);
+      pass(1);
+    } else {
+      scores(reinterpret_cast<const __half*>(sg), R, 0, D / 16);
     }
     // Tokens gid and gid + 8 of the chunk: scaled scores (−∞ past t1), then the softmax.
     float sc[4], vs[2];
@@ -1253,7 +1315,9 @@ __global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(DevKVLayer 
       float mx = fmaxf(sc[j], sc[2 + j]);
 #pragma unroll
       for (int o = 4; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      const float mn = fmaxf(m[j], mx);  // finite: token c is valid
+      // The running max moves only when the chunk's exceeds it by 2^8 (weights ≤ 256 in between:
+      // exact in f32 and fp16 alike): the rescale of acc below is then rare.
+      const float mn = mx > m[j] + 8.0f ? mx : m[j];  // finite: token c is valid (m = −∞ at first)
       corr[j] = exp2f(m[j] - mn);
       const float p0 = exp2f(sc[j] - mn), p1 = exp2f(sc[2 + j] - mn);
       float sum = p0 + p1;
@@ -1265,27 +1329,36 @@ __global__ void __launch_bounds__(kTcWarps * 32) attention_tc_kernel(DevKVLayer 
       split_f16(valid[0] ? p0 * vs[0] : 0.0f, pb[h * 16 + gid], pb[128 + h * 16 + gid]);
       split_f16(valid[1] ? p1 * vs[1] : 0.0f, pb[h * 16 + gid + 8], pb[128 + h * 16 + gid + 8]);
     }
-    if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f))  // (the running max rarely moves at depth)
+    if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f))
 #pragma unroll
       for (int mt = 0; mt < D / 16; ++mt) acc[mt][0] *= corr[0], acc[mt][1] *= corr[1], acc[mt][2] *= corr[0], acc[mt][3] *= corr[1];
-    __syncwarp();  // P complete; every lane's K tile reads done before V overwrites it
-    const __half* vt = reinterpret_cast<const __half*>(sg + lay.k_raw);
-    if (vb < 16) {
-      decode_tile<D>(vb, rbv, reinterpret_cast<const uint32_t*>(sg + lay.k_raw), t3[1], lut + 256, tile, lane, n_valid,
-                     n_coded, vring, L.ring_rows, c);
-      __syncwarp();
-      vt = tile;
-    }
+    __syncwarp();  // P complete
     const uint32_t* pw = reinterpret_cast<const uint32_t*>(pb);  // words [hi, lo][8 heads][8 token pairs]
     const uint32_t bh0 = pw[gid * 8 + tig], bh1 = pw[gid * 8 + tig + 4];
     const uint32_t bl0 = pw[64 + gid * 8 + tig], bl1 = pw[64 + gid * 8 + tig + 4];
-    const int vo = ((lane & 7) + ((lane >> 4) & 1) * 8) * R + ((lane >> 3) & 1) * 8;
+    // acc[mt] += V̂ᵀ · P for m-tiles [m0, m1) with V̂'s column 16·m0 at vt (rows `stride` halves apart).
+    auto values = [&](const __half* vt, int stride, int m0, int m1) {
+      const int vo = ((lane & 7) + ((lane >> 4) & 1) * 8) * stride + ((lane >> 3) & 1) * 8;
 #pragma unroll
-    for (int mt = 0; mt < D / 16; ++mt) {
-      uint32_t a[4];
-      ldsm_x4_trans(a, vt + vo + 16 * mt);
-      mma_16816(acc[mt], a, bh0, bh1);
-      mma_16816(acc[mt], a, bl0, bl1);
+      for (int mt = m0; mt < m1; ++mt) {
+        uint32_t a[4];
+        ldsm_x4_trans(a, vt + vo + 16 * (mt - m0));
+        mma_16816(acc[mt], a, bh0, bh1);
+        mma_16816(acc[mt], a, bl0, bl1);
+      }
+    };
+    if (vb < 16) {
+      auto pass = [&](int half) {  // (called with constants: acc stays in registers)
+        decode_tile<D>(half, vb, rbv, reinterpret_cast<const uint32_t*>(sg + lay.k_raw), t3[1], lut + 256, tile, lane,
+                       n_valid, n_coded, vring, L.ring_rows, c);
+        __syncwarp();
+        values(tile, D / 2 + 8, half * D / 32, (half + 1) * D / 32);
+        __syncwarp();
+      };
+      pass(0);
+      pass(1);
+    } else {
+      values(reinterpret_cast<const __half*>(sg + lay.k_raw), R, 0, D / 16);
     }
     __syncwarp();  // this stage and the tile are rewritten next
   }
@@ -1861,7 +1934,9 @@ TcKernel tc_kernel_dim(const DevKVLayer& L) {
 // The tensor-core kernel for this layer: fp16 rows and 2-, 3-, 4- and 8-bit codes, both
 // sides of one dim 64, 128 or 256 (none: f32 rows, small heads → attention_kernel).
 TcKernel tc_kernel_for(const DevKVLayer& L) {
-  auto side_ok = [](const DevKVSide& S) { return S.bits == 16 || S.bits == 8 || (S.bits >= 2 && S.bits <= 4); };
+  auto side_ok = [](const DevKVSide& S) {
+    return S.bits == 16 || S.bits == 8 || S.bits == 2 || S.bits == 4 || (S.bits == 3 && S.nib3);
+  };
   if (!g_attention_tc || !side_ok(L.k) || !side_ok(L.v) || L.v.dim != L.k.dim || L.n_heads > kMaxG * L.n_kv_heads)
     return {};
   if (L.k.dim == 256) return tc_kernel_dim<256>(L);

@@ -36,6 +36,11 @@ struct DevKVSide {
   int bits = 16;          // 16 / 32: fp16 / f32 rows of the original vector; else TurboQuant codes
   int dim = 0;            // head_dim (fp16) or padded D (codes)
   int row_bytes = 0;      // bytes per token per head in `rows`
+  // 3-bit codes with D % 32 == 0 are stored in groups of 32 as 3 words whose nibbles hold
+  // codes 0-23 of the group in their low 3 bits and codes 24-31 bit-sliced in their top
+  // bits (word b: bit b), so that a mask makes prmt selectors (kernels.cu, nib3_*); other
+  // widths as a little-endian bit stream (code d at bit d·bits).
+  bool nib3 = false;
   uint8_t* rows = nullptr;   // [n_kv_heads][cap][row_bytes]
   uint16_t* norms = nullptr; // [n_kv_heads][cap] (codes)
   const float* signs = nullptr;      // [n_kv_heads][D] rotation signs (codes)
