@@ -1151,7 +1151,7 @@ __device__ __forceinline__ void decode_tile_nib3(int half, int rb, const uint32_
 #pragma unroll
   for (int q0 = 0; q0 < GROUPS; q0 += 32) {
     const int q = q0 + lane, i = q / GPR, gg = q % GPR, g = half * GPR + gg;
-    if (q >= GROUPS) break;  // (D = 64: 16 groups)
+    if (GROUPS % 32 != 0 && q >= GROUPS) break;  // (D = 64: 16 groups)
     uint4* out = reinterpret_cast<uint4*>(tile + i * R + 32 * gg);
     if (plain || (i < n_valid && i < n_coded)) {
       const uint32_t* w = raw + i * (rb / 4) + 3 * g;
@@ -1180,7 +1180,7 @@ __device__ __forceinline__ void decode_tile(int half, int b, int rb, const uint3
 // D: the padded dim of both sides (64, 128, 256); KB, VB: the sides' formats compiled in
 // (16: fp16 rows, else code bits; 0: the layer's, read at run time).
 template <int D, int KB, int VB>
-__global__ void __launch_bounds__(kTcWarps * 32, 4) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
+__global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
                                                                      int n_splits, size_t n_tokens, float scale,
                                                                      float* part_ml, float* part_acc) {
   extern __shared__ __align__(16) unsigned char sm[];
@@ -1195,7 +1195,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, 4) attention_tc_kernel(DevKVLay
   __half2* lut = reinterpret_cast<__half2*>(sm + 2 * 8 * R * 2);  // [K, V][256]
   unsigned char* area = sm + lay.head;
   unsigned char* mine = area + warp * lay.warp;
-  pdl_enter();
+  // Tables and queries before waiting on the previous kernel (kv_append): the queries come
+  // from the kernel before that one, which has completed and flushed by the time this one
+  // launches (kv_append's blocks let it launch only after their own wait). The cache rows
+  // and ring_lo are read after the wait.
   Prmt8 t3[2] = {};
   for (int side = 0; side < 2; ++side) {
     const DevKVSide& S = side ? L.v : L.k;
@@ -1225,6 +1228,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 4) attention_tc_kernel(DevKVLay
   const float qscale = kb < 16 ? rsqrtf(static_cast<float>(D)) : 1.0f;
   for (int i = tid; i < 8 * D; i += blockDim.x) split_f16(qf[i] * qscale, qh[(i / D) * R + i % D], qh[8 * R + (i / D) * R + i % D]);
   __syncthreads();
+  pdl_enter();
   const size_t ring_lo = L.window > 0 ? static_cast<size_t>(*L.ring_lo) : 0;
   const size_t p = pos[qi];
   const size_t end_all = min(p + 1, n_tokens);
