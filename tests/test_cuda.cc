@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
+#include <string>
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_backend.h"
@@ -103,7 +105,8 @@ TEST(Cuda, GatedDeltaRuleMatchesCpu) {
 
 // Attention over a GPU cache of each policy equals attention over the CPU slot of the same
 // policy (same seeds, same chunked appends): decode and a causal block of queries, with the
-// tensor-core kernel (where the layer fits it) and with the float kernel.
+// tensor-core kernel (where the layer fits it) and with the float kernel over the same GPU
+// cache, so their difference is the kernels' alone.
 struct AttentionKernel {
   explicit AttentionKernel(bool tc) : saved(cuda::attention_tc()) { cuda::set_attention_tc(tc); }
   ~AttentionKernel() { cuda::set_attention_tc(saved); }
@@ -115,10 +118,9 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
   const std::vector<KVGeometry> geos = {{16, 4, 256}, {4, 2, 256}, {8, 2, 128}, {8, 8, 64}, {8, 4, 8}};
-  for (bool tc : {true, false})
   for (const char* pol : {"fp16", "f32", "tq3", "tq4", "k8v3", "tq3+w0", "k16v3", "tq2+w16"}) {
-    const AttentionKernel kernel(tc);
     const CachePolicy p = CachePolicy::parse(pol);
+    double worst_cpu = 0, worst_kernels = 0;
     for (const auto& geo : geos) {
       const size_t n_kv = 300, chunk = 64, row = static_cast<size_t>(geo.n_kv_heads) * geo.head_dim;
       auto k = test::gaussian(n_kv * row, rng), v = test::gaussian(n_kv * row, rng);
@@ -134,15 +136,34 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
         auto q = test::gaussian(static_cast<size_t>(nq) * geo.n_heads * geo.head_dim, rng);
         std::vector<float> ref(q.size());
         cpu->attend(q, pos, ref, 0, pool);
-        auto got = cuda::ops::attention(p, geo, 3, k, v, n_kv, chunk, q, pos);
-        const double e = rel_err(got, ref);
-        // Dense and codes agree to float rounding; a code can flip where the GPU's float
-        // norm and the CPU's double norm straddle a boundary, moving one coordinate a level.
-        // (The tensor-core kernel's fp16 centroids add ≤ 2^-12 relative per value.)
-        EXPECT_LT(e, p.dense ? 1e-5 : 2e-3) << pol << " heads " << geo.n_heads << "/" << geo.n_kv_heads << " hd "
-                                            << geo.head_dim << " nq " << nq << (tc ? " tensor cores" : " float kernel");
+        std::vector<float> got[2];
+        for (bool tc : {true, false}) {
+          const AttentionKernel kernel(tc);
+          got[tc] = cuda::ops::attention(p, geo, 3, k, v, n_kv, chunk, q, pos);
+        }
+        const std::string what = std::string(pol) + " heads " + std::to_string(geo.n_heads) + "/" +
+                                 std::to_string(geo.n_kv_heads) + " hd " + std::to_string(geo.head_dim) + " nq " +
+                                 std::to_string(nq);
+        // GPU vs CPU: dense caches agree to float rounding; codes can differ where the GPU's
+        // float norm and the CPU's double norm straddle a codebook boundary (a coordinate
+        // one level off), which the kernels then both read (measured up to 2.9e-3 with such a
+        // flip, 2e-4 … 6e-4 without, over 7 seeds).
+        for (bool tc : {true, false}) {
+          const double e = rel_err(got[tc], ref);
+          worst_cpu = std::max(worst_cpu, e);
+          EXPECT_LT(e, p.dense ? 1e-5 : 5e-3) << what << (tc ? " tensor cores" : " float kernel");
+        }
+        // The two kernels over the same GPU cache: queries and weights enter the tensor cores
+        // as fp16 hi + lo pairs (≈ 2^-22 relative); code values as fp16 centroids, each off
+        // by ≤ 2^-11 relative (half an fp16 ulp) in K and V alike, independently: the outputs
+        // differ by about that (measured 2.6e-4 … 6.2e-4 over 6 seeds), bound 3 · 2^-11.
+        const double ek = rel_err(got[1], got[0]);
+        worst_kernels = std::max(worst_kernels, ek);
+        EXPECT_LT(ek, p.dense ? 1e-5 : 3.0 / 2048) << what << ": tensor cores vs float kernel";
       }
     }
+    std::printf("[cuda attention] %-8s worst rel. error GPU vs CPU %.2e, tensor cores vs float kernel %.2e\n", pol,
+                worst_cpu, worst_kernels);
   }
 }
 

@@ -564,15 +564,26 @@ __device__ __forceinline__ uint32_t nib3_word(const uint8_t* c, int b) {
 }
 
 __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, size_t first, const int32_t* first_dev) {
-  pdl_enter();
-  extern __shared__ float sh[];  // D floats + D bytes idx + 32 red
+  extern __shared__ float sh[];  // D floats + D bytes idx + 32 red + 256 boundaries + 256 centroids
   const int t = blockIdx.x, g = blockIdx.y, side = blockIdx.z;
+  const DevKVSide& S = side ? L.v : L.k;
+  const int D = S.dim;
+  float* bnd = sh + D + (D + 3) / 4 + 32;
+  float* cen = bnd + 256;
+  float* y = sh;  // the rotation's signs, then the rotated vector
+  if (S.bits < 16) {  // (the codebook and signs do not depend on the previous kernel: before the wait)
+    for (int i = threadIdx.x; i < (1 << S.bits); i += blockDim.x) {
+      cen[i] = S.centroids[i];
+      if (i + 1 < (1 << S.bits)) bnd[i] = S.boundaries[i];
+    }
+    for (int i = threadIdx.x; i < D; i += blockDim.x) y[i] = S.signs[static_cast<size_t>(g) * D + i];
+  }
+  pdl_enter();
   if (first_dev) first = static_cast<size_t>(first_dev[0]);
   if (L.ring_rows > 0 && t == 0 && g == 0 && side == 0 && threadIdx.x == 0) {
     const size_t end = first + gridDim.x;
     if (end > static_cast<size_t>(L.ring_rows)) *L.ring_lo = max(*L.ring_lo, static_cast<unsigned long long>(end - L.ring_rows));
   }
-  const DevKVSide& S = side ? L.v : L.k;
   const float* x = (side ? v : k) + (static_cast<size_t>(t) * L.n_kv_heads + g) * L.head_dim;
   const size_t pos = first + t;
   const int hd = L.head_dim;
@@ -586,12 +597,9 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
     for (int i = threadIdx.x; i < hd; i += blockDim.x) row[i] = x[i];
     return;
   }
-  const int D = S.dim;
-  float* y = sh;
   uint8_t* idx = reinterpret_cast<uint8_t*>(sh + D);
   float* red = sh + D + (D + 3) / 4;
-  const float* sg = S.signs + static_cast<size_t>(g) * D;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) y[i] = i < hd ? x[i] * sg[i] : 0.0f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) y[i] = i < hd ? x[i] * y[i] : 0.0f;  // (each thread its own i)
   fwht_shared(y, D);
   const float rs = rsqrtf(static_cast<float>(D));
   float ss = 0;
@@ -615,11 +623,11 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
     int lo = 0, hi = levels - 1;  // number of boundaries strictly below u
     while (lo < hi) {
       const int mid = (lo + hi) >> 1;
-      if (S.boundaries[mid] < u) lo = mid + 1;
+      if (bnd[mid] < u) lo = mid + 1;
       else hi = mid;
     }
     idx[i] = static_cast<uint8_t>(lo);
-    const float c = S.centroids[lo];
+    const float c = cen[lo];
     c2 += c * c;
   }
   c2 = block_sum(c2, red);  // syncs: idx complete
@@ -966,12 +974,13 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
 // grid (kv head, query, split) as above, kTcWarps warps per block. Each warp owns every
 // kTcWarps-th chunk of 16 tokens of the split and streams them through a two-stage cp.async
 // pipeline of raw rows: fp16 rows land padded to R halves (ready for ldmatrix), code rows
-// land as stored and are decoded into an fp16 tile through a table of centroid pairs (one
-// lookup per two codes; 8-bit codes one per code). Scores are K̂ (16 tokens × D) · Q (D × 8
-// query-head columns); each warp keeps its own online softmax per head; values are added as
-// V̂ᵀ (D × 16 tokens) · P (16 tokens × 8 heads). Queries and weights enter the products as
+// land as stored and are decoded, half the dims at a time, into an fp16 tile (3-bit codes
+// by prmt from a register table, see nib3; 2/4-bit through a shared table of centroid
+// pairs; 8-bit one lookup per code). Scores are K̂ (16 tokens × D) · Q (D × 8 query-head
+// columns); each warp keeps its own online softmax per head (the running max moves only by
+// 2^8, so rescaling is rare); values are added as V̂ᵀ (D × 16 tokens) · P (16 tokens × 8 heads). Queries and weights enter the products as
 // fp16 hi + lo pairs (≈ 22 significant bits), so fp16 caches agree with the CPU to float
-// rounding; code values are their centroids in fp16 (2^-12 relative). The warps' partials
+// rounding; code values are their centroids in fp16 (≤ 2^-11 relative). The warps' partials
 // are combined at the end into the split partials attention_merge_kernel reads.
 constexpr int kTcWarps = 4, kTcTok = 16;
 
@@ -1113,9 +1122,10 @@ __device__ __forceinline__ uint4 decode8(const uint32_t* w, int sh, const __half
 // Dims [half·D/2, half·D/2 + D/2) of the chunk's 16 rows of one code side into the fp16
 // tile [16][D/2 + 8] (without the tokens' norms): D/16 lanes per row, 8 codes per lane; rb:
 // bytes per stored row (a compile-time constant where the format is). A full chunk of
-// stored rows decodes as straight-line code (the tokens interleave); otherwise tokens at or
-// past n_coded come from the window's fp16 ring (ring: this head's ring rows; c: the chunk's
-// first token), at or past n_valid are zeros.
+// stored rows decodes as straight-line code (the tokens interleave; rows past n_valid hold
+// whatever codes, which decode to finite centroids and get weight 0); with window tokens,
+// tokens at or past n_coded come from the fp16 ring (ring: this head's ring rows; c: the
+// chunk's first token), at or past n_valid are zeros.
 template <int D, int B>
 __device__ __forceinline__ void decode_tile_b(int half, int rb, const uint32_t* raw, const __half2* lut,
                                               __half* tile, int lane, int n_valid, int n_coded, const __half* ring,
@@ -1125,7 +1135,7 @@ __device__ __forceinline__ void decode_tile_b(int half, int rb, const uint32_t* 
   const int lane_bit = i0 * rb * 8 + 8 * B * (j + half * LPT), sh = lane_bit & 31;
   const uint32_t* wl = raw + (lane_bit >> 5);
   __half* tl = tile + i0 * R + 8 * j;
-  if (n_valid == kTcTok && n_coded == kTcTok) {
+  if (n_coded >= n_valid) {  // (rows past n_valid decode to finite centroids; their weight is 0)
 #pragma unroll
     for (int k = 0; k < kTcTok / TPP; ++k)
       *reinterpret_cast<uint4*>(tl + k * TPP * R) = decode8<B>(wl + k * TPP * rb / 4, sh, lut);
@@ -1147,7 +1157,7 @@ __device__ __forceinline__ void decode_tile_nib3(int half, int rb, const uint32_
                                                  int lane, int n_valid, int n_coded, const __half* ring, int ring_rows,
                                                  size_t c) {
   constexpr int R = D / 2 + 8, GPR = D / 64, GROUPS = kTcTok * GPR;  // groups per half row; per pass
-  const bool plain = n_valid == kTcTok && n_coded == kTcTok;
+  const bool plain = n_coded >= n_valid;  // (rows past n_valid decode to finite centroids; their weight is 0)
 #pragma unroll
   for (int q0 = 0; q0 < GROUPS; q0 += 32) {
     const int q = q0 + lane, i = q / GPR, gg = q % GPR, g = half * GPR + gg;
@@ -1889,7 +1899,7 @@ void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t firs
                const int32_t* first_dev) {
   const int D = std::max(L.k.dim, L.v.dim);
   dim3 grid(n, L.n_kv_heads, 2);
-  const size_t sh = D * sizeof(float) + (D + 3) / 4 * sizeof(float) + 32 * sizeof(float);
+  const size_t sh = (D + (D + 3) / 4 + 32 + 2 * 256) * sizeof(float);
   launch(kv_append_kernel, grid, threads_for(D), sh, s, L, k, v, first, first_dev);
 }
 
