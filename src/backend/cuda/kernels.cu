@@ -654,6 +654,115 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
   }
 }
 
+// The same for layers whose code sides have D = 256 and 3 (nib3), 4 or 8 bits: one warp per
+// side of a (token, kv head), lane l holding elements 8l … 8l + 7 in registers through the
+// rotation (the butterflies of fwht_warps), the norms and the codes, and writing its own
+// words of the row: shuffles only, no block barriers (a decode step's append is a chain of
+// latencies). Dense sides are copied by their warp.
+__global__ void __launch_bounds__(64) kv_append_warp_kernel(DevKVLayer L, const float* k, const float* v, size_t first,
+                                                            const int32_t* first_dev) {
+  constexpr int D = 256, E = 8;
+  __shared__ float bnd[2][256], cen[2][256];
+  const int t = blockIdx.x, g = blockIdx.y, side = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const DevKVSide& S = side ? L.v : L.k;
+  const int levels = S.bits < 16 ? 1 << S.bits : 0;
+  float sgn[E];
+  for (int i = lane; i < levels; i += 32) {  // (codebook and signs: before the wait)
+    cen[side][i] = S.centroids[i];
+    if (i + 1 < levels) bnd[side][i] = S.boundaries[i];
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) sgn[e] = levels ? S.signs[static_cast<size_t>(g) * D + E * lane + e] : 0.0f;
+  __syncwarp();
+  pdl_enter();
+  if (first_dev) first = static_cast<size_t>(first_dev[0]);
+  if (L.ring_rows > 0 && t == 0 && g == 0 && threadIdx.x == 0) {
+    const size_t end = first + gridDim.x;
+    if (end > static_cast<size_t>(L.ring_rows)) *L.ring_lo = max(*L.ring_lo, static_cast<unsigned long long>(end - L.ring_rows));
+  }
+  const float* x = (side ? v : k) + (static_cast<size_t>(t) * L.n_kv_heads + g) * L.head_dim;
+  const size_t pos = first + t;
+  const int hd = L.head_dim;
+  if (S.bits >= 16) {
+    uint8_t* row = S.rows + (static_cast<size_t>(g) * L.cap + pos) * S.row_bytes;
+    for (int i = lane; i < hd; i += 32) {
+      if (S.bits == 16) reinterpret_cast<__half*>(row)[i] = __float2half_rn(x[i]);
+      else reinterpret_cast<float*>(row)[i] = x[i];
+    }
+    return;
+  }
+  float r[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) r[e] = E * lane + e < hd ? x[E * lane + e] * sgn[e] : 0.0f;
+#pragma unroll
+  for (int len = 1; len < E; len <<= 1)
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if (!(e & len)) {
+        const float a = r[e], b = r[e | len];
+        r[e] = a + b, r[e | len] = a - b;
+      }
+#pragma unroll
+  for (int m = 1; m < 32; m <<= 1)
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float o = __shfl_xor_sync(0xffffffffu, r[e], m);
+      r[e] = (lane & m) ? o - r[e] : r[e] + o;
+    }
+  const float rs = rsqrtf(static_cast<float>(D));
+  float ss = 0;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    float u = r[e] * rs;
+    if (L.window > 0) {  // codes from the fp16 values the window keeps
+      const __half h = __float2half_rn(u);
+      S.ring[(static_cast<size_t>(g) * L.ring_rows + pos % L.ring_rows) * D + E * lane + e] = h;
+      u = __half2float(h);
+    }
+    r[e] = u;
+    ss += u * u;
+  }
+  const float norm = sqrtf(warp_sum(ss));
+  const float to_u = norm > 0 ? sqrtf(static_cast<float>(D)) / norm : 0.0f;
+  uint32_t code[E];
+  float c2 = 0;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const float u = r[e] * to_u;
+    int lo = 0, hi = levels - 1;  // number of boundaries strictly below u
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (bnd[side][mid] < u) lo = mid + 1;
+      else hi = mid;
+    }
+    code[e] = lo;
+    c2 += cen[side][lo] * cen[side][lo];
+  }
+  c2 = warp_sum(c2);
+  uint32_t* words = reinterpret_cast<uint32_t*>(S.rows + (static_cast<size_t>(g) * L.cap + pos) * S.row_bytes);
+  if (S.bits == 8) {
+    words[2 * lane] = code[0] | code[1] << 8 | code[2] << 16 | code[3] << 24;
+    words[2 * lane + 1] = code[4] | code[5] << 8 | code[6] << 16 | code[7] << 24;
+  } else {
+    uint32_t n = 0;  // this lane's codes in nibbles
+#pragma unroll
+    for (int e = 0; e < E; ++e) n |= code[e] << (4 * e);
+    if (S.bits == 4) {
+      words[lane] = n;
+    } else {  // nib3: lanes 4q … 4q + 2 write group q's words, with lane 4q + 3's codes sliced into bit 3
+      const uint32_t top = __shfl_sync(0xffffffffu, n, lane | 3);
+      const int part = lane & 3;
+      if (part < 3) words[3 * (lane >> 2) + part] = n | (((top >> part) & 0x11111111u) << 3);
+    }
+  }
+  if (lane == 0) {
+    float stored = norm;
+    if (S.norm_correction && c2 > 0) stored = norm / sqrtf(c2 / D);
+    stored = fminf(stored, 65504.0f);
+    S.norms[static_cast<size_t>(g) * L.cap + pos] = __half_as_ushort(__float2half_rn(stored));
+  }
+}
+
 // ---- attention: grid (kv head, query, split), 128 threads; tiles of 128 tokens ----
 // Per tile: each thread scores one token against the G query heads (the whole K row), the
 // block updates its running max / sum per head (online softmax), then each thread
@@ -1897,6 +2006,13 @@ void attn_prep(const AttnPrep& a, const float* qg, float* q, float* gate, float*
 
 void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t first, cudaStream_t s,
                const int32_t* first_dev) {
+  auto by_warp = [](const DevKVSide& S) {
+    return S.bits >= 16 || (S.dim == 256 && (S.bits == 4 || S.bits == 8 || (S.bits == 3 && S.nib3)));
+  };
+  if (by_warp(L.k) && by_warp(L.v)) {
+    launch(kv_append_warp_kernel, dim3(n, L.n_kv_heads), 64, 0, s, L, k, v, first, first_dev);
+    return;
+  }
   const int D = std::max(L.k.dim, L.v.dim);
   dim3 grid(n, L.n_kv_heads, 2);
   const size_t sh = (D + (D + 3) / 4 + 32 + 2 * 256) * sizeof(float);
