@@ -235,7 +235,7 @@ class DevKV {
     }
     const int D = next_pow2(L_.head_dim);
     s.dim = D;
-    s.row_bytes = ((D * bits + 7) / 8 + 2 + 3) / 4 * 4;  // codes + 1 byte read-ahead, 4-byte aligned
+    s.row_bytes = kv_row_bytes(D, bits);
     s.nib3 = bits == 3 && D % 32 == 0;
     std::vector<float> signs;
     for (int h = 0; h < L_.n_kv_heads; ++h) {

@@ -507,10 +507,30 @@ __device__ void fwht_shared_many(float* y, int count, int stride, int D) {
   __syncthreads();
 }
 
-// The same on powers of two 32 … 256, a warp per vector: lane l holds elements
-// l·E … l·E + E − 1 (E = D/32) in registers; the butterflies within a lane run there, those
-// across lanes through shuffles (no block barrier between stages). Other sizes: the above.
-// Every thread of the block calls it; y is complete on return.
+// The FWHT of a vector of 32·E values (E ≤ 8) held by a warp: lane l holds elements
+// l·E … l·E + E − 1 in r; the butterflies within a lane run there, those across lanes
+// through shuffles.
+__device__ __forceinline__ void fwht_lanes(float (&r)[8], int E, int lane) {
+#pragma unroll
+  for (int len = 1; len < 8; len <<= 1)
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (len < E && !(e & len)) {
+        const float a = r[e], b = r[e | len];
+        r[e] = a + b, r[e | len] = a - b;
+      }
+#pragma unroll
+  for (int m = 1; m < 32; m <<= 1)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float o = __shfl_xor_sync(0xffffffffu, r[e], m);
+      r[e] = (lane & m) ? o - r[e] : r[e] + o;
+    }
+}
+
+// The same on powers of two 32 … 256, a warp per vector (fwht_lanes), no block barrier
+// between stages. Other sizes: the above. Every thread of the block calls it; y is complete
+// on return.
 __device__ void fwht_warps(float* y, int count, int stride, int D) {
   if (D < 32 || D > 256 || (D & (D - 1))) {
     fwht_shared_many(y, count, stride, D);
@@ -523,21 +543,7 @@ __device__ void fwht_warps(float* y, int count, int stride, int D) {
     float r[8];
 #pragma unroll
     for (int e = 0; e < 8; ++e) r[e] = e < E ? v[e] : 0.0f;
-#pragma unroll
-    for (int len = 1; len < 8; len <<= 1)
-#pragma unroll
-      for (int e = 0; e < 8; ++e)
-        if (len < E && !(e & len)) {
-          const float a = r[e], b = r[e | len];
-          r[e] = a + b, r[e | len] = a - b;
-        }
-#pragma unroll
-    for (int m = 1; m < 32; m <<= 1)
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float o = __shfl_xor_sync(0xffffffffu, r[e], m);
-        r[e] = (lane & m) ? o - r[e] : r[e] + o;
-      }
+    fwht_lanes(r, E, lane);
 #pragma unroll
     for (int e = 0; e < 8; ++e)
       if (e < E) v[e] = r[e];
@@ -563,6 +569,33 @@ __device__ __forceinline__ uint32_t nib3_word(const uint8_t* c, int b) {
   return w;
 }
 
+// Pieces of the KV append shared by its block and warp kernels.
+// The first block advances the window ring's lower bound on the device (a captured decode
+// step stays valid): rows [end − ring_rows, end) of n new tokens ending at `end` are live.
+__device__ __forceinline__ void advance_ring_lo(const DevKVLayer& L, size_t first, int n) {
+  if (L.ring_rows > 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) {
+    const size_t end = first + n;
+    if (end > static_cast<size_t>(L.ring_rows)) *L.ring_lo = max(*L.ring_lo, static_cast<unsigned long long>(end - L.ring_rows));
+  }
+}
+// The code of u: the number of the levels − 1 sorted boundaries strictly below it.
+__device__ __forceinline__ int code_of(const float* bnd, int levels, float u) {
+  int lo = 0, hi = levels - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (bnd[mid] < u) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+// The fp16 norm stored with a row of codes: the vector's norm, divided by the codes' RMS
+// centroid (Σc² = c2 over D) when the policy corrects norms.
+__device__ __forceinline__ uint16_t stored_norm(const DevKVSide& S, float norm, float c2, int D) {
+  float stored = norm;
+  if (S.norm_correction && c2 > 0) stored = norm / sqrtf(c2 / D);
+  return __half_as_ushort(__float2half_rn(fminf(stored, 65504.0f)));
+}
+
 __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, size_t first, const int32_t* first_dev) {
   extern __shared__ float sh[];  // D floats + D bytes idx + 32 red + 256 boundaries + 256 centroids
   const int t = blockIdx.x, g = blockIdx.y, side = blockIdx.z;
@@ -580,10 +613,7 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
   }
   pdl_enter();
   if (first_dev) first = static_cast<size_t>(first_dev[0]);
-  if (L.ring_rows > 0 && t == 0 && g == 0 && side == 0 && threadIdx.x == 0) {
-    const size_t end = first + gridDim.x;
-    if (end > static_cast<size_t>(L.ring_rows)) *L.ring_lo = max(*L.ring_lo, static_cast<unsigned long long>(end - L.ring_rows));
-  }
+  advance_ring_lo(L, first, gridDim.x);
   const float* x = (side ? v : k) + (static_cast<size_t>(t) * L.n_kv_heads + g) * L.head_dim;
   const size_t pos = first + t;
   const int hd = L.head_dim;
@@ -619,13 +649,7 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
   const int levels = 1 << S.bits;
   float c2 = 0;
   for (int i = threadIdx.x; i < D; i += blockDim.x) {
-    const float u = y[i] * to_u;
-    int lo = 0, hi = levels - 1;  // number of boundaries strictly below u
-    while (lo < hi) {
-      const int mid = (lo + hi) >> 1;
-      if (bnd[mid] < u) lo = mid + 1;
-      else hi = mid;
-    }
+    const int lo = code_of(bnd, levels, y[i] * to_u);
     idx[i] = static_cast<uint8_t>(lo);
     const float c = cen[lo];
     c2 += c * c;
@@ -645,13 +669,7 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
     }
     row[byte] = static_cast<uint8_t>(val);
   }
-  if (threadIdx.x == 0) {
-    float stored = norm;
-    if (S.norm_correction && c2 > 0) stored = norm / sqrtf(c2 / D);
-    stored = fminf(stored, 65504.0f);
-    const __half h = __float2half_rn(stored);
-    S.norms[static_cast<size_t>(g) * L.cap + pos] = *reinterpret_cast<const uint16_t*>(&h);
-  }
+  if (threadIdx.x == 0) S.norms[static_cast<size_t>(g) * L.cap + pos] = stored_norm(S, norm, c2, D);
 }
 
 // The same for layers whose code sides have D = 256 and 3 (nib3), 4 or 8 bits: one warp per
@@ -676,10 +694,7 @@ __global__ void __launch_bounds__(64) kv_append_warp_kernel(DevKVLayer L, const 
   __syncwarp();
   pdl_enter();
   if (first_dev) first = static_cast<size_t>(first_dev[0]);
-  if (L.ring_rows > 0 && t == 0 && g == 0 && threadIdx.x == 0) {
-    const size_t end = first + gridDim.x;
-    if (end > static_cast<size_t>(L.ring_rows)) *L.ring_lo = max(*L.ring_lo, static_cast<unsigned long long>(end - L.ring_rows));
-  }
+  advance_ring_lo(L, first, gridDim.x);
   const float* x = (side ? v : k) + (static_cast<size_t>(t) * L.n_kv_heads + g) * L.head_dim;
   const size_t pos = first + t;
   const int hd = L.head_dim;
@@ -694,21 +709,7 @@ __global__ void __launch_bounds__(64) kv_append_warp_kernel(DevKVLayer L, const 
   float r[E];
 #pragma unroll
   for (int e = 0; e < E; ++e) r[e] = E * lane + e < hd ? x[E * lane + e] * sgn[e] : 0.0f;
-#pragma unroll
-  for (int len = 1; len < E; len <<= 1)
-#pragma unroll
-    for (int e = 0; e < E; ++e)
-      if (!(e & len)) {
-        const float a = r[e], b = r[e | len];
-        r[e] = a + b, r[e | len] = a - b;
-      }
-#pragma unroll
-  for (int m = 1; m < 32; m <<= 1)
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const float o = __shfl_xor_sync(0xffffffffu, r[e], m);
-      r[e] = (lane & m) ? o - r[e] : r[e] + o;
-    }
+  fwht_lanes(r, E, lane);
   const float rs = rsqrtf(static_cast<float>(D));
   float ss = 0;
 #pragma unroll
@@ -728,13 +729,7 @@ __global__ void __launch_bounds__(64) kv_append_warp_kernel(DevKVLayer L, const 
   float c2 = 0;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    const float u = r[e] * to_u;
-    int lo = 0, hi = levels - 1;  // number of boundaries strictly below u
-    while (lo < hi) {
-      const int mid = (lo + hi) >> 1;
-      if (bnd[side][mid] < u) lo = mid + 1;
-      else hi = mid;
-    }
+    const int lo = code_of(bnd[side], levels, r[e] * to_u);
     code[e] = lo;
     c2 += cen[side][lo] * cen[side][lo];
   }
@@ -755,12 +750,7 @@ __global__ void __launch_bounds__(64) kv_append_warp_kernel(DevKVLayer L, const 
       if (part < 3) words[3 * (lane >> 2) + part] = n | (((top >> part) & 0x11111111u) << 3);
     }
   }
-  if (lane == 0) {
-    float stored = norm;
-    if (S.norm_correction && c2 > 0) stored = norm / sqrtf(c2 / D);
-    stored = fminf(stored, 65504.0f);
-    S.norms[static_cast<size_t>(g) * L.cap + pos] = __half_as_ushort(__float2half_rn(stored));
-  }
+  if (lane == 0) S.norms[static_cast<size_t>(g) * L.cap + pos] = stored_norm(S, norm, c2, D);
 }
 
 // ---- attention: grid (kv head, query, split), 128 threads; tiles of 128 tokens ----
@@ -1150,10 +1140,6 @@ __device__ __forceinline__ void split_f16(float x, __half& hi, __half& lo) {
   hi = __float2half_rn(x);
   lo = __float2half_rn(x - __half2float(hi));
 }
-
-// Bytes per token row of a side: fp16 rows, or B-bit codes with the layout DevKV allocates
-// (codes + 1 byte read-ahead, 4-byte aligned; cuda_model.cc).
-__host__ __device__ constexpr int kv_row_bytes(int D, int B) { return B == 16 ? 2 * D : ((D * B + 7) / 8 + 2 + 3) / 4 * 4; }
 
 // A 3-bit codebook's fp16 centroids as byte planes for prmt (a register table: no shared
 // memory lookups): low bytes of entries 0-3 and 4-7, high bytes likewise.

@@ -50,6 +50,10 @@ struct DevKVSide {
   __half* ring = nullptr;  // window: [n_kv_heads][ring_rows][D], rotated domain (codes with window)
 };
 
+// Bytes per token row of a side: fp16 rows of D values, or D codes of B bits + 2 bytes (a
+// two-word read of the last codes may reach past them), rounded up to 4.
+__host__ __device__ constexpr int kv_row_bytes(int D, int B) { return B == 16 ? 2 * D : ((D * B + 7) / 8 + 2 + 3) / 4 * 4; }
+
 struct DevKVLayer {
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
   size_t cap = 0;    // tokens allocated
