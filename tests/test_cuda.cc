@@ -11,6 +11,9 @@
 
 #include "backend/cpu/ops.h"
 #include "backend/cuda/cuda_backend.h"
+#if TQ_HAVE_CUDA
+#include "backend/cuda/kernels.cuh"
+#endif
 #include "core/thread_pool.h"
 #include "kv/kv_slot.h"
 #include "model/deltanet.h"
@@ -35,6 +38,31 @@ double rel_err(const std::vector<float>& got, const std::vector<float>& ref) {
   }
   return std::sqrt(num / std::max(den, 1e-300));
 }
+
+#if TQ_HAVE_CUDA
+// The GPU's 3-bit layout (no GPU needed: the packing and unpacking are host-callable): every
+// code of a row of random codes comes back from the selectors, and the warp encoder's
+// formula (codes as nibbles, the top codes sliced in) writes the same words.
+TEST(CudaLayout, Nib3RoundTripsEveryCode) {
+  std::mt19937_64 rng(test::fresh_seed());
+  for (int D : {32, 64, 256}) {
+    std::vector<uint8_t> codes(D);
+    for (auto& c : codes) c = static_cast<uint8_t>(rng() % 8);
+    std::vector<uint32_t> row(3 * D / 32);
+    for (int w = 0; w < 3 * D / 32; ++w) {
+      const uint8_t* c = codes.data() + 32 * (w / 3);
+      row[w] = cuda::nib3_word(c, w % 3);
+      uint32_t own = 0, top = 0;
+      for (int k = 0; k < 8; ++k) own |= uint32_t{c[8 * (w % 3) + k]} << (4 * k), top |= uint32_t{c[24 + k]} << (4 * k);
+      EXPECT_EQ(cuda::nib3_word(own, top, w % 3), row[w]) << "D " << D << " word " << w;
+    }
+    for (int d = 0; d < D; ++d) {
+      const uint32_t sel = cuda::nib3_codes8(row.data(), d / 32, d % 32 / 8);
+      ASSERT_EQ((sel >> (4 * (d % 8))) & 0xF, codes[d]) << "D " << D << " code " << d;
+    }
+  }
+}
+#endif
 
 // The parity tests pin float activations (exact up to rounding); the int8 decode path (the
 // default) has its own test with a derived bound. Both restore the setting they found.

@@ -553,22 +553,6 @@ __device__ void fwht_warps(float* y, int count, int stride, int D) {
 
 __device__ void fwht_shared(float* y, int D) { fwht_warps(y, 1, D, D); }
 
-// The nib3 layout of 3-bit codes (DevKVSide::nib3): group g of 32 codes is words 3g … 3g+2.
-// Codes 8·part … 8·part + 7 of group g as the nibbles of one word (bit 3 of each clear):
-// a mask of word `part` for parts 0-2, the top bits of the three words for part 3.
-__device__ __forceinline__ uint32_t nib3_codes8(const uint32_t* row, int g, int part) {
-  const uint32_t* w = row + 3 * g;
-  if (part < 3) return w[part] & 0x77777777u;
-  return ((w[0] >> 3) & 0x11111111u) | ((w[1] >> 2) & 0x22222222u) | ((w[2] >> 1) & 0x44444444u);
-}
-// Word b of group g from the group's codes c[0..31].
-__device__ __forceinline__ uint32_t nib3_word(const uint8_t* c, int b) {
-  uint32_t w = 0;
-#pragma unroll
-  for (int k = 0; k < 8; ++k) w |= (static_cast<uint32_t>(c[8 * b + k] & 7u) << (4 * k)) | (((c[24 + k] >> b) & 1u) << (4 * k + 3));
-  return w;
-}
-
 // Pieces of the KV append shared by its block and warp kernels.
 // The first block advances the window ring's lower bound on the device (a captured decode
 // step stays valid): rows [end − ring_rows, end) of n new tokens ending at `end` are live.
@@ -659,7 +643,7 @@ __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, s
   const int code_bytes = (D * S.bits + 7) / 8;
   if (S.nib3) {
     for (int w = threadIdx.x; w < 3 * D / 32; w += blockDim.x)
-      reinterpret_cast<uint32_t*>(row)[w] = nib3_word(idx + 32 * (w / 3), w % 3);
+      reinterpret_cast<uint32_t*>(row)[w] = nib3_word(idx + 32 * (w / 3), w % 3);  // (w: word w % 3 of group w / 3)
   } else
   for (int byte = threadIdx.x; byte < code_bytes; byte += blockDim.x) {
     unsigned val = 0;
@@ -747,7 +731,7 @@ __global__ void __launch_bounds__(64) kv_append_warp_kernel(DevKVLayer L, const 
     } else {  // nib3: lanes 4q … 4q + 2 write group q's words, with lane 4q + 3's codes sliced into bit 3
       const uint32_t top = __shfl_sync(0xffffffffu, n, lane | 3);
       const int part = lane & 3;
-      if (part < 3) words[3 * (lane >> 2) + part] = n | (((top >> part) & 0x11111111u) << 3);
+      if (part < 3) words[3 * (lane >> 2) + part] = nib3_word(n, top, part);
     }
   }
   if (lane == 0) S.norms[static_cast<size_t>(g) * L.cap + pos] = stored_norm(S, norm, c2, D);
@@ -1105,35 +1089,43 @@ struct TcLayout {
   __host__ __device__ int bytes() const { return head + kTcWarps * warp; }
 };
 
+// sm_80+ instructions of the tensor-core kernel. Builds for older targets compile them to a
+// trap: the host never launches that kernel on such a GPU (tc_kernel_for).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define TQ_SM80(...) __trap()
+#else
+#define TQ_SM80(...) __VA_ARGS__
+#endif
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 // 16 bytes global → shared without registers; zeros when !valid.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
+  TQ_SM80(asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src),
+                       "r"(valid ? 16 : 0)
+                       : "memory"));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() { TQ_SM80(asm volatile("cp.async.commit_group;" ::: "memory")); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+  TQ_SM80(asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"));
 }
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p))
-               : "memory");
+  TQ_SM80(asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                       : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                       : "r"(smem_addr(p))
+                       : "memory"));
 }
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p))
-               : "memory");
+  TQ_SM80(asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                       : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                       : "r"(smem_addr(p))
+                       : "memory"));
 }
 // c += a (16×16, row) · b (16×8, col); fragments as the PTX ISA lays them out.
 __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
+  TQ_SM80(asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)));
 }
 // x = hi + lo to ≈ 22 bits, both fp16.
 __device__ __forceinline__ void split_f16(float x, __half& hi, __half& lo) {
@@ -2050,10 +2042,15 @@ TcKernel tc_kernel_dim(const DevKVLayer& L) {
 // The tensor-core kernel for this layer: fp16 rows and 2-, 3-, 4- and 8-bit codes, both
 // sides of one dim 64, 128 or 256 (none: f32 rows, small heads → attention_kernel).
 TcKernel tc_kernel_for(const DevKVLayer& L) {
+  static const bool sm80 = [] {
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 8;
+  }();
   auto side_ok = [](const DevKVSide& S) {
     return S.bits == 16 || S.bits == 8 || S.bits == 2 || S.bits == 4 || (S.bits == 3 && S.nib3);
   };
-  if (!g_attention_tc || !side_ok(L.k) || !side_ok(L.v) || L.v.dim != L.k.dim || L.n_heads > kMaxG * L.n_kv_heads)
+  if (!sm80 || !g_attention_tc || !side_ok(L.k) || !side_ok(L.v) || L.v.dim != L.k.dim || L.n_heads > kMaxG * L.n_kv_heads)
     return {};
   if (L.k.dim == 256) return tc_kernel_dim<256>(L);
   if (L.k.dim == 128) return tc_kernel_dim<128>(L);

@@ -38,7 +38,7 @@ struct DevKVSide {
   int row_bytes = 0;      // bytes per token per head in `rows`
   // 3-bit codes with D % 32 == 0 are stored in groups of 32 as 3 words whose nibbles hold
   // codes 0-23 of the group in their low 3 bits and codes 24-31 bit-sliced in their top
-  // bits (word b: bit b), so that a mask makes prmt selectors (kernels.cu, nib3_*); other
+  // bits (word b: bit b), so that a mask makes prmt selectors (nib3_* below); other
   // widths as a little-endian bit stream (code d at bit d·bits).
   bool nib3 = false;
   uint8_t* rows = nullptr;   // [n_kv_heads][cap][row_bytes]
@@ -53,6 +53,28 @@ struct DevKVSide {
 // Bytes per token row of a side: fp16 rows of D values, or D codes of B bits + 2 bytes (a
 // two-word read of the last codes may reach past them), rounded up to 4.
 __host__ __device__ constexpr int kv_row_bytes(int D, int B) { return B == 16 ? 2 * D : ((D * B + 7) / 8 + 2 + 3) / 4 * 4; }
+
+// The nib3 layout of 3-bit codes (DevKVSide::nib3): group g of 32 codes is words 3g … 3g+2;
+// word b holds codes 8b … 8b + 7 in the low 3 bits of its nibbles and bit b of codes 24-31
+// in their top bits. Word `part` (0-2) of a group from its codes as nibbles (code k at bit
+// 4k): own = codes 8·part …, top = codes 24 … 31.
+__host__ __device__ inline uint32_t nib3_word(uint32_t own, uint32_t top, int part) {
+  return own | (((top >> part) & 0x11111111u) << 3);
+}
+// Word b of a group from its 32 codes c[0..31].
+__host__ __device__ inline uint32_t nib3_word(const uint8_t* c, int b) {
+  uint32_t own = 0, top = 0;
+  for (int k = 0; k < 8; ++k) own |= static_cast<uint32_t>(c[8 * b + k] & 7u) << (4 * k), top |= static_cast<uint32_t>(c[24 + k] & 7u) << (4 * k);
+  return nib3_word(own, top, b);
+}
+// Codes 8·part … 8·part + 7 of group g of a row as the nibbles of one word, bit 3 of each
+// clear (prmt selectors): a mask of word `part` for parts 0-2, the top bits of the three
+// words for part 3.
+__host__ __device__ inline uint32_t nib3_codes8(const uint32_t* row, int g, int part) {
+  const uint32_t* w = row + 3 * g;
+  if (part < 3) return w[part] & 0x77777777u;
+  return ((w[0] >> 3) & 0x11111111u) | ((w[1] >> 2) & 0x22222222u) | ((w[2] >> 1) & 0x44444444u);
+}
 
 struct DevKVLayer {
   int n_heads = 0, n_kv_heads = 0, head_dim = 0;
