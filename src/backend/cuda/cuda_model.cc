@@ -187,6 +187,9 @@ class DevKV {
           s->ring = ring_.back().get<__half>();
         }
     }
+    // The attention kernel's shared-memory limit and occupancy are set up here, outside any
+    // graph capture (a one-token prompt's first forward is a captured decode step).
+    splits_for(L_, 1, 1);
   }
   DevKVLayer& layer() { return L_; }
   size_t tokens() const { return n_; }
