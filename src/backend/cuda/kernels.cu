@@ -1784,13 +1784,19 @@ __global__ void topk_gather_kernel(const float* __restrict__ y, int n, TopKSelec
 }
 
 // On by default where the device has it (sm_90+); TQ_CUDA_PDL=0 turns it off.
-bool pdl_enabled() {
-  static const bool on = [] {
-    if (std::getenv("TQ_CUDA_PDL") && std::getenv("TQ_CUDA_PDL")[0] == '0') return false;
-    int dev = 0, major = 0;
-    return cudaGetDevice(&dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+// The current device's compute capability major (0 if it cannot be read), read once.
+int device_major() {
+  static const int major = [] {
+    int dev = 0, m = 0;
+    const bool ok = cudaGetDevice(&dev) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess;
+    return ok ? m : 0;
   }();
+  return major;
+}
+
+bool pdl_enabled() {
+  static const bool on = !(std::getenv("TQ_CUDA_PDL") && std::getenv("TQ_CUDA_PDL")[0] == '0') && device_major() >= 9;
   return on;
 }
 
@@ -2040,17 +2046,13 @@ TcKernel tc_kernel_dim(const DevKVLayer& L) {
   return tc_kernel<D, 0, 0>(L);
 }
 // The tensor-core kernel for this layer: fp16 rows and 2-, 3-, 4- and 8-bit codes, both
-// sides of one dim 64, 128 or 256 (none: f32 rows, small heads → attention_kernel).
+// sides of one dim 64, 128 or 256, on sm_80+ (none: f32 rows, small heads, older GPUs →
+// attention_kernel).
 TcKernel tc_kernel_for(const DevKVLayer& L) {
-  static const bool sm80 = [] {
-    int dev = 0, major = 0;
-    return cudaGetDevice(&dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 8;
-  }();
   auto side_ok = [](const DevKVSide& S) {
     return S.bits == 16 || S.bits == 8 || S.bits == 2 || S.bits == 4 || (S.bits == 3 && S.nib3);
   };
-  if (!sm80 || !g_attention_tc || !side_ok(L.k) || !side_ok(L.v) || L.v.dim != L.k.dim || L.n_heads > kMaxG * L.n_kv_heads)
+  if (device_major() < 8 || !g_attention_tc || !side_ok(L.k) || !side_ok(L.v) || L.v.dim != L.k.dim || L.n_heads > kMaxG * L.n_kv_heads)
     return {};
   if (L.k.dim == 256) return tc_kernel_dim<256>(L);
   if (L.k.dim == 128) return tc_kernel_dim<128>(L);
