@@ -554,12 +554,39 @@ __device__ void fwht_warps(float* y, int count, int stride, int D) {
 __device__ void fwht_shared(float* y, int D) { fwht_warps(y, 1, D, D); }
 
 // Pieces of the KV append shared by its block and warp kernels.
-// The first block advances the window ring's lower bound on the device (a captured decode
-// step stays valid): rows [end − ring_rows, end) of n new tokens ending at `end` are live.
-__device__ __forceinline__ void advance_ring_lo(const DevKVLayer& L, size_t first, int n) {
-  if (L.ring_rows > 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) {
-    const size_t end = first + n;
+// A code side's codebook into shared memory: centroids cen[levels], boundaries bnd[levels − 1]
+// (threads `from`, `from + step`, …).
+__device__ __forceinline__ void load_codebook(const DevKVSide& S, float* cen, float* bnd, int from, int step) {
+  const int levels = 1 << S.bits;
+  for (int i = from; i < levels; i += step) {
+    cen[i] = S.centroids[i];
+    if (i + 1 < levels) bnd[i] = S.boundaries[i];
+  }
+}
+// Where token t (grid x) of kv head g (grid y) comes from and goes to, after the wait: the
+// device's first position when given; the first block also advances the window ring's lower
+// bound on the device (a captured decode step stays valid: rows [end − ring_rows, end) are live).
+struct AppendRow {
+  const float* x;  // the new vector (head_dim values)
+  size_t pos;      // its position in the cache
+};
+__device__ __forceinline__ AppendRow append_row(const DevKVLayer& L, const float* k, const float* v, int side,
+                                                size_t first, const int32_t* first_dev) {
+  const int t = blockIdx.x, g = blockIdx.y;
+  if (first_dev) first = static_cast<size_t>(first_dev[0]);
+  if (L.ring_rows > 0 && t == 0 && g == 0 && blockIdx.z == 0 && threadIdx.x == 0) {
+    const size_t end = first + gridDim.x;
     if (end > static_cast<size_t>(L.ring_rows)) *L.ring_lo = max(*L.ring_lo, static_cast<unsigned long long>(end - L.ring_rows));
+  }
+  return {(side ? v : k) + (static_cast<size_t>(t) * L.n_kv_heads + g) * L.head_dim, first + t};
+}
+// A dense side's row (fp16 or f32) by threads `from`, `from + step`, ….
+__device__ __forceinline__ void store_dense_row(const DevKVLayer& L, const DevKVSide& S, int g, const AppendRow& r,
+                                                int from, int step) {
+  uint8_t* row = S.rows + (static_cast<size_t>(g) * L.cap + r.pos) * S.row_bytes;
+  for (int i = from; i < L.head_dim; i += step) {
+    if (S.bits == 16) reinterpret_cast<__half*>(row)[i] = __float2half_rn(r.x[i]);
+    else reinterpret_cast<float*>(row)[i] = r.x[i];
   }
 }
 // The code of u: the number of the levels − 1 sorted boundaries strictly below it.
@@ -582,33 +609,23 @@ __device__ __forceinline__ uint16_t stored_norm(const DevKVSide& S, float norm, 
 
 __global__ void kv_append_kernel(DevKVLayer L, const float* k, const float* v, size_t first, const int32_t* first_dev) {
   extern __shared__ float sh[];  // D floats + D bytes idx + 32 red + 256 boundaries + 256 centroids
-  const int t = blockIdx.x, g = blockIdx.y, side = blockIdx.z;
+  const int g = blockIdx.y, side = blockIdx.z;
   const DevKVSide& S = side ? L.v : L.k;
   const int D = S.dim;
   float* bnd = sh + D + (D + 3) / 4 + 32;
   float* cen = bnd + 256;
   float* y = sh;  // the rotation's signs, then the rotated vector
   if (S.bits < 16) {  // (the codebook and signs do not depend on the previous kernel: before the wait)
-    for (int i = threadIdx.x; i < (1 << S.bits); i += blockDim.x) {
-      cen[i] = S.centroids[i];
-      if (i + 1 < (1 << S.bits)) bnd[i] = S.boundaries[i];
-    }
+    load_codebook(S, cen, bnd, threadIdx.x, blockDim.x);
     for (int i = threadIdx.x; i < D; i += blockDim.x) y[i] = S.signs[static_cast<size_t>(g) * D + i];
   }
   pdl_enter();
-  if (first_dev) first = static_cast<size_t>(first_dev[0]);
-  advance_ring_lo(L, first, gridDim.x);
-  const float* x = (side ? v : k) + (static_cast<size_t>(t) * L.n_kv_heads + g) * L.head_dim;
-  const size_t pos = first + t;
+  const AppendRow src = append_row(L, k, v, side, first, first_dev);
+  const float* x = src.x;
+  const size_t pos = src.pos;
   const int hd = L.head_dim;
-  if (S.bits == 16) {
-    __half* row = reinterpret_cast<__half*>(S.rows + (static_cast<size_t>(g) * L.cap + pos) * S.row_bytes);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) row[i] = __float2half_rn(x[i]);
-    return;
-  }
-  if (S.bits == 32) {
-    float* row = reinterpret_cast<float*>(S.rows + (static_cast<size_t>(g) * L.cap + pos) * S.row_bytes);
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) row[i] = x[i];
+  if (S.bits >= 16) {
+    store_dense_row(L, S, g, src, threadIdx.x, blockDim.x);
     return;
   }
   uint8_t* idx = reinterpret_cast<uint8_t*>(sh + D);
@@ -665,29 +682,21 @@ __global__ void __launch_bounds__(64) kv_append_warp_kernel(DevKVLayer L, const 
                                                             const int32_t* first_dev) {
   constexpr int D = 256, E = 8;
   __shared__ float bnd[2][256], cen[2][256];
-  const int t = blockIdx.x, g = blockIdx.y, side = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = blockIdx.y, side = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const DevKVSide& S = side ? L.v : L.k;
   const int levels = S.bits < 16 ? 1 << S.bits : 0;
   float sgn[E];
-  for (int i = lane; i < levels; i += 32) {  // (codebook and signs: before the wait)
-    cen[side][i] = S.centroids[i];
-    if (i + 1 < levels) bnd[side][i] = S.boundaries[i];
-  }
+  if (levels) load_codebook(S, cen[side], bnd[side], lane, 32);  // (codebook and signs: before the wait)
 #pragma unroll
   for (int e = 0; e < E; ++e) sgn[e] = levels ? S.signs[static_cast<size_t>(g) * D + E * lane + e] : 0.0f;
   __syncwarp();
   pdl_enter();
-  if (first_dev) first = static_cast<size_t>(first_dev[0]);
-  advance_ring_lo(L, first, gridDim.x);
-  const float* x = (side ? v : k) + (static_cast<size_t>(t) * L.n_kv_heads + g) * L.head_dim;
-  const size_t pos = first + t;
+  const AppendRow src = append_row(L, k, v, side, first, first_dev);
+  const float* x = src.x;
+  const size_t pos = src.pos;
   const int hd = L.head_dim;
   if (S.bits >= 16) {
-    uint8_t* row = S.rows + (static_cast<size_t>(g) * L.cap + pos) * S.row_bytes;
-    for (int i = lane; i < hd; i += 32) {
-      if (S.bits == 16) reinterpret_cast<__half*>(row)[i] = __float2half_rn(x[i]);
-      else reinterpret_cast<float*>(row)[i] = x[i];
-    }
+    store_dense_row(L, S, g, src, lane, 32);
     return;
   }
   float r[E];
@@ -1160,10 +1169,12 @@ __device__ __forceinline__ uint4 decode8_sel(uint32_t s, const Prmt8& t) {
 
 // cp.async of a chunk's 16 rows of one side into its stage: fp16 rows padded to D + 8
 // halves (rows at or past n_valid zero-filled: their weight is 0, and 0 · garbage could be
-// NaN), code rows and their 16 norms as stored. rb: bytes per stored row.
+// NaN), code rows and their 16 norms as stored. bits, rb: the side's format and bytes per
+// stored row (compile-time constants where the format is); row: the chunk's first row of S.
 template <int D>
-__device__ __forceinline__ void issue_side(int bits, int rb, const uint8_t* src, const uint16_t* norms, unsigned char* dst,
+__device__ __forceinline__ void issue_side(const DevKVSide& S, int bits, int rb, size_t row, unsigned char* dst,
                                            unsigned char* ndst, int lane, int n_valid) {
+  const uint8_t* src = S.rows + row * rb;
   if (bits == 16) {
     constexpr int LPT = D / 8, RPI = 32 / LPT;
     const int j = lane % LPT, r0 = lane / LPT;
@@ -1176,7 +1187,7 @@ __device__ __forceinline__ void issue_side(int bits, int rb, const uint8_t* src,
 #pragma unroll
     for (int k = 0; k < (rb + 31) / 32; ++k)  // 16 rows = rb pieces
       if (lane + 32 * k < rb) cp_async16(dst + 16 * (lane + 32 * k), src + 16 * (lane + 32 * k), true);
-    if (lane < 2) cp_async16(ndst + 16 * lane, norms + 8 * lane, true);
+    if (lane < 2) cp_async16(ndst + 16 * lane, S.norms + row + 8 * lane, true);
   }
 }
 
@@ -1340,9 +1351,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   auto issue = [&](size_t c, int st) {
     unsigned char* sg = mine + st * lay.stage;
     const int nv = valid_in(c);
-    issue_side<D>(kb, rbk, L.k.rows + (row0 + c) * rbk, L.k.norms + row0 + c, sg, sg + lay.k_raw + lay.v_raw, lane, nv);
-    issue_side<D>(vb, rbv, L.v.rows + (row0 + c) * rbv, L.v.norms + row0 + c, sg + lay.k_raw,
-                  sg + lay.k_raw + lay.v_raw + 32, lane, nv);
+    issue_side<D>(L.k, kb, rbk, row0 + c, sg, sg + lay.k_raw + lay.v_raw, lane, nv);
+    issue_side<D>(L.v, vb, rbv, row0 + c, sg + lay.k_raw, sg + lay.k_raw + lay.v_raw + 32, lane, nv);
   };
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // heads 2·tig, 2·tig + 1
