@@ -54,7 +54,13 @@ TEST(Quantizer, EncodeDecodeMatchesFloat64Reference) {
             ++mismatches;
           }
           if (mismatches) continue;
-          EXPECT_EQ(n, f32_to_f16(static_cast<float>(e.norm))) << d << " " << bits;
+          // The stored norm comes from the float rotation, whose result is within ≈ 2·(log2 D + 1)·2^-24 of the
+          // float64 one relatively (one rounding per butterfly stage, margin 2): where the float64 norm lies that
+          // close to an fp16 rounding midpoint, either neighbour is right (seed 932327752765179349 met one).
+          const double rel = 2.0 * (std::log2(static_cast<double>(D)) + 1) * std::ldexp(1.0, -24);
+          const uint16_t n_lo = f32_to_f16(static_cast<float>(e.norm * (1 - rel)));
+          const uint16_t n_hi = f32_to_f16(static_cast<float>(e.norm * (1 + rel)));
+          EXPECT_TRUE(n == n_lo || n == n_hi) << d << " " << bits << ": " << n << " not in {" << n_lo << ", " << n_hi << "}";
           q.decode(codes.data(), n, out.data(), scratch.data());
           auto back = ref::decode(q, e.idx, f16_to_f32(n));
           double scale = 0;
