@@ -145,8 +145,10 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
-  // (query heads per KV head: 4, 2, 4, 8, 3, 1, 2)
-  const std::vector<KVGeometry> geos = {{16, 4, 256}, {4, 2, 256}, {8, 2, 128}, {16, 2, 128}, {6, 2, 64}, {8, 8, 64}, {8, 4, 8}};
+  // (query heads per KV head: 4, 2, 8, 4, 8, 3, 1, 2; 3-bit codes of dim 256 with ≤ 4 take the
+  // tensor-core kernel's direct path, 8 its tile path)
+  const std::vector<KVGeometry> geos = {{16, 4, 256}, {4, 2, 256}, {16, 2, 256}, {8, 2, 128},
+                                        {16, 2, 128}, {6, 2, 64},  {8, 8, 64},   {8, 4, 8}};
   for (const char* pol : {"fp16", "f32", "tq3", "tq4", "k8v3", "tq3+w0", "k16v3", "tq2+w16"}) {
     const CachePolicy p = CachePolicy::parse(pol);
     double worst_cpu = 0, worst_kernels = 0;

@@ -1068,7 +1068,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
 // pipeline of raw rows: fp16 rows land padded to R halves (ready for ldmatrix), code rows
 // land as stored and are decoded, half the dims at a time, into an fp16 tile (3-bit codes
 // by prmt from a register table, see nib3; 2/4-bit through a shared table of centroid
-// pairs; 8-bit one lookup per code). Scores are K̂ (16 tokens × D) · Q (D × 8 query-head
+// pairs; 8-bit one lookup per code; 3-bit codes of 256-dim heads with at most 4 query heads
+// per KV head skip the tile: the direct path, below). Scores are K̂ (16 tokens × D) · Q (D × 8 query-head
 // columns); each warp keeps its own online softmax per head (the running max moves only by
 // 2^8, so rescaling is rare); values are added as V̂ᵀ (D × 16 tokens) · P (16 tokens × 8 heads). Queries and weights enter the products as
 // fp16 hi + lo pairs (≈ 22 significant bits), so fp16 caches agree with the CPU to float
@@ -1285,9 +1286,106 @@ __device__ __forceinline__ void decode_tile(int half, int b, int rb, const uint3
   else decode_tile_b<D, 8>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
 }
 
+// The direct path (3-bit codes on both sides, D = 256): codes decode straight into the mma
+// fragments, no fp16 tile. The products' inner and row indices may follow any order of the
+// dims as long as both operands (and the output's reader) agree, so each lane is given
+// dims that sit together in storage:
+// - scores: k-step kk's column 2·tig + (e & 1) + 8·(e >> 1) is stored dim 64·tig + 4·kk + e,
+//   so a lane's 64 dims of a row are its two nib3 groups 2·tig and 2·tig + 1, and one
+//   selector's 8 centroids are the A words of two k-steps (the queries are laid out in
+//   shared memory in this order: kDirectQ);
+// - values: m-tile mt's rows gid and gid + 8 are stored dims 32·gid + 2·mt and + 1, so a
+//   lane's 32 dims are nib3 group gid; the words of two tokens are paired by one prmt each.
+__host__ __device__ constexpr int direct_q_dim(int p) {  // stored dim at column p of the scores' k order
+  return 64 * ((p & 7) >> 1) + 4 * (p >> 4) + (p & 1) + 2 * ((p >> 3) & 1);
+}
+// One chunk row (token r) as the direct path reads it: its code words in the stage and, in
+// chunks that reach the window, its fp16 window row — read unconditionally (any row of
+// the ring buffer; the value is used only for tokens in the window), so that the loads of
+// a row go out together instead of one round trip each behind a branch.
+struct DirectRow {
+  const uint32_t* raw;
+  const __half* ring;
+  bool coded, valid;
+};
+template <bool kPlain>
+__device__ __forceinline__ DirectRow direct_row(const uint32_t* raw, int rw, int r, int n_valid, int n_coded,
+                                                const __half* ring, int ring_rows, int c_mod) {
+  return {raw + r * rw, kPlain ? nullptr : ring + ((c_mod + r) % ring_rows) * 256, kPlain || r < n_coded, r < n_valid};
+}
+// 8 centroids of one selector of a row (stored dims d0 … d0 + 7, d0 a multiple of 8): codes
+// when coded, the window row's values when valid, else zeros.
+template <bool kPlain>
+__device__ __forceinline__ uint4 direct_words(const DirectRow& row, int g, int part, const Prmt8& t, int d0) {
+  const uint4 d = decode8_sel(nib3_codes8(row.raw, g, part), t);
+  if (kPlain) return d;
+  const uint4 w = *reinterpret_cast<const uint4*>(row.ring + d0);
+  return row.coded ? d : row.valid ? w : make_uint4(0, 0, 0, 0);
+}
+// With at most 4 query heads per KV head, the 8 columns of the B operands hold the queries'
+// (and the weights') fp16 hi parts in columns 0-3 and lo parts in 4-7: one mma per tile
+// gives both, added across lanes tig and tig ^ 2 (scores) or at the end (values).
+// s += K̂ · [Q hi | Q lo] over the chunk, K̂ straight from the raw rows (stride rw words).
+// Even and odd k-step pairs accumulate apart (s, s2; two mma chains of 8, not one of 16:
+// with few warps per SM the chain's latency is the chunk's).
+template <bool kPlain>
+__device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], const uint32_t* kr, int rw, const __half* qh, int R,
+                                              const Prmt8& t, int lane, int n_valid, int n_coded, const __half* ring,
+                                              int ring_rows, int c_mod) {
+  const int gid = lane >> 2, tig = lane & 3;
+  const DirectRow r0 = direct_row<kPlain>(kr, rw, gid, n_valid, n_coded, ring, ring_rows, c_mod);
+  const DirectRow r1 = direct_row<kPlain>(kr, rw, gid + 8, n_valid, n_coded, ring, ring_rows, c_mod);
+#pragma unroll
+  for (int gq = 0; gq < 2; ++gq) {
+    uint4 u0[4], u1[4];  // rows gid, gid + 8
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int d0 = 64 * tig + 32 * gq + 8 * j;
+      u0[j] = direct_words<kPlain>(r0, 2 * tig + gq, j, t, d0);
+      u1[j] = direct_words<kPlain>(r1, 2 * tig + gq, j, t, d0);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint32_t b[4];
+      ldsm_x4(b, qh + (lane & 7) * R + 16 * (8 * gq + 2 * j) + (lane >> 3) * 8);
+      const uint32_t a0[4] = {u0[j].x, u1[j].x, u0[j].y, u1[j].y}, a1[4] = {u0[j].z, u1[j].z, u0[j].w, u1[j].w};
+      mma_16816(j & 1 ? s2 : s, a0, b[0], b[1]);
+      mma_16816(j & 1 ? s2 : s, a1, b[2], b[3]);
+    }
+  }
+}
+// acc += V̂ᵀ · [P hi | P lo] (b0, b1) over the chunk, V̂ straight from the raw rows.
+template <bool kPlain>
+__device__ __forceinline__ void direct_values(float (&acc)[16][4], const uint32_t* vr, int rw, uint32_t b0, uint32_t b1,
+                                              const Prmt8& t, int lane, int n_valid, int n_coded, const __half* ring,
+                                              int ring_rows, int c_mod) {
+  const int gid = lane >> 2, tig = lane & 3;
+  DirectRow rows[4];  // tokens 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9
+#pragma unroll
+  for (int u = 0; u < 4; ++u)
+    rows[u] = direct_row<kPlain>(vr, rw, 2 * tig + (u & 1) + 8 * (u >> 1), n_valid, n_coded, ring, ring_rows, c_mod);
+#pragma unroll
+  for (int part = 0; part < 4; ++part) {
+    uint4 w[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) w[u] = direct_words<kPlain>(rows[u], gid, part, t, 32 * gid + 8 * part);
+    const uint32_t* w0 = &w[0].x;
+    const uint32_t* w1 = &w[1].x;
+    const uint32_t* w2 = &w[2].x;
+    const uint32_t* w3 = &w[3].x;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t a[4] = {__byte_perm(w0[i], w1[i], 0x5410), __byte_perm(w0[i], w1[i], 0x7632),
+                             __byte_perm(w2[i], w3[i], 0x5410), __byte_perm(w2[i], w3[i], 0x7632)};
+      mma_16816(acc[4 * part + i], a, b0, b1);
+    }
+  }
+}
+
 // D: the padded dim of both sides (64, 128, 256); KB, VB: the sides' formats compiled in
-// (16: fp16 rows, else code bits; 0: the layer's, read at run time).
-template <int D, int KB, int VB>
+// (16: fp16 rows, else code bits; 0: the layer's, read at run time); DIRECT: the direct
+// path above (D = 256, KB = VB = 3, at most 4 query heads per KV head).
+template <int D, int KB, int VB, bool DIRECT = false>
 __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
                                                                      int n_splits, size_t n_tokens, float scale,
                                                                      float* part_ml, float* part_acc) {
@@ -1334,7 +1432,11 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   if (kb < 16) fwht_warps(qf, G, D, D);  // (syncs before and after)
   else __syncthreads();
   const float qscale = kb < 16 ? rsqrtf(static_cast<float>(D)) : 1.0f;
-  for (int i = tid; i < 8 * D; i += blockDim.x) split_f16(qf[i] * qscale, qh[(i / D) * R + i % D], qh[8 * R + (i / D) * R + i % D]);
+  for (int i = tid; i < (DIRECT ? 4 : 8) * D; i += blockDim.x) {  // DIRECT: rows 0-3 hi, 4-7 lo
+    const int h = i / D, d = i % D;
+    if (DIRECT) split_f16(qf[h * D + direct_q_dim(d)] * qscale, qh[h * R + d], qh[(4 + h) * R + d]);
+    else split_f16(qf[i] * qscale, qh[h * R + d], qh[8 * R + h * R + d]);
+  }
   __syncthreads();
   pdl_enter();
   const size_t ring_lo = L.window > 0 ? static_cast<size_t>(*L.ring_lo) : 0;
@@ -1394,7 +1496,15 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
         mma_16816(sb, a1, bl[2], bl[3]);
       }
     };
-    if (kb < 16) {
+    const bool plain = n_coded >= n_valid;  // (rows past n_valid decode to finite centroids; their weight is 0)
+    const int c_mod = !DIRECT || plain || L.ring_rows == 0 ? 0 : static_cast<int>(c % L.ring_rows);  // (direct path)
+    if constexpr (DIRECT) {
+      const uint32_t* kr = reinterpret_cast<const uint32_t*>(sg);
+      if (plain) direct_scores<true>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
+      else direct_scores<false>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, kring, L.ring_rows, c_mod);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) sa[k] += sb[k], sb[k] = 0, sa[k] += __shfl_xor_sync(0xffffffffu, sa[k], 2);  // hi + lo columns
+    } else if (kb < 16) {
       auto pass = [&](int half) {  // (called with constants: the k-steps unroll)
         decode_tile<D>(half, kb, rbk, reinterpret_cast<const uint32_t*>(sg), t3[0], lut, tile, lane, n_valid, n_coded,
                        kring, L.ring_rows, c);
@@ -1437,8 +1547,16 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
       l[j] = l[j] * corr[j] + sum;
       m[j] = mn;
       const int h = 2 * tig + j;
-      split_f16(valid[0] ? p0 * vs[0] : 0.0f, pb[h * 16 + gid], pb[128 + h * 16 + gid]);
-      split_f16(valid[1] ? p1 * vs[1] : 0.0f, pb[h * 16 + gid + 8], pb[128 + h * 16 + gid + 8]);
+      if constexpr (DIRECT) {  // column h: head h & 3, its hi (h < 4) or lo part
+        __half hi, lo;
+        split_f16(valid[0] ? p0 * vs[0] : 0.0f, hi, lo);
+        pb[h * 16 + gid] = tig < 2 ? hi : lo;
+        split_f16(valid[1] ? p1 * vs[1] : 0.0f, hi, lo);
+        pb[h * 16 + gid + 8] = tig < 2 ? hi : lo;
+      } else {
+        split_f16(valid[0] ? p0 * vs[0] : 0.0f, pb[h * 16 + gid], pb[128 + h * 16 + gid]);
+        split_f16(valid[1] ? p1 * vs[1] : 0.0f, pb[h * 16 + gid + 8], pb[128 + h * 16 + gid + 8]);
+      }
     }
     if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f))
 #pragma unroll
@@ -1458,7 +1576,11 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
         mma_16816(acc[mt], a, bl0, bl1);
       }
     };
-    if (vb < 16) {
+    if constexpr (DIRECT) {
+      const uint32_t* vr = reinterpret_cast<const uint32_t*>(sg + lay.k_raw);
+      if (plain) direct_values<true>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, n_coded, nullptr, 1, 0);
+      else direct_values<false>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, n_coded, vring, L.ring_rows, c_mod);
+    } else if (vb < 16) {
       auto pass = [&](int half) {  // (called with constants: acc stays in registers)
         decode_tile<D>(half, vb, rbv, reinterpret_cast<const uint32_t*>(sg + lay.k_raw), t3[1], lut + 256, tile, lane,
                        n_valid, n_coded, vring, L.ring_rows, c);
@@ -1479,7 +1601,12 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   float* red = reinterpret_cast<float*>(sm);  // [warp][8 heads][m, l] (the queries are done)
 #pragma unroll
   for (int j = 0; j < 2; ++j) m[j] *= 0.693147180559945309f;  // (−∞ stays −∞)
-  if (gid == 0)
+  if constexpr (DIRECT)  // the lo columns' values onto the hi ones (lanes tig ^ 2 hold the same dims and m, l)
+#pragma unroll
+    for (int mt = 0; mt < D / 16; ++mt)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[mt][k] += __shfl_xor_sync(0xffffffffu, acc[mt][k], 2);
+  if (gid == 0 && (!DIRECT || tig < 2))
 #pragma unroll
     for (int j = 0; j < 2; ++j) red[(warp * 8 + 2 * tig + j) * 2] = m[j], red[(warp * 8 + 2 * tig + j) * 2 + 1] = l[j];
   __syncthreads();
@@ -1492,9 +1619,9 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     const float f = m[j] == -INFINITY ? 0.0f : expf(m[j] - M);
     if (h < G)
 #pragma unroll
-      for (int mt = 0; mt < D / 16; ++mt) {
-        wacc[h * D + 16 * mt + gid] = acc[mt][j] * f;
-        wacc[h * D + 16 * mt + gid + 8] = acc[mt][2 + j] * f;
+      for (int mt = 0; mt < D / 16; ++mt) {  // (rows gid, gid + 8 of m-tile mt: see DIRECT)
+        wacc[h * D + (DIRECT ? 32 * gid + 2 * mt : 16 * mt + gid)] = acc[mt][j] * f;
+        wacc[h * D + (DIRECT ? 32 * gid + 2 * mt + 1 : 16 * mt + gid + 8)] = acc[mt][2 + j] * f;
       }
   }
   __syncthreads();
@@ -2035,9 +2162,9 @@ struct TcKernel {
   TcKernelFn fn = nullptr;
   int bytes = 0;  // dynamic shared memory
 };
-template <int D, int KB, int VB>
+template <int D, int KB, int VB, bool DIRECT = false>
 TcKernel tc_kernel(const DevKVLayer& L) {
-  TcKernel k{attention_tc_kernel<D, KB, VB>, TcLayout(L, D).bytes()};
+  TcKernel k{attention_tc_kernel<D, KB, VB, DIRECT>, TcLayout(L, D).bytes()};
   static int allowed = 48 << 10;  // per instantiation: dynamic shared memory opted into so far
   if (k.bytes > allowed) {
     TQ_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
@@ -2050,6 +2177,8 @@ TcKernel tc_kernel_dim(const DevKVLayer& L) {
   auto both = [&](int b) {
     return L.k.bits == b && L.v.bits == b && L.k.row_bytes == kv_row_bytes(D, b) && L.v.row_bytes == kv_row_bytes(D, b);
   };
+  if constexpr (D == 256)
+    if (both(3) && L.n_heads <= 4 * L.n_kv_heads) return tc_kernel<D, 3, 3, true>(L);
   if (both(3)) return tc_kernel<D, 3, 3>(L);
   if (both(4)) return tc_kernel<D, 4, 4>(L);
   if (both(16)) return tc_kernel<D, 16, 16>(L);
