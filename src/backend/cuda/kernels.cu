@@ -1224,11 +1224,13 @@ __device__ __forceinline__ uint4 decode8(const uint32_t* w, int sh, const __half
 // stored rows decodes as straight-line code (the tokens interleave; rows past n_valid hold
 // whatever codes, which decode to finite centroids and get weight 0); with window tokens,
 // tokens at or past n_coded come from the fp16 ring (ring: this head's ring rows; c: the
-// chunk's first token), at or past n_valid are zeros.
+// chunk's first token, c_mod = c mod ring_rows), at or past n_valid are zeros. The window
+// rows are read first, unconditionally (any row of the ring buffer; used only for window
+// tokens), so their loads go out together rather than one round trip per token.
 template <int D, int B>
 __device__ __forceinline__ void decode_tile_b(int half, int rb, const uint32_t* raw, const __half2* lut,
                                               __half* tile, int lane, int n_valid, int n_coded, const __half* ring,
-                                              int ring_rows, size_t c) {
+                                              int ring_rows, int c_mod) {
   constexpr int R = D / 2 + 8, LPT = D / 16, TPP = 32 / LPT;
   const int j = lane % LPT, i0 = lane / LPT;
   const int lane_bit = i0 * rb * 8 + 8 * B * (j + half * LPT), sh = lane_bit & 31;
@@ -1240,12 +1242,20 @@ __device__ __forceinline__ void decode_tile_b(int half, int rb, const uint32_t* 
       *reinterpret_cast<uint4*>(tl + k * TPP * R) = decode8<B>(wl + k * TPP * rb / 4, sh, lut);
     return;
   }
-  for (int k = 0; k < kTcTok / TPP; ++k) {
-    const int i = k * TPP + i0;
-    uint4 out = make_uint4(0, 0, 0, 0);
-    if (i < n_valid && i < n_coded) out = decode8<B>(wl + k * TPP * rb / 4, sh, lut);
-    else if (i < n_valid) out = reinterpret_cast<const uint4*>(ring + ((c + i) % ring_rows) * D)[j + half * LPT];
-    *reinterpret_cast<uint4*>(tl + k * TPP * R) = out;
+  constexpr int KN = kTcTok / TPP, KB = KN < 4 ? KN : 4;  // rows per lane; window loads in flight together
+#pragma unroll
+  for (int k0 = 0; k0 < KN; k0 += KB) {
+    uint4 win[KB];
+#pragma unroll
+    for (int k = 0; k < KB; ++k)
+      win[k] = reinterpret_cast<const uint4*>(ring + ((c_mod + (k0 + k) * TPP + i0) % ring_rows) * D)[j + half * LPT];
+#pragma unroll
+    for (int k = 0; k < KB; ++k) {
+      const int i = (k0 + k) * TPP + i0;
+      uint4 out = i < n_valid ? win[k] : make_uint4(0, 0, 0, 0);
+      if (i < n_coded) out = decode8<B>(wl + (k0 + k) * TPP * rb / 4, sh, lut);  // (decodes only coded rows)
+      *reinterpret_cast<uint4*>(tl + (k0 + k) * TPP * R) = out;
+    }
   }
 }
 // The same for 3-bit codes (nib3 layout, D % 32 == 0): a lane decodes whole groups of 32
@@ -1254,15 +1264,21 @@ __device__ __forceinline__ void decode_tile_b(int half, int rb, const uint32_t* 
 template <int D>
 __device__ __forceinline__ void decode_tile_nib3(int half, int rb, const uint32_t* raw, const Prmt8& t3, __half* tile,
                                                  int lane, int n_valid, int n_coded, const __half* ring, int ring_rows,
-                                                 size_t c) {
+                                                 int c_mod) {
   constexpr int R = D / 2 + 8, GPR = D / 64, GROUPS = kTcTok * GPR;  // groups per half row; per pass
   const bool plain = n_coded >= n_valid;  // (rows past n_valid decode to finite centroids; their weight is 0)
 #pragma unroll
   for (int q0 = 0; q0 < GROUPS; q0 += 32) {
     const int q = q0 + lane, i = q / GPR, gg = q % GPR, g = half * GPR + gg;
     if (GROUPS % 32 != 0 && q >= GROUPS) break;  // (D = 64: 16 groups)
+    uint4 win[4];  // the window row (see decode_tile_b), in chunks that reach the window
+    if (!plain) {
+      const uint4* src = reinterpret_cast<const uint4*>(ring + ((c_mod + i) % ring_rows) * D) + 4 * g;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) win[e] = src[e];
+    }
     uint4* out = reinterpret_cast<uint4*>(tile + i * R + 32 * gg);
-    if (plain || (i < n_valid && i < n_coded)) {
+    if (plain || i < n_coded) {
       const uint32_t* w = raw + i * (rb / 4) + 3 * g;
       const uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
       out[0] = decode8_sel(w0 & 0x77777777u, t3);
@@ -1270,20 +1286,19 @@ __device__ __forceinline__ void decode_tile_nib3(int half, int rb, const uint32_
       out[2] = decode8_sel(w2 & 0x77777777u, t3);
       out[3] = decode8_sel(((w0 >> 3) & 0x11111111u) | ((w1 >> 2) & 0x22222222u) | ((w2 >> 1) & 0x44444444u), t3);
     } else {
-      const uint4* src = reinterpret_cast<const uint4*>(ring + ((c + i) % ring_rows) * D) + 4 * g;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) out[e] = i < n_valid ? src[e] : make_uint4(0, 0, 0, 0);
+      for (int e = 0; e < 4; ++e) out[e] = i < n_valid ? win[e] : make_uint4(0, 0, 0, 0);
     }
   }
 }
 template <int D>
 __device__ __forceinline__ void decode_tile(int half, int b, int rb, const uint32_t* raw, const Prmt8& t3,
                                             const __half2* lut, __half* tile, int lane, int n_valid, int n_coded,
-                                            const __half* ring, int ring_rows, size_t c) {
-  if (b == 3) decode_tile_nib3<D>(half, rb, raw, t3, tile, lane, n_valid, n_coded, ring, ring_rows, c);
-  else if (b == 4) decode_tile_b<D, 4>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
-  else if (b == 2) decode_tile_b<D, 2>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
-  else decode_tile_b<D, 8>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c);
+                                            const __half* ring, int ring_rows, int c_mod) {
+  if (b == 3) decode_tile_nib3<D>(half, rb, raw, t3, tile, lane, n_valid, n_coded, ring, ring_rows, c_mod);
+  else if (b == 4) decode_tile_b<D, 4>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c_mod);
+  else if (b == 2) decode_tile_b<D, 2>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c_mod);
+  else decode_tile_b<D, 8>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c_mod);
 }
 
 // The direct path (3-bit codes on both sides, D = 256): codes decode straight into the mma
@@ -1497,7 +1512,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
       }
     };
     const bool plain = n_coded >= n_valid;  // (rows past n_valid decode to finite centroids; their weight is 0)
-    const int c_mod = !DIRECT || plain || L.ring_rows == 0 ? 0 : static_cast<int>(c % L.ring_rows);  // (direct path)
+    const int c_mod = plain || L.ring_rows == 0 ? 0 : static_cast<int>(c % L.ring_rows);
     if constexpr (DIRECT) {
       const uint32_t* kr = reinterpret_cast<const uint32_t*>(sg);
       if (plain) direct_scores<true>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
@@ -1507,7 +1522,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     } else if (kb < 16) {
       auto pass = [&](int half) {  // (called with constants: the k-steps unroll)
         decode_tile<D>(half, kb, rbk, reinterpret_cast<const uint32_t*>(sg), t3[0], lut, tile, lane, n_valid, n_coded,
-                       kring, L.ring_rows, c);
+                       kring, L.ring_rows, c_mod);
         __syncwarp();
         scores(tile, D / 2 + 8, half * D / 32, (half + 1) * D / 32);
         __syncwarp();  // every lane's reads done before the tile is rewritten
@@ -1583,7 +1598,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     } else if (vb < 16) {
       auto pass = [&](int half) {  // (called with constants: acc stays in registers)
         decode_tile<D>(half, vb, rbv, reinterpret_cast<const uint32_t*>(sg + lay.k_raw), t3[1], lut + 256, tile, lane,
-                       n_valid, n_coded, vring, L.ring_rows, c);
+                       n_valid, n_coded, vring, L.ring_rows, c_mod);
         __syncwarp();
         values(tile, D / 2 + 8, half * D / 32, (half + 1) * D / 32);
         __syncwarp();
@@ -2174,11 +2189,14 @@ TcKernel tc_kernel(const DevKVLayer& L) {
 }
 template <int D>
 TcKernel tc_kernel_dim(const DevKVLayer& L) {
-  auto both = [&](int b) {
-    return L.k.bits == b && L.v.bits == b && L.k.row_bytes == kv_row_bytes(D, b) && L.v.row_bytes == kv_row_bytes(D, b);
+  auto is = [&](int kb, int vb) {
+    return L.k.bits == kb && L.v.bits == vb && L.k.row_bytes == kv_row_bytes(D, kb) && L.v.row_bytes == kv_row_bytes(D, vb);
   };
-  if constexpr (D == 256)
+  auto both = [&](int b) { return is(b, b); };
+  if constexpr (D == 256) {
     if (both(3) && L.n_heads <= 4 * L.n_kv_heads) return tc_kernel<D, 3, 3, true>(L);
+    if (is(8, 3)) return tc_kernel<D, 8, 3>(L);  // (k8v3)
+  }
   if (both(3)) return tc_kernel<D, 3, 3>(L);
   if (both(4)) return tc_kernel<D, 4, 4>(L);
   if (both(16)) return tc_kernel<D, 16, 16>(L);
