@@ -1082,16 +1082,16 @@ struct TcLayout {
   int R;             // halves per tile row: D + 8 (rows 16 bytes apart in banks: conflict-free ldmatrix)
   int k_raw, v_raw;  // a chunk's raw K / V rows in a stage
   int stage;         // K rows, V rows, 16 K norms, 16 V norms
-  int tile;          // the decoded fp16 tile, half the dims at a time: [16][D/2 + 8] (0: no code side)
+  int tile;          // the decoded fp16 tile, half the dims at a time: [16][D/2 + 8] (0: no code side, direct path)
   int warp;          // per warp: 2 stages, the tile, P as hi/lo [2][8 heads][16 tokens] halves
   int head;          // before the warps' areas: queries hi/lo [2][8][R] halves, tables [K, V][256] half2
   __host__ __device__ static int raw_bytes(const DevKVSide& S, int R) {
     return S.bits == 16 ? kTcTok * R * 2 : (kTcTok * S.row_bytes + 16 + 15) / 16 * 16;
   }
-  __host__ __device__ TcLayout(const DevKVLayer& L, int D) : R(D + 8) {
+  __host__ __device__ TcLayout(const DevKVLayer& L, int D, bool direct) : R(D + 8) {
     k_raw = raw_bytes(L.k, R), v_raw = raw_bytes(L.v, R);
     stage = k_raw + v_raw + 64;
-    tile = L.k.bits < 16 || L.v.bits < 16 ? kTcTok * (D / 2 + 8) * 2 : 0;
+    tile = !direct && (L.k.bits < 16 || L.v.bits < 16) ? kTcTok * (D / 2 + 8) * 2 : 0;
     warp = 2 * stage + tile + 2 * 8 * kTcTok * 2;
     if (warp < 32 * D) warp = 32 * D;  // (the end's combine keeps [8 heads][D] floats per warp)
     head = 2 * 8 * R * 2 + 2 * 256 * 4;
@@ -1341,8 +1341,7 @@ __device__ __forceinline__ uint4 direct_words(const DirectRow& row, int g, int p
 // (and the weights') fp16 hi parts in columns 0-3 and lo parts in 4-7: one mma per tile
 // gives both, added across lanes tig and tig ^ 2 (scores) or at the end (values).
 // s += K̂ · [Q hi | Q lo] over the chunk, K̂ straight from the raw rows (stride rw words).
-// Even and odd k-step pairs accumulate apart (s, s2; two mma chains of 8, not one of 16:
-// with few warps per SM the chain's latency is the chunk's).
+// Even and odd k-step pairs accumulate apart (s, s2: two independent mma chains of 8).
 template <bool kPlain>
 __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], const uint32_t* kr, int rw, const __half* qh, int R,
                                               const Prmt8& t, int lane, int n_valid, int n_coded, const __half* ring,
@@ -1406,7 +1405,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
                                                                      float* part_ml, float* part_acc) {
   extern __shared__ __align__(16) unsigned char sm[];
   constexpr int R = D + 8;
-  const TcLayout lay(L, D);
+  const TcLayout lay(L, D, DIRECT);
   const int g = blockIdx.x, qi = blockIdx.y, split = blockIdx.z, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int gid = lane >> 2, tig = lane & 3;
   const int G = L.n_heads / L.n_kv_heads, hd = L.head_dim;
@@ -2179,7 +2178,7 @@ struct TcKernel {
 };
 template <int D, int KB, int VB, bool DIRECT = false>
 TcKernel tc_kernel(const DevKVLayer& L) {
-  TcKernel k{attention_tc_kernel<D, KB, VB, DIRECT>, TcLayout(L, D).bytes()};
+  TcKernel k{attention_tc_kernel<D, KB, VB, DIRECT>, TcLayout(L, D, DIRECT).bytes()};
   static int allowed = 48 << 10;  // per instantiation: dynamic shared memory opted into so far
   if (k.bytes > allowed) {
     TQ_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
