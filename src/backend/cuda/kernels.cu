@@ -1308,7 +1308,7 @@ __device__ __forceinline__ void decode_tile(int half, int b, int rb, const uint3
 // - scores: k-step kk's column 2·tig + (e & 1) + 8·(e >> 1) is stored dim 64·tig + 4·kk + e,
 //   so a lane's 64 dims of a row are its two nib3 groups 2·tig and 2·tig + 1, and one
 //   selector's 8 centroids are the A words of two k-steps (the queries are laid out in
-//   shared memory in this order: kDirectQ);
+//   shared memory in this order: direct_q_dim);
 // - values: m-tile mt's rows gid and gid + 8 are stored dims 32·gid + 2·mt and + 1, so a
 //   lane's 32 dims are nib3 group gid; the words of two tokens are paired by one prmt each.
 __host__ __device__ constexpr int direct_q_dim(int p) {  // stored dim at column p of the scores' k order
