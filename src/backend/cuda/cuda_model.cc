@@ -620,18 +620,39 @@ class CudaModel final : public Model {
     prof_.mark("start", s);
     embed(embed_.w, tok_dev_.get<int32_t>(), n, x_, s);
     prof_.mark("embed", s);
+    // Decode: a sublayer's last matvec adds its output into x_ (matmul_accumulate), and each
+    // RMSNorm is built by the matvec blocks that consume it (norm_fusable): no norm kernels.
+    // Elsewhere (prefill, other weights) the norm kernel adds the pending output and writes xb_.
     const float* pending = nullptr;  // sublayer output not yet added to x
+    auto norm_for = [&](const DevWeight* const* cw, int count, bool swiglu, const float* w, RmsNormIn& fused) {
+      const bool fuse = xq && w && !pending && !skip_("norm") && norm_fusable(cw, count, swiglu);
+      if (!fuse && !skip_("norm")) rmsnorm(x_, pending, w, n, H, eps, xb_, s, xq);
+      pending = nullptr;
+      prof_.mark("norm", s);
+      fused = RmsNormIn{x_, w, eps};
+      return fuse ? &fused : nullptr;
+    };
+    auto add_out = [&](const DevWeight& w, const float* in, const char* stage) {  // o = W·in, onto x
+      if (skip_(stage)) return;
+      if (xq && matmul_accumulate(w, x_, s, *xq)) return;
+      matmul(w, in, n, o_, s, xq);
+      pending = o_;
+    };
+    RmsNormIn fused;
     for (int l = 0; l < m.n_layers; ++l) {
       const DevLayer& L = layers_[l];
-      if (!skip_("norm")) rmsnorm(x_, pending, L.in_norm.get<float>(), n, H, eps, xb_, s, xq);
-      prof_.mark("norm", s);
       if (L.linear) {
-        delta_mixer(L, ds.conv[l].get<float>(), ds.state[l].get<float>(), n);
+        const DevWeight* ws[4] = {&L.qkv.w, &L.z.w, &L.b.w, &L.a.w};
+        const RmsNormIn* nin = norm_for(ws, 4, false, L.in_norm.get<float>(), fused);
+        delta_mixer(L, ds.conv[l].get<float>(), ds.state[l].get<float>(), n, nin);
+        add_out(L.out.w, y_, "dn_out");
+        prof_.mark("dn out", s);
       } else {
         DevKVLayer& kv = ds.kv[l]->layer();
         const DevWeight* ws[3] = {&L.q.w, &L.k.w, &L.v.w};
+        const RmsNormIn* nin = norm_for(ws, 3, false, L.in_norm.get<float>(), fused);
         float* ys[3] = {m.attn_output_gate ? qg_ : q_, k_, v_};
-        if (!skip_("attn_qkv")) matmul_many(ws, ys, 3, xb_, n, s, xq);
+        if (!skip_("attn_qkv")) matmul_many(ws, ys, 3, xb_, n, s, xq, nin);
         prof_.mark("attn qkv", s);
         AttnPrep ap{n, m.n_heads, m.n_kv_heads, hd, m.rot_dims(), m.rope_theta, eps, m.attn_output_gate,
                     L.q_norm.get<float>(), L.k_norm.get<float>(), L.q_bias.get<float>(), L.k_bias.get<float>(),
@@ -648,35 +669,39 @@ class CudaModel final : public Model {
           attention(kv, q_, dpos, n, n_tokens, sp, m.attn_output_gate ? gt_ : nullptr,
                   1.0f / std::sqrt(static_cast<float>(hd)), att_scr_, att_, s, xq);
         prof_.mark("attention", s);
-        if (!skip_("attn_out")) matmul(L.o.w, att_, n, o_, s, xq);
+        add_out(L.o.w, att_, "attn_out");
         prof_.mark("attn out", s);
       }
-      if (!skip_("norm")) rmsnorm(x_, o_, L.post_norm.get<float>(), n, H, eps, xb_, s, xq);
-      prof_.mark("norm", s);
-      if (!skip_("mlp_gateup")) swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s, xq);
+      const DevWeight* gu[2] = {&L.gate.w, &L.up.w};
+      const RmsNormIn* nin = norm_for(gu, 2, true, L.post_norm.get<float>(), fused);
+      if (!skip_("mlp_gateup")) swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s, xq, nin);
       prof_.mark("mlp gate/up", s);
       if (xq && !skip_("q8")) quantize_q8(g_, m.intermediate, *xq, s);
-      if (!skip_("mlp_down")) matmul(L.down.w, g_, n, o_, s, xq);
+      add_out(L.down.w, g_, "mlp_down");
       prof_.mark("mlp down", s);
-      pending = o_;
     }
     if (rows > 0) {
       float* xr = x_ + static_cast<size_t>(first) * H;
-      add(xr, o_ + static_cast<size_t>(first) * H, static_cast<size_t>(rows) * H, s);
-      rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s, rows == 1 ? &xq8_ : nullptr);
-      if (rows == 1 && !skip_("head")) matmul(tied_ ? embed_.w : head_.w, xb_, 1, logits_, s, &xq8_);
+      if (pending) add(xr, pending + static_cast<size_t>(first) * H, static_cast<size_t>(rows) * H, s);
+      const DevWeight* head[1] = {tied_ ? &embed_.w : &head_.w};
+      const RmsNormIn fin{xr, final_norm_.get<float>(), eps};
+      const bool fuse = rows == 1 && fin.w && norm_fusable(head, 1);
+      if (!fuse) rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s, rows == 1 ? &xq8_ : nullptr);
+      if (rows == 1 && !skip_("head")) matmul(*head[0], xb_, 1, logits_, s, &xq8_, fuse ? &fin : nullptr);
       if (argmax_only) argmax(logits_, m.vocab, best_dev_.get<unsigned long long>(), s);
     }
   }
 
-  void delta_mixer(const DevLayer& L, float* conv_state, float* state, int n) const {
+  // The linear-attention mixer up to its output y_ (nin: its input norm fused into the
+  // in-projections, or null: xb_ holds the normalized input).
+  void delta_mixer(const DevLayer& L, float* conv_state, float* state, int n, const RmsNormIn* nin) const {
     const ModelConfig& m = config();
     cudaStream_t s = stream_;
     const XQ8* xq = n == 1 ? &xq8_ : nullptr;
     DeltaDims d{n, m.lin_k_heads, m.lin_v_heads, m.lin_k_dim, m.lin_v_dim, m.conv_kernel};
     const DevWeight* ws[4] = {&L.qkv.w, &L.z.w, &L.b.w, &L.a.w};
     float* ys[4] = {qkv_, z_, b_, a_};
-    if (!skip_("dn_proj")) matmul_many(ws, ys, 4, xb_, n, s, xq);
+    if (!skip_("dn_proj")) matmul_many(ws, ys, 4, xb_, n, s, xq, nin);
     prof_.mark("dn proj", s);
     if (!skip_("dn_conv"))
       delta_conv_prep(d, qkv_, conv_state, L.conv.get<float>(), b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_,
@@ -686,8 +711,6 @@ class CudaModel final : public Model {
     prof_.mark("dn rule", s);
     if (!skip_("dn_norm")) gated_norm(d, y_, z_, L.norm.get<float>(), static_cast<float>(m.rms_eps), s, xq);
     prof_.mark("dn norm", s);
-    if (!skip_("dn_out")) matmul(L.out.w, y_, n, o_, s, xq);
-    prof_.mark("dn out", s);
   }
 
   cudaStream_t stream_ = nullptr;

@@ -137,6 +137,8 @@ struct MatvecGroup {
   int block_end[4];  // exclusive prefix of row units (warps) per weight
   bool swiglu = false;
   int wpu = 1;  // q4_q8_kernel: warps sharing one unit's columns (1 … 8)
+  bool accumulate = false;  // q4_q8_kernel: y += W·x (the residual stream) instead of y = W·x
+  RmsNormIn norm;           // q4_q8_kernel: x is RMSNorm(norm.x) · norm.w, built by each block (norm.x set)
 };
 
 constexpr int kMatvecThreads = 128;  // 4 warps, one unit of rows each
@@ -232,11 +234,17 @@ struct XBlock {
   float sum;
   int c0, c1, c2, c3;
 };
+// kShared: x in the block's shared memory (a fused norm), else in global memory.
+template <bool kShared = false>
 __device__ __forceinline__ XBlock load_xblock(const XQ8& x, int b) {
   XBlock v;
-  v.a = __ldg(x.q + 2 * b), v.b = __ldg(x.q + 2 * b + 1);
-  v.d = __ldg(x.d + b);
-  v.sum = __ldg(x.sum + b);
+  if constexpr (kShared) {
+    v.a = x.q[2 * b], v.b = x.q[2 * b + 1], v.d = x.d[b], v.sum = x.sum[b];
+  } else {
+    v.a = __ldg(x.q + 2 * b), v.b = __ldg(x.q + 2 * b + 1);
+    v.d = __ldg(x.d + b);
+    v.sum = __ldg(x.sum + b);
+  }
   constexpr int ones = 0x01010101;
   v.c0 = 8 * __dp4a(v.a.y, ones, __dp4a(v.a.x, ones, 0)), v.c1 = 8 * __dp4a(v.a.w, ones, __dp4a(v.a.z, ones, 0));
   v.c2 = 8 * __dp4a(v.b.y, ones, __dp4a(v.b.x, ones, 0)), v.c3 = 8 * __dp4a(v.b.w, ones, __dp4a(v.b.z, ones, 0));
@@ -262,11 +270,63 @@ __device__ __forceinline__ float q4_block_dot(uint4 q, float sc, float bi, const
 // need 122 registers, 2 blocks per SM: measured 9% slower at depth 0.)
 constexpr int kQ8Rows = 4, kQ8Unroll = 1, kQ8Threads = 256;
 
-// kBf16: the scales' type (a branch per load otherwise); gshift: log2(group / 32).
-template <bool kBf16>
+// The int8 x of RMSNorm(x)·w (cols values, cols % 256 == 0, at most kNormPer groups of 8 per
+// thread) in shared memory: the codes and sums do not depend on the norm's scale r, so
+// each group of 8 is quantized from x·w at once and its scale and the block sums take r
+// after one block reduction of Σx². Layout and rounding as q8_store_warp.
+constexpr int kNormPer = 8;
+__host__ __device__ constexpr int norm_smem_bytes(int cols) { return cols + cols / 8 * 4 + cols / 32 * 4 + 32 * 4; }
+__device__ XQ8 rmsnorm_q8_shared(const RmsNormIn& n, int cols, unsigned char* sm) {
+  int8_t* q = reinterpret_cast<int8_t*>(sm);
+  float* d = reinterpret_cast<float*>(sm + cols);
+  float* sum = d + cols / 8;
+  float* red = sum + cols / 32;
+  const int ng = cols / 8;
+  float mx[kNormPer], s8[kNormPer], ss = 0;
+#pragma unroll
+  for (int k = 0; k < kNormPer; ++k) {
+    const int gi = threadIdx.x + k * blockDim.x;
+    mx[k] = 0, s8[k] = 0;
+    if (gi >= ng) continue;
+    const float4* xp = reinterpret_cast<const float4*>(n.x) + 2 * gi;
+    const float4* wp = reinterpret_cast<const float4*>(n.w) + 2 * gi;
+    const float4 x0 = xp[0], x1 = xp[1], w0 = __ldg(wp), w1 = __ldg(wp + 1);
+    const float v[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+    const float t[8] = {x0.x * w0.x, x0.y * w0.y, x0.z * w0.z, x0.w * w0.w, x1.x * w1.x, x1.y * w1.y, x1.z * w1.z, x1.w * w1.w};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss += v[e] * v[e], mx[k] = fmaxf(mx[k], fabsf(t[e])), s8[k] += t[e];
+    const float inv = mx[k] > 0 ? 127.0f / mx[k] : 0.0f;
+    uint32_t c[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) c[e] = static_cast<uint32_t>(__float2int_rn(t[e] * inv)) & 0xFFu;
+    // byte (e & 1)·4 + e / 2 of the group holds element e (q8_store_warp's order)
+    *reinterpret_cast<uint2*>(q + 8 * gi) =
+        make_uint2(c[0] | c[2] << 8 | c[4] << 16 | c[6] << 24, c[1] | c[3] << 8 | c[5] << 16 | c[7] << 24);
+  }
+  const float r = rsqrtf(block_sum(ss, red) / cols + n.eps);
+#pragma unroll
+  for (int k = 0; k < kNormPer; ++k) {
+    const int gi = threadIdx.x + k * blockDim.x;
+    if (gi - static_cast<int>(threadIdx.x & 31) >= ng) break;  // (whole warps: ng % 32 == 0)
+    float s32 = s8[k];  // groups 4b … 4b + 3 sit in lanes 4j … 4j + 3
+    s32 += __shfl_xor_sync(0xffffffffu, s32, 1);
+    s32 += __shfl_xor_sync(0xffffffffu, s32, 2);
+    if (gi < ng) {
+      d[gi] = r * mx[k] / 127.0f;
+      if ((gi & 3) == 0) sum[gi / 4] = r * s32;
+    }
+  }
+  __syncthreads();
+  return {reinterpret_cast<int4*>(q), reinterpret_cast<float4*>(d), sum};
+}
+
+// kBf16: the scales' type (a branch per load otherwise); gshift: log2(group / 32); kNorm:
+// x is built from g.norm by each block (x is then unused).
+template <bool kBf16, bool kNorm = false>
 __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8 x, int gshift) {
   constexpr int R = kQ8Rows, U = kQ8Unroll, H = R / 2;
   __shared__ float part[kQ8Threads / 32][R];
+  extern __shared__ __align__(16) unsigned char xsm[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpu = g.wpu;
   const int sub = warp % wpu;  // this warp's share of the unit's columns
   const int unit = blockIdx.x * (static_cast<int>(blockDim.x) / 32 / wpu) + warp / wpu;
@@ -293,6 +353,7 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
 #pragma unroll
     for (int r = 0; r < R; ++r) prefetch_l2(reinterpret_cast<const uint4*>(rc32[r]) + sub * 32 + lane);
   pdl_enter();
+  if constexpr (kNorm) x = rmsnorm_q8_shared(g.norm, g.w[0].cols, xsm);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0;
@@ -314,7 +375,7 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
     for (int u = 0; u < U; ++u) {
       const int b = b0 + stride * u;
       if (b >= nb) break;
-      const XBlock xv = load_xblock(x, b);
+      const XBlock xv = load_xblock<kNorm>(x, b);
 #pragma unroll
       for (int r = 0; r < R; ++r) acc[r] += q4_block_dot(wv[u][r], sc[u][r], bi[u][r], xv);
     }
@@ -343,7 +404,7 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   }
 #pragma unroll
   for (int r = 0; r < R; ++r)
-    if (r0 + r < w.rows) g.y[j][r0 + r] = acc[r];
+    if (r0 + r < w.rows) g.y[j][r0 + r] = g.accumulate ? g.y[j][r0 + r] + acc[r] : acc[r];
 }
 
 template <int NT>
@@ -2010,7 +2071,7 @@ bool int8_shape_ok(const MatvecGroup& g) {
   return ok;
 }
 
-void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s) {
+void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s, const RmsNormIn* norm = nullptr) {
   if (n == 1 && xq && g_decode_int8 && int8_shape_ok(g)) {
     int units = 0;  // warps, one per kQ8Rows rows
     if (g.swiglu) {
@@ -2022,10 +2083,18 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     const int per_block = std::max(1, kQ8Threads / 32 / g.wpu), threads = 32 * g.wpu * per_block;
     int gshift = 0;
     while ((32 << gshift) < g.w[0].group) ++gshift;
-    launch(g.w[0].sbf16 ? q4_q8_kernel<true> : q4_q8_kernel<false>, (units + per_block - 1) / per_block, threads, 0, s, g,
-           *xq, gshift);
+    const int blocks = (units + per_block - 1) / per_block;
+    if (norm) {
+      if (g.w[0].cols % 256 != 0 || g.w[0].cols / 8 > kNormPer * threads) cuda_unsupported("fused RMSNorm: unsupported width");
+      g.norm = *norm;
+      launch(g.w[0].sbf16 ? q4_q8_kernel<true, true> : q4_q8_kernel<false, true>, blocks, threads,
+             norm_smem_bytes(g.w[0].cols), s, g, XQ8{}, gshift);
+    } else {
+      launch(g.w[0].sbf16 ? q4_q8_kernel<true> : q4_q8_kernel<false>, blocks, threads, 0, s, g, *xq, gshift);
+    }
     return;
   }
+  if (norm || g.accumulate) cuda_unsupported("fused RMSNorm / accumulate: only on the int8 decode path");
   int units = 0;  // warps, one per 4 rows (block_end: exclusive prefix of units per weight)
   if (g.swiglu) {
     units = (g.w[0].rows + 1) / 2;
@@ -2053,11 +2122,25 @@ void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s) {
   launch(quantize_q8_kernel, (n + 255) / 256, 256, 0, s, x, n, out);
 }
 
+bool norm_fusable(const DevWeight* const* w, int count, bool swiglu) {
+  if (!g_decode_int8 || count < 1 || count > 4) return false;
+  MatvecGroup g;
+  g.count = count;
+  for (int j = 0; j < count; ++j) {
+    if (!w[j]->q4 || w[j]->cols != w[0]->cols || w[j]->group != w[0]->group) return false;
+    if (swiglu && w[j]->rows != w[0]->rows) return false;
+    g.w[j] = *w[j];
+  }
+  // (threads per block ≥ 160 for any warps-per-unit: kNormPer groups of 8 each cover 10240)
+  return int8_shape_ok(g) && w[0]->cols % 256 == 0 && w[0]->cols <= 8 * kNormPer * 160;
+}
+
 void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
-                 const XQ8* xq) {
+                 const XQ8* xq, const RmsNormIn* norm) {
   bool all_q4 = true;
   for (int j = 0; j < count; ++j) all_q4 = all_q4 && w[j]->q4 && w[j]->cols == w[0]->cols && w[j]->group == w[0]->group;
   if (!all_q4 || count > 4) {
+    if (norm) cuda_unsupported("fused RMSNorm: the weights are not one 4-bit group");
     for (int j = 0; j < count; ++j) matmul(*w[j], x, n, y[j], s, xq);
     return;
   }
@@ -2065,13 +2148,26 @@ void matmul_many(const DevWeight* const* w, float* const* y, int count, const fl
   g.count = count;
   for (int j = 0; j < 4; ++j) g.y[j] = nullptr;
   for (int j = 0; j < count; ++j) g.w[j] = *w[j], g.y[j] = y[j];
-  launch_group(g, x, n, xq, s);
+  launch_group(g, x, n, xq, s, norm);
+}
+
+bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq) {
+  MatvecGroup g;
+  g.count = 1;
+  g.w[0] = w;
+  for (int j = 0; j < 4; ++j) g.y[j] = nullptr;
+  g.y[0] = y;
+  g.accumulate = true;
+  if (!w.q4 || !g_decode_int8 || !int8_shape_ok(g)) return false;
+  launch_group(g, nullptr, 1, &xq, s);
+  return true;
 }
 
 void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
-                   cudaStream_t s, const XQ8* xq) {
+                   cudaStream_t s, const XQ8* xq, const RmsNormIn* norm) {
   if (!(gate.q4 && up.q4 && gate.rows == up.rows && gate.cols == up.cols && gate.group == up.group &&
         gate.sbf16 == up.sbf16)) {
+    if (norm) cuda_unsupported("fused RMSNorm: gate and up are not one 4-bit pair");
     matmul(gate, x, n, g_out, s, xq);
     matmul(up, x, n, u_scratch, s, xq);
     swiglu(g_out, u_scratch, static_cast<size_t>(n) * gate.rows, s);
@@ -2082,16 +2178,17 @@ void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, i
   g.count = 2;
   g.w[0] = gate, g.w[1] = up;
   g.y[0] = g_out, g.y[1] = nullptr, g.y[2] = nullptr, g.y[3] = nullptr;
-  launch_group(g, x, n, xq, s);
+  launch_group(g, x, n, xq, s, norm);
 }
 
-void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s, const XQ8* xq) {
+void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s, const XQ8* xq, const RmsNormIn* norm) {
   if (w.q4) {
     const DevWeight* ws[1] = {&w};
     float* ys[1] = {y};
-    matmul_many(ws, ys, 1, x, n, s, xq);
+    matmul_many(ws, ys, 1, x, n, s, xq, norm);
     return;
   }
+  if (norm) cuda_unsupported("fused RMSNorm: not a 4-bit weight");
   const int threads = 256, blocks = (w.rows * 32 + threads - 1) / threads;
   for (int t0 = 0; t0 < n; t0 += 8) {
     const int nt = std::min(8, n - t0);

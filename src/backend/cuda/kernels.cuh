@@ -100,13 +100,26 @@ struct XQ8 {
 extern bool g_decode_int8;
 // out ← x [n values, n % 32 == 0] as int8 blocks (nothing when g_decode_int8 is off).
 void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s);
-void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s, const XQ8* xq = nullptr);
+// A decode step's RMSNorm fused into the int8 matvec that consumes it: each block builds
+// the int8 x of RMSNorm(x)·w in shared memory (no norm kernel, no float copy). Only where
+// norm_fusable (4-bit weights on the int8 path, cols % 256 == 0, cols ≤ 10240).
+struct RmsNormIn {
+  const float* x = nullptr;  // the residual stream, cols floats
+  const float* w = nullptr;  // the norm's weight
+  float eps = 0;
+};
+bool norm_fusable(const DevWeight* const* w, int count, bool swiglu = false);
+void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s, const XQ8* xq = nullptr,
+            const RmsNormIn* norm = nullptr);
 // Several weights over the same x in one launch (all MLX 4-bit with equal cols; else one by one).
 void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
-                 const XQ8* xq = nullptr);
+                 const XQ8* xq = nullptr, const RmsNormIn* norm = nullptr);
 // g_out = silu(gate·x) ⊙ (up·x), one launch for 4-bit weights (u_scratch used otherwise).
 void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
-                   cudaStream_t s, const XQ8* xq = nullptr);
+                   cudaStream_t s, const XQ8* xq = nullptr, const RmsNormIn* norm = nullptr);
+// Decode: y += W·x (a sublayer's output added to the residual stream by its matvec) on the
+// int8 path; false, with nothing launched, where that path does not apply.
+bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq);
 void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s);
 // *slot ← max(*slot, the key of y's largest value [n values], ties: the first); with *slot
 // zeroed before, argmax_index(*slot) is that value's index. Greedy sampling without
