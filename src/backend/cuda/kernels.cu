@@ -1303,15 +1303,15 @@ __device__ __forceinline__ void decode_tile_b(int half, int rb, const uint32_t* 
       *reinterpret_cast<uint4*>(tl + k * TPP * R) = decode8<B>(wl + k * TPP * rb / 4, sh, lut);
     return;
   }
-  constexpr int KN = kTcTok / TPP, KB = KN < 4 ? KN : 4;  // rows per lane; window loads in flight together
+  constexpr int kRows = kTcTok / TPP, kBatch = kRows < 4 ? kRows : 4;  // rows per lane; window loads in flight together
 #pragma unroll
-  for (int k0 = 0; k0 < KN; k0 += KB) {
-    uint4 win[KB];
+  for (int k0 = 0; k0 < kRows; k0 += kBatch) {
+    uint4 win[kBatch];
 #pragma unroll
-    for (int k = 0; k < KB; ++k)
+    for (int k = 0; k < kBatch; ++k)
       win[k] = reinterpret_cast<const uint4*>(ring + ((c_mod + (k0 + k) * TPP + i0) % ring_rows) * D)[j + half * LPT];
 #pragma unroll
-    for (int k = 0; k < KB; ++k) {
+    for (int k = 0; k < kBatch; ++k) {
       const int i = (k0 + k) * TPP + i0;
       uint4 out = i < n_valid ? win[k] : make_uint4(0, 0, 0, 0);
       if (i < n_coded) out = decode8<B>(wl + (k0 + k) * TPP * rb / 4, sh, lut);  // (decodes only coded rows)
