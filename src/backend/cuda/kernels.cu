@@ -1834,6 +1834,64 @@ __global__ void delta_conv_prep_kernel(DeltaDims d, float* qkv, float* conv_stat
   }
 }
 
+// Prefill (n > 1): grid (n, 2·hk + hv), block (token t, head) as above for one token,
+// reading qkv's raw inputs (tokens t − K + 1 … t; before token 0 from conv_state) and
+// leaving them as they are, so tokens run in parallel; delta_conv_state_kernel then advances
+// conv_state.
+__global__ void delta_conv_prep_n_kernel(DeltaDims d, const float* qkv, const float* conv_state, const float* conv_w,
+                                         const float* b, const float* a, const float* a_log, const float* dt_bias,
+                                         float* q, float* k, float* v, float* beta, float* g) {
+  pdl_enter();
+  __shared__ float red[32];
+  const int kd = d.hk * d.dk, vd = d.hv * d.dv, C = 2 * kd + vd, K = d.conv_k;
+  const int t = blockIdx.x, h = blockIdx.y;
+  const int kind = h < d.hk ? 0 : h < 2 * d.hk ? 1 : 2;
+  const int hh = kind == 0 ? h : kind == 1 ? h - d.hk : h - 2 * d.hk;
+  const int c0 = kind == 0 ? hh * d.dk : kind == 1 ? kd + hh * d.dk : 2 * kd + hh * d.dv;
+  const int width = kind == 2 ? d.dv : d.dk;
+  float* dst = kind == 2 ? v + (static_cast<size_t>(t) * d.hv + hh) * d.dv
+                         : (kind == 0 ? q : k) + (static_cast<size_t>(t) * d.hk + hh) * d.dk;
+  float ss = 0;
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    const int ch = c0 + c;
+    float acc = 0;
+    for (int j = 0; j < K; ++j) {
+      const int tau = t - (K - 1) + j;
+      const float in = tau >= 0 ? qkv[static_cast<size_t>(tau) * C + ch] : conv_state[static_cast<size_t>(tau + K - 1) * C + ch];
+      acc += conv_w[static_cast<size_t>(ch) * K + j] * in;
+    }
+    const float o = siluf_(acc);
+    dst[c] = o;
+    ss += o * o;
+  }
+  if (kind == 2) {
+    if (threadIdx.x == 0) {
+      const size_t i = static_cast<size_t>(t) * d.hv + hh;
+      beta[i] = sigmoidf_(b[i]);
+      const float sp = a[i] + dt_bias[hh];
+      const float softplus = sp > 20 ? sp : log1pf(expf(sp));
+      g[i] = expf(-expf(a_log[hh]) * softplus);
+    }
+    return;
+  }
+  ss = block_sum(ss, red);
+  const float inv = rsqrtf(ss + 1e-6f) * (kind == 0 ? rsqrtf(static_cast<float>(d.dk)) : 1.0f);
+  for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] *= inv;  // (each thread its own values)
+}
+
+// conv_state ← the last K − 1 inputs after n new tokens (old state rows shifted in when n < K − 1).
+__global__ void delta_conv_state_kernel(DeltaDims d, const float* qkv, float* conv_state) {
+  pdl_enter();
+  const int C = 2 * d.hk * d.dk + d.hv * d.dv, K = d.conv_k;
+  const int ch = blockIdx.x * blockDim.x + threadIdx.x;
+  if (ch >= C) return;
+  for (int j = 0; j < K - 1; ++j) {  // row j + n is read before row j + n is written (ascending j)
+    const int tau = d.n - (K - 1) + j;
+    conv_state[static_cast<size_t>(j) * C + ch] =
+        tau >= 0 ? qkv[static_cast<size_t>(tau) * C + ch] : conv_state[static_cast<size_t>(j + d.n) * C + ch];
+  }
+}
+
 // State layout on the GPU: S[hv][dk][dv] (a column i of S^T per dv index, so lanes that
 // own consecutive i read consecutive floats). grid (hv, dv/32), 4 warps: lane owns column
 // i = 32·blockIdx.y + lane, warp w the key dims [w·DK/4, (w+1)·DK/4) of it, in registers;
@@ -1842,8 +1900,11 @@ template <int DK>
 __global__ void __launch_bounds__(128) delta_rule_kernel(DeltaDims d, const float* q, const float* k, const float* v,
                                                          const float* beta, const float* g, float* state, float* y) {
   pdl_enter();
-  constexpr int W = 4, J = DK / W;
-  __shared__ float ks[DK], qs[DK], red[W][32];
+  // Tokens in batches of kT: their k, q, decays and β staged in shared memory and this
+  // thread's v in registers at once, then two block reductions per token (red alternates
+  // between the two, so a barrier per reduction suffices).
+  constexpr int W = 4, J = DK / W, kT = 8;
+  __shared__ float ks[kT][DK], qs[kT][DK], gb[2][kT], red[2][W][32];
   const int hv = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int i = blockIdx.y * 32 + lane, j0 = warp * J;
   const int rep = d.hv / d.hk, hk = hv / rep;
@@ -1852,30 +1913,41 @@ __global__ void __launch_bounds__(128) delta_rule_kernel(DeltaDims d, const floa
   float s[J];
 #pragma unroll
   for (int jj = 0; jj < J; ++jj) s[jj] = live ? S[static_cast<size_t>(jj) * d.dv] : 0.0f;
-  for (int t = 0; t < d.n; ++t) {
-    __syncthreads();  // the previous token's readers of ks, qs, red are done
-    for (int jj = threadIdx.x; jj < DK; jj += blockDim.x) {
-      ks[jj] = k[(static_cast<size_t>(t) * d.hk + hk) * DK + jj];
-      qs[jj] = q[(static_cast<size_t>(t) * d.hk + hk) * DK + jj];
+  for (int b0 = 0; b0 < d.n; b0 += kT) {
+    const int nb = min(kT, d.n - b0);
+    __syncthreads();  // the previous batch's readers of ks, qs, gb are done
+    for (int e = threadIdx.x; e < nb * DK; e += blockDim.x) {
+      const size_t at = (static_cast<size_t>(b0 + e / DK) * d.hk + hk) * DK + e % DK;
+      ks[e / DK][e % DK] = k[at], qs[e / DK][e % DK] = q[at];
     }
-    __syncthreads();
-    const float gt = g[static_cast<size_t>(t) * d.hv + hv], bt = beta[static_cast<size_t>(t) * d.hv + hv];
-    float m = 0;
+    if (threadIdx.x < nb) {
+      const size_t at = static_cast<size_t>(b0 + threadIdx.x) * d.hv + hv;
+      gb[0][threadIdx.x] = g[at], gb[1][threadIdx.x] = beta[at];
+    }
+    float vb[kT];
 #pragma unroll
-    for (int jj = 0; jj < J; ++jj) m += (s[jj] *= gt) * ks[j0 + jj];
-    red[warp][lane] = m;
+    for (int u = 0; u < kT; ++u) vb[u] = live && u < nb ? v[(static_cast<size_t>(b0 + u) * d.hv + hv) * d.dv + i] : 0.0f;
     __syncthreads();
-    m = (red[0][lane] + red[1][lane]) + (red[2][lane] + red[3][lane]);
-    const float vi = live ? v[(static_cast<size_t>(t) * d.hv + hv) * d.dv + i] : 0.0f;
-    const float delta = (vi - m) * bt;
-    float o = 0;
 #pragma unroll
-    for (int jj = 0; jj < J; ++jj) o += (s[jj] += delta * ks[j0 + jj]) * qs[j0 + jj];
-    __syncthreads();  // everyone has read red
-    red[warp][lane] = o;
-    __syncthreads();
-    if (warp == 0 && live)
-      y[(static_cast<size_t>(t) * d.hv + hv) * d.dv + i] = (red[0][lane] + red[1][lane]) + (red[2][lane] + red[3][lane]);
+    for (int u = 0; u < kT; ++u) {
+      if (u >= nb) break;
+      const float gt = gb[0][u], bt = gb[1][u];
+      float m = 0;
+#pragma unroll
+      for (int jj = 0; jj < J; ++jj) m += (s[jj] *= gt) * ks[u][j0 + jj];
+      red[0][warp][lane] = m;
+      __syncthreads();
+      m = (red[0][0][lane] + red[0][1][lane]) + (red[0][2][lane] + red[0][3][lane]);
+      const float delta = (vb[u] - m) * bt;
+      float o = 0;
+#pragma unroll
+      for (int jj = 0; jj < J; ++jj) o += (s[jj] += delta * ks[u][j0 + jj]) * qs[u][j0 + jj];
+      red[1][warp][lane] = o;
+      __syncthreads();  // (also: everyone has read red[0] before the next token writes it)
+      if (warp == 0 && live)
+        y[(static_cast<size_t>(b0 + u) * d.hv + hv) * d.dv + i] =
+            (red[1][0][lane] + red[1][1][lane]) + (red[1][2][lane] + red[1][3][lane]);
+    }
   }
   if (live)
 #pragma unroll
@@ -1922,6 +1994,251 @@ __global__ void fill_random_kernel(float* x, size_t n, uint64_t seed) {
 }
 
 // Greedy sampling on the GPU: the largest value's index as one 64-bit key, folded in with
+// ---- prefill matmul on tensor cores (mma.sync m16n8k16, fp16 in, f32 accumulate) ----
+// y[t][r] = Σ_g scale[r][g] · Σ_{k∈g} q[r][k] · x[t][k] + bias[r][g] · Σ_{k∈g} x[t][k], the
+// MLX affine form taken apart so that nothing is rounded to fp16 but x: the 4-bit codes are
+// exact fp16 integers (A), x enters as fp16 hi + lo (≈ 22 significant bits) after a power-of-2
+// scale per token (its largest |x| below 2^14: no fp16 overflow, no subnormals in the
+// parts that matter), and each 32-column piece's code sums are folded into f32 accumulators
+// with its group's scale and bias (the bias times the piece's float sum of x). The CPU's
+// float32 result up to rounding.
+//
+// The products may take the columns of a k-step in any order A and B share. A tile is 64
+// columns, two pieces of 32 (one MLX group of 32, or part of a larger one); piece p is two
+// k-steps whose A fragment for one row is one word of codes per thread (word 4·p + tig:
+// columns 32·p + 8·tig … + 7): k-step k2 takes nibbles (k2, k2 + 4) and (k2 + 2, k2 + 6),
+// each pair one half2 by a mask. x is stored with each 8-column group permuted to that
+// order (gemm_prep_kernel), so one 16-byte shared load gives a thread the B fragments of
+// both k-steps of a piece.
+constexpr int kGemmBM = 128, kGemmBN = 64, kGemmBK = 64, kGemmStages = 4, kGemmThreads = 256;
+constexpr int kGemmCodeRow = 48;  // bytes per row of codes in shared memory (32 + 16: conflict-free word loads)
+struct GemmLayout {
+  static constexpr int part = kGemmBN * kGemmBK * 2;          // hi or lo tile: 128-byte rows, 16-byte pieces swizzled
+  static constexpr int sums = 2 * part;                       // x sums per 32 columns [BN][2] floats
+  static constexpr int codes = sums + kGemmBN * 2 * 4;        // [BM][kGemmCodeRow] bytes
+  static constexpr int scales = codes + kGemmBM * kGemmCodeRow;  // [BM][2 pieces] (scale, bias) floats
+  static constexpr int stage = scales + kGemmBM * 2 * 8;
+  static constexpr int bytes = kGemmStages * stage;
+};
+// Position of column i (0-7) of a group of 8 in the stored order 0,4,2,6,1,5,3,7.
+__device__ __forceinline__ int gemm_perm8(int i) { return ((i & 1) << 2) | ((i >> 2) & 1) | (i & 2); }
+// Byte offset of 16-byte piece c (0-7) of token t's row in a B tile: odd tokens' pieces
+// swapped by halves, so the 8 threads of a quarter warp (two tokens, four pieces each) hit
+// distinct banks.
+__device__ __forceinline__ int gemm_b_at(int t, int c) { return t * 128 + 16 * (c ^ ((t & 1) << 2)); }
+
+// grid n tokens, one block each: x (cols floats per token) → scaled fp16 hi, lo in the
+// permuted order, the scaled float sum of every 32 columns, and the inverse scale.
+__global__ void gemm_prep_kernel(const float* __restrict__ x, int cols, __half* xh, __half* xl, float* xs, float* inv) {
+  pdl_enter();
+  __shared__ float red[32];
+  const float* row = x + static_cast<size_t>(blockIdx.x) * cols;
+  float mx = 0;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) mx = fmaxf(mx, fabsf(row[i]));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+  __syncthreads();
+  mx = 0;
+  for (int i = 0; i < static_cast<int>(blockDim.x >> 5); ++i) mx = fmaxf(mx, red[i]);
+  int e = 0;
+  frexpf(mx, &e);  // mx < 2^e
+  const int sh = min(14 - e, 126);
+  const float scale = ldexpf(1.0f, sh);
+  if (threadIdx.x == 0) inv[blockIdx.x] = ldexpf(1.0f, -sh);
+  const int lane = threadIdx.x & 31;
+  for (int c = threadIdx.x >> 5; c < cols / 32; c += blockDim.x >> 5) {
+    const float v = row[32 * c + lane] * scale;
+    __half hi, lo;
+    split_f16(v, hi, lo);
+    const size_t at = static_cast<size_t>(blockIdx.x) * cols + 32 * c + (lane & ~7) + gemm_perm8(lane & 7);
+    xh[at] = hi, xl[at] = lo;
+    const float s = warp_sum(v);
+    if (lane == 0) xs[static_cast<size_t>(blockIdx.x) * (cols / 32) + c] = s;
+  }
+}
+
+__device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid) {
+  TQ_SM80(asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(smem_addr(dst)), "l"(src),
+                       "r"(valid ? 8 : 0)
+                       : "memory"));
+}
+// A word's 8 codes as exact fp16 integers, paired for the A fragments: r[k2] = nibbles
+// (k2, k2 + 4), r[2 + k2] = nibbles (k2 + 2, k2 + 6). A nibble at bits 0-3 of a half is
+// 1024 + q under the exponent of 1024 (subtract 1024); at bits 4-7, 1024 + 16·q (÷ 16, − 64).
+__device__ __forceinline__ void q4_word_f16(uint32_t w, uint32_t (&r)[4]) {
+  const __half2 k1024 = __half2half2(__ushort_as_half(0x6400)), k16th = __half2half2(__ushort_as_half(0x2C00)),
+                k64 = __half2half2(__ushort_as_half(0xD400));  // 1024, 1/16, −64
+  const uint32_t w8 = w >> 8;
+  uint32_t h[4] = {(w & 0x000F000Fu) | 0x64006400u, (w & 0x00F000F0u) | 0x64006400u, (w8 & 0x000F000Fu) | 0x64006400u,
+                   (w8 & 0x00F000F0u) | 0x64006400u};  // pairs (0,4), (1,5), (2,6), (3,7)
+  const __half2* hh = reinterpret_cast<const __half2*>(h);
+  const __half2 p0 = __hsub2(hh[0], k1024), p1 = __hfma2(hh[1], k16th, k64), p2 = __hsub2(hh[2], k1024),
+                p3 = __hfma2(hh[3], k16th, k64);
+  r[0] = *reinterpret_cast<const uint32_t*>(&p0), r[1] = *reinterpret_cast<const uint32_t*>(&p1);
+  r[2] = *reinterpret_cast<const uint32_t*>(&p2), r[3] = *reinterpret_cast<const uint32_t*>(&p3);
+}
+// c = a · b (the accumulator starts at zero).
+__device__ __forceinline__ void mma_16816_first(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  TQ_SM80(asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
+      : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f)));
+}
+
+// grid (token blocks of kGemmBN, row blocks of kGemmBM); 8 warps as 4 (rows) × 2 (tokens),
+// each 32 rows × 32 tokens (2 × 4 mma tiles). Codes and x (hi, lo, sums) stream through
+// kGemmStages cp.async stages; each tile's scales and biases are loaded one tile ahead by
+// the threads of the block's first 128 (one row each) and stored into its stage. kGroup32:
+// MLX groups of 32 (a fold per piece), else ≥ 64 (one fold per tile).
+template <bool kBf16, bool kGroup32>
+__global__ void __launch_bounds__(kGemmThreads, 2)
+    q4_gemm_kernel(DevWeight w, const __half* __restrict__ xh, const __half* __restrict__ xl,
+                   const float* __restrict__ xs, const float* __restrict__ inv, int n, float* __restrict__ y) {
+  pdl_enter();
+  extern __shared__ __align__(16) unsigned char gsm[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gid = lane >> 2, tig = lane & 3;
+  const int wm = warp & 3, wn = warp >> 2;
+  const int t0 = blockIdx.x * kGemmBN, rb = blockIdx.y * kGemmBM;
+  const int cols = w.cols, tiles = cols / kGemmBK, gpr = cols / w.group, gshift = 31 - __clz(w.group);
+  // This thread's cp.async pieces, as offsets fixed for every tile: 4 of x (16 tokens apart;
+  // hi or lo, piece p), one of codes (row tid / 2, half tid % 2), one of sums (tid < 64).
+  const int bpart = (tid >> 3) & 1, bp = tid & 7, bt = tid >> 4;
+  const __half* bsrc = bpart ? xl : xh;
+  int boff[4];
+  unsigned bvalid = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int t = bt + 16 * i;
+    boff[i] = min(t0 + t, n - 1) * cols + 8 * bp;
+    if (t0 + t < n) bvalid |= 1u << i;
+  }
+  const int bdst = bpart * GemmLayout::part + gemm_b_at(bt, bp);  // + 2048·i (16 tokens of 128 bytes)
+  const unsigned char* csrc = w.codes + static_cast<size_t>(min(rb + (tid >> 1), w.rows - 1)) * (cols / 2) + 16 * (tid & 1);
+  const int cdst = GemmLayout::codes + (tid >> 1) * kGemmCodeRow + 16 * (tid & 1);
+  const float* ssrc = xs + static_cast<size_t>(min(t0 + (tid & 63), n - 1)) * (cols / 32);
+  const bool svalid = t0 + (tid & 63) < n;
+  auto load_tile = [&](int kt, int stage) {  // cp.async of tile kt's x and codes into a stage
+    if (kt < tiles) {
+      unsigned char* st = gsm + stage * GemmLayout::stage;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) cp_async16(st + bdst + 2048 * i, bsrc + boff[i] + kt * kGemmBK, (bvalid >> i) & 1);
+      cp_async16(st + cdst, csrc + kt * (kGemmBK / 2), true);
+      if (tid < kGemmBN) cp_async8(st + GemmLayout::sums + tid * 8, ssrc + 2 * kt, svalid);
+    }
+    cp_async_commit();
+  };
+  float2 sb[2];  // thread tid < 128: row rb + tid's (scale, bias) of the next tile's two pieces
+  const int srow = min(rb + (tid & 127), w.rows - 1) * gpr;
+  auto load_scales = [&](int kt) {
+    if (tid >= kGemmBM || kt >= tiles) return;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      const int g = (kt * kGemmBK + 32 * p) >> gshift;
+      sb[p] = make_float2(scale_of<kBf16>(w.scales, srow + g), scale_of<kBf16>(w.biases, srow + g));
+    }
+  };
+  auto store_scales = [&](int stage) {
+    if (tid >= kGemmBM) return;
+    *reinterpret_cast<float4*>(gsm + stage * GemmLayout::stage + GemmLayout::scales + 16 * tid) =
+        make_float4(sb[0].x, sb[0].y, sb[1].x, sb[1].y);
+  };
+  // This thread's shared-memory reads, from a stage's start: B of token wn·32 + gid (+ 8·nt:
+  // + 1024·nt), piece 4·p + tig (swizzled by the token's parity); codes of rows
+  // wm·32 + gid (+ 16·mt, + 8); scales of the same rows; sums of tokens wn·32 + 2·tig (+ 8·nt).
+  const int rd_b[2] = {gemm_b_at(wn * 32 + gid, tig), gemm_b_at(wn * 32 + gid, 4 + tig)};
+  const int rd_c = GemmLayout::codes + (wm * 32 + gid) * kGemmCodeRow + 4 * tig;
+  const int rd_s = GemmLayout::scales + (wm * 32 + gid) * 16;
+  const int rd_x = GemmLayout::sums + (wn * 32 + 2 * tig) * 8;
+  float acc[2][4][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0;
+#pragma unroll
+  for (int k = 0; k < kGemmStages - 1; ++k) load_tile(k, k);
+  load_scales(0);
+  store_scales(0);
+  int stage = 0;
+  for (int kt = 0; kt < tiles; ++kt) {
+    cp_async_wait<kGemmStages - 2>();
+    __syncthreads();  // tile kt landed for everyone; everyone is done with tile kt − 1's stage
+    const int next = stage == kGemmStages - 1 ? 0 : stage + 1;
+    load_tile(kt + kGemmStages - 1, stage == 0 ? kGemmStages - 1 : stage - 1);
+    load_scales(kt + 1);
+    const unsigned char* st = gsm + stage * GemmLayout::stage;
+    uint32_t af[2][2][4][2];  // [m-tile][piece][pair (k2 | k2+2 ·2)][row gid, gid + 8]
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int p = 0; p < 2; ++p)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          uint32_t r[4];
+          q4_word_f16(*reinterpret_cast<const uint32_t*>(st + rd_c + (16 * mt + 8 * h) * kGemmCodeRow + 16 * p), r);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) af[mt][p][j][h] = r[j];
+        }
+    float4 rs[2][2];  // (scale, bias) of both pieces, rows gid, gid + 8 of each m-tile
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) rs[mt][h] = *reinterpret_cast<const float4*>(st + rd_s + (16 * mt + 8 * h) * 16);
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const float4 sx = *reinterpret_cast<const float4*>(st + rd_x + 64 * nt);  // tokens 2·tig, +1: both pieces
+      float g[2][4];
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        const uint4 bh = *reinterpret_cast<const uint4*>(st + rd_b[p] + 1024 * nt);
+        const uint4 bl = *reinterpret_cast<const uint4*>(st + GemmLayout::part + rd_b[p] + 1024 * nt);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const uint32_t a0[4] = {af[mt][p][0][0], af[mt][p][0][1], af[mt][p][2][0], af[mt][p][2][1]};
+          const uint32_t a1[4] = {af[mt][p][1][0], af[mt][p][1][1], af[mt][p][3][0], af[mt][p][3][1]};
+          if (p == 0 || kGroup32) mma_16816_first(g[mt], a0, bh.x, bh.y);
+          else mma_16816(g[mt], a0, bh.x, bh.y);
+          mma_16816(g[mt], a0, bl.x, bl.y);
+          mma_16816(g[mt], a1, bh.z, bh.w);
+          mma_16816(g[mt], a1, bl.z, bl.w);
+          if (kGroup32 || p == 1) {  // fold: the piece's (or tile's) code sums · scale, + bias · Σx
+            const float s0 = kGroup32 ? (p ? sx.y : sx.x) : sx.x + sx.y, s1 = kGroup32 ? (p ? sx.w : sx.z) : sx.z + sx.w;
+            const float sc0 = p ? rs[mt][0].z : rs[mt][0].x, bi0 = p ? rs[mt][0].w : rs[mt][0].y;
+            const float sc1 = p ? rs[mt][1].z : rs[mt][1].x, bi1 = p ? rs[mt][1].w : rs[mt][1].y;
+            float* c = acc[mt][nt];
+            c[0] = fmaf(sc0, g[mt][0], fmaf(bi0, s0, c[0]));
+            c[1] = fmaf(sc0, g[mt][1], fmaf(bi0, s1, c[1]));
+            c[2] = fmaf(sc1, g[mt][2], fmaf(bi1, s0, c[2]));
+            c[3] = fmaf(sc1, g[mt][3], fmaf(bi1, s1, c[3]));
+          }
+        }
+      }
+    }
+    store_scales(next);  // tile kt + 1's stage: not read before the next iteration's barrier
+    stage = next;
+  }
+  cp_async_wait<0>();
+  const int r0 = rb + wm * 32;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const int t = t0 + wn * 32 + nt * 8 + 2 * tig;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (t + e >= n) continue;
+      const float iv = inv[t + e];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = r0 + 16 * mt + gid + 8 * h;
+          if (r < w.rows) y[static_cast<size_t>(t + e) * w.rows + r] = acc[mt][nt][2 * h + e] * iv;
+        }
+    }
+  }
+}
+
 // atomicMax: the value's bits made orderable as unsigned (negatives flipped, the sign bit
 // set on the rest) in the high word, and ~index in the low word so that ties go to the
 // first index (as std::max_element).
@@ -2071,6 +2388,55 @@ bool int8_shape_ok(const MatvecGroup& g) {
   return ok;
 }
 
+// Prefill (n > 8 tokens) on tensor cores: every weight of the group 4-bit with cols % 64 == 0
+// (int8_shape_ok: one scale type, power-of-2 groups), sm_80+.
+bool gemm_ok(const MatvecGroup& g, int n) {
+  if (n <= 8 || device_major() < 8 || g.w[0].group < 32 || g.w[0].cols % kGemmBK != 0) return false;
+  for (int j = 0; j < g.count; ++j)
+    if (!g.w[j].q4 || g.w[j].cols != g.w[0].cols || g.w[j].group != g.w[0].group) return false;
+  return int8_shape_ok(g);
+}
+
+template <bool kBf16, bool kGroup32>
+void launch_gemm(const DevWeight& w, const __half* xh, const __half* xl, const float* xs, const float* inv, int n,
+                 float* y, cudaStream_t s) {
+  static const bool sized = [] {
+    TQ_CUDA_CHECK(cudaFuncSetAttribute(q4_gemm_kernel<kBf16, kGroup32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       GemmLayout::bytes));
+    return true;
+  }();
+  (void)sized;
+  const dim3 grid((n + kGemmBN - 1) / kGemmBN, (w.rows + kGemmBM - 1) / kGemmBM);
+  launch(q4_gemm_kernel<kBf16, kGroup32>, grid, kGemmThreads, GemmLayout::bytes, s, w, xh, xl, xs, inv, n, y);
+}
+
+// x converted once (gemm_prep_kernel, into stream-ordered scratch), then one GEMM per weight;
+// swiglu: gate and up, then y0 = silu(gate·x) ⊙ (up·x).
+void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
+  const int cols = g.w[0].cols;
+  const size_t nh = static_cast<size_t>(n) * cols, ns = nh / 32;
+  const size_t up = g.swiglu ? static_cast<size_t>(n) * g.w[1].rows : 0;
+  void* scratch = nullptr;
+  TQ_CUDA_CHECK(cudaMallocAsync(&scratch, 2 * nh * sizeof(__half) + (ns + n + up) * sizeof(float), s));
+  __half* xh = static_cast<__half*>(scratch);
+  __half* xl = xh + nh;
+  float* xs = reinterpret_cast<float*>(xl + nh);
+  float* inv = xs + ns;
+  float* u = inv + n;
+  launch(gemm_prep_kernel, n, 256, 0, s, x, cols, xh, xl, xs, inv);
+  for (int j = 0; j < g.count; ++j) {
+    float* y = g.swiglu && j == 1 ? u : g.y[j];
+    const bool g32 = g.w[j].group == 32;
+    if (g.w[j].sbf16) (g32 ? launch_gemm<true, true> : launch_gemm<true, false>)(g.w[j], xh, xl, xs, inv, n, y, s);
+    else (g32 ? launch_gemm<false, true> : launch_gemm<false, false>)(g.w[j], xh, xl, xs, inv, n, y, s);
+  }
+  if (g.swiglu) {
+    const size_t m = static_cast<size_t>(n) * g.w[0].rows;
+    launch(swiglu_kernel, static_cast<unsigned>((m + 255) / 256), 256, 0, s, g.y[0], u, m);
+  }
+  TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
+}
+
 void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s, const RmsNormIn* norm = nullptr) {
   if (n == 1 && xq && g_decode_int8 && int8_shape_ok(g)) {
     int units = 0;  // warps, one per kQ8Rows rows
@@ -2095,6 +2461,10 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     return;
   }
   if (norm || g.accumulate) cuda_unsupported("fused RMSNorm / accumulate: only on the int8 decode path");
+  if (gemm_ok(g, n)) {
+    gemm_group(g, x, n, s);
+    return;
+  }
   int units = 0;  // warps, one per 4 rows (block_end: exclusive prefix of units per weight)
   if (g.swiglu) {
     units = (g.w[0].rows + 1) / 2;
@@ -2363,8 +2733,15 @@ void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const fl
                      const float* a, const float* a_log, const float* dt_bias, float* q, float* k, float* v, float* beta,
                      float* g, cudaStream_t s) {
   if (d.conv_k > 8) cuda_unsupported("CUDA DeltaNet: conv kernel wider than 8");
-  launch(delta_conv_prep_kernel, 2 * d.hk + d.hv, threads_for(std::max(d.dk, d.dv)), 0, s, d, qkv, conv_state, conv_w, b,
-         a, a_log, dt_bias, q, k, v, beta, g);
+  const int heads = 2 * d.hk + d.hv, threads = threads_for(std::max(d.dk, d.dv));
+  if (d.n == 1) {
+    launch(delta_conv_prep_kernel, heads, threads, 0, s, d, qkv, conv_state, conv_w, b, a, a_log, dt_bias, q, k, v, beta, g);
+    return;
+  }
+  launch(delta_conv_prep_n_kernel, dim3(d.n, heads), threads, 0, s, d, static_cast<const float*>(qkv),
+         static_cast<const float*>(conv_state), conv_w, b, a, a_log, dt_bias, q, k, v, beta, g);
+  const int C = 2 * d.hk * d.dk + d.hv * d.dv;
+  launch(delta_conv_state_kernel, (C + 255) / 256, 256, 0, s, d, static_cast<const float*>(qkv), conv_state);
 }
 
 void delta_rule(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta, const float* g,
