@@ -2066,12 +2066,16 @@ __device__ __forceinline__ void cp_async8(void* dst, const void* src, bool valid
 // A word's 8 codes as exact fp16 integers, paired for the A fragments: r[k2] = nibbles
 // (k2, k2 + 4), r[2 + k2] = nibbles (k2 + 2, k2 + 6). A nibble at bits 0-3 of a half is
 // 1024 + q under the exponent of 1024 (subtract 1024); at bits 4-7, 1024 + 16·q (÷ 16, − 64).
-__device__ __forceinline__ void q4_word_f16(uint32_t w, uint32_t (&r)[4]) {
+__device__ __forceinline__ void q4_word_f16(uint32_t w, uint32_t magic, uint32_t (&r)[4]) {
   const __half2 k1024 = __half2half2(__ushort_as_half(0x6400)), k16th = __half2half2(__ushort_as_half(0x2C00)),
                 k64 = __half2half2(__ushort_as_half(0xD400));  // 1024, 1/16, −64
   const uint32_t w8 = w >> 8;
-  uint32_t h[4] = {(w & 0x000F000Fu) | 0x64006400u, (w & 0x00F000F0u) | 0x64006400u, (w8 & 0x000F000Fu) | 0x64006400u,
-                   (w8 & 0x00F000F0u) | 0x64006400u};  // pairs (0,4), (1,5), (2,6), (3,7)
+  uint32_t h[4];  // pairs (0,4), (1,5), (2,6), (3,7) under the exponent of 1024 (magic = 0x64006400
+                  // in a register, so that the mask and the or are one LOP3)
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xEA;" : "=r"(h[0]) : "r"(w), "r"(magic));
+  asm("lop3.b32 %0, %1, 0x00F000F0, %2, 0xEA;" : "=r"(h[1]) : "r"(w), "r"(magic));
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xEA;" : "=r"(h[2]) : "r"(w8), "r"(magic));
+  asm("lop3.b32 %0, %1, 0x00F000F0, %2, 0xEA;" : "=r"(h[3]) : "r"(w8), "r"(magic));
   const __half2* hh = reinterpret_cast<const __half2*>(h);
   const __half2 p0 = __hsub2(hh[0], k1024), p1 = __hfma2(hh[1], k16th, k64), p2 = __hsub2(hh[2], k1024),
                 p3 = __hfma2(hh[3], k16th, k64);
@@ -2091,16 +2095,29 @@ __device__ __forceinline__ void mma_16816_first(float (&c)[4], const uint32_t (&
 // kGemmStages cp.async stages; each tile's scales and biases are loaded one tile ahead by
 // the threads of the block's first 128 (one row each) and stored into its stage. kGroup32:
 // MLX groups of 32 (a fold per piece), else ≥ 64 (one fold per tile).
+// Up to 4 weights of one shape class (cols, group, scale type) over the same x in one
+// launch, so that small ones share the GPU: grid.y is their row blocks in order.
+struct GemmGroup {
+  int cols = 0, group = 0, count = 0;
+  int rows[4], end[4];  // end: exclusive prefix of row blocks
+  const uint8_t* codes[4];
+  const void* scales[4];
+  const void* biases[4];
+  float* y[4];
+};
+
 template <bool kBf16, bool kGroup32>
 __global__ void __launch_bounds__(kGemmThreads, 2)
-    q4_gemm_kernel(DevWeight w, const __half* __restrict__ xh, const __half* __restrict__ xl,
-                   const float* __restrict__ xs, const float* __restrict__ inv, int n, float* __restrict__ y) {
+    q4_gemm_kernel(GemmGroup gg, const __half* __restrict__ xh, const __half* __restrict__ xl,
+                   const float* __restrict__ xs, const float* __restrict__ inv, int n) {
   pdl_enter();
   extern __shared__ __align__(16) unsigned char gsm[];
+  int j = 0;
+  while (j < gg.count - 1 && static_cast<int>(blockIdx.y) >= gg.end[j]) ++j;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gid = lane >> 2, tig = lane & 3;
   const int wm = warp & 3, wn = warp >> 2;
-  const int t0 = blockIdx.x * kGemmBN, rb = blockIdx.y * kGemmBM;
-  const int cols = w.cols, tiles = cols / kGemmBK, gpr = cols / w.group, gshift = 31 - __clz(w.group);
+  const int t0 = blockIdx.x * kGemmBN, rb = (blockIdx.y - (j ? gg.end[j - 1] : 0)) * kGemmBM, rows = gg.rows[j];
+  const int cols = gg.cols, tiles = cols / kGemmBK, gpr = cols / gg.group, gshift = 31 - __clz(gg.group);
   // This thread's cp.async pieces, as offsets fixed for every tile: 4 of x (16 tokens apart;
   // hi or lo, piece p), one of codes (row tid / 2, half tid % 2), one of sums (tid < 64).
   const int bpart = (tid >> 3) & 1, bp = tid & 7, bt = tid >> 4;
@@ -2114,7 +2131,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     if (t0 + t < n) bvalid |= 1u << i;
   }
   const int bdst = bpart * GemmLayout::part + gemm_b_at(bt, bp);  // + 2048·i (16 tokens of 128 bytes)
-  const unsigned char* csrc = w.codes + static_cast<size_t>(min(rb + (tid >> 1), w.rows - 1)) * (cols / 2) + 16 * (tid & 1);
+  const unsigned char* csrc = gg.codes[j] + static_cast<size_t>(min(rb + (tid >> 1), rows - 1)) * (cols / 2) + 16 * (tid & 1);
   const int cdst = GemmLayout::codes + (tid >> 1) * kGemmCodeRow + 16 * (tid & 1);
   const float* ssrc = xs + static_cast<size_t>(min(t0 + (tid & 63), n - 1)) * (cols / 32);
   const bool svalid = t0 + (tid & 63) < n;
@@ -2129,13 +2146,15 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     cp_async_commit();
   };
   float2 sb[2];  // thread tid < 128: row rb + tid's (scale, bias) of the next tile's two pieces
-  const int srow = min(rb + (tid & 127), w.rows - 1) * gpr;
+  const size_t srow = static_cast<size_t>(min(rb + (tid & 127), rows - 1)) * gpr;
+  const void* const scales = static_cast<const char*>(gg.scales[j]) + srow * (kBf16 ? 2 : 4);
+  const void* const biases = static_cast<const char*>(gg.biases[j]) + srow * (kBf16 ? 2 : 4);
   auto load_scales = [&](int kt) {
     if (tid >= kGemmBM || kt >= tiles) return;
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
       const int g = (kt * kGemmBK + 32 * p) >> gshift;
-      sb[p] = make_float2(scale_of<kBf16>(w.scales, srow + g), scale_of<kBf16>(w.biases, srow + g));
+      sb[p] = make_float2(scale_of<kBf16>(scales, g), scale_of<kBf16>(biases, g));
     }
   };
   auto store_scales = [&](int stage) {
@@ -2150,6 +2169,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   const int rd_c = GemmLayout::codes + (wm * 32 + gid) * kGemmCodeRow + 4 * tig;
   const int rd_s = GemmLayout::scales + (wm * 32 + gid) * 16;
   const int rd_x = GemmLayout::sums + (wn * 32 + 2 * tig) * 8;
+  uint32_t magic = 0x64006400u;
+  asm volatile("" : "+r"(magic));  // kept in a register (see q4_word_f16)
   float acc[2][4][4];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt)
@@ -2177,7 +2198,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           uint32_t r[4];
-          q4_word_f16(*reinterpret_cast<const uint32_t*>(st + rd_c + (16 * mt + 8 * h) * kGemmCodeRow + 16 * p), r);
+          q4_word_f16(*reinterpret_cast<const uint32_t*>(st + rd_c + (16 * mt + 8 * h) * kGemmCodeRow + 16 * p), magic, r);
 #pragma unroll
           for (int j = 0; j < 4; ++j) af[mt][p][j][h] = r[j];
         }
@@ -2233,7 +2254,7 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = r0 + 16 * mt + gid + 8 * h;
-          if (r < w.rows) y[static_cast<size_t>(t + e) * w.rows + r] = acc[mt][nt][2 * h + e] * iv;
+          if (r < rows) gg.y[j][static_cast<size_t>(t + e) * rows + r] = acc[mt][nt][2 * h + e] * iv;
         }
     }
   }
@@ -2398,20 +2419,20 @@ bool gemm_ok(const MatvecGroup& g, int n) {
 }
 
 template <bool kBf16, bool kGroup32>
-void launch_gemm(const DevWeight& w, const __half* xh, const __half* xl, const float* xs, const float* inv, int n,
-                 float* y, cudaStream_t s) {
+void launch_gemm(const GemmGroup& gg, const __half* xh, const __half* xl, const float* xs, const float* inv, int n,
+                 cudaStream_t s) {
   static const bool sized = [] {
     TQ_CUDA_CHECK(cudaFuncSetAttribute(q4_gemm_kernel<kBf16, kGroup32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        GemmLayout::bytes));
     return true;
   }();
   (void)sized;
-  const dim3 grid((n + kGemmBN - 1) / kGemmBN, (w.rows + kGemmBM - 1) / kGemmBM);
-  launch(q4_gemm_kernel<kBf16, kGroup32>, grid, kGemmThreads, GemmLayout::bytes, s, w, xh, xl, xs, inv, n, y);
+  const dim3 grid((n + kGemmBN - 1) / kGemmBN, gg.end[gg.count - 1]);
+  launch(q4_gemm_kernel<kBf16, kGroup32>, grid, kGemmThreads, GemmLayout::bytes, s, gg, xh, xl, xs, inv, n);
 }
 
-// x converted once (gemm_prep_kernel, into stream-ordered scratch), then one GEMM per weight;
-// swiglu: gate and up, then y0 = silu(gate·x) ⊙ (up·x).
+// x converted once (gemm_prep_kernel, into stream-ordered scratch), then every weight in
+// one launch; swiglu: gate and up, then y0 = silu(gate·x) ⊙ (up·x).
 void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   const int cols = g.w[0].cols;
   const size_t nh = static_cast<size_t>(n) * cols, ns = nh / 32;
@@ -2424,12 +2445,17 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   float* inv = xs + ns;
   float* u = inv + n;
   launch(gemm_prep_kernel, n, 256, 0, s, x, cols, xh, xl, xs, inv);
-  for (int j = 0; j < g.count; ++j) {
-    float* y = g.swiglu && j == 1 ? u : g.y[j];
-    const bool g32 = g.w[j].group == 32;
-    if (g.w[j].sbf16) (g32 ? launch_gemm<true, true> : launch_gemm<true, false>)(g.w[j], xh, xl, xs, inv, n, y, s);
-    else (g32 ? launch_gemm<false, true> : launch_gemm<false, false>)(g.w[j], xh, xl, xs, inv, n, y, s);
+  GemmGroup gg;
+  gg.cols = cols, gg.group = g.w[0].group, gg.count = g.count;
+  for (int j = 0, blocks = 0; j < g.count; ++j) {
+    const DevWeight& w = g.w[j];
+    gg.rows[j] = w.rows, gg.codes[j] = w.codes, gg.scales[j] = w.scales, gg.biases[j] = w.biases;
+    gg.y[j] = g.swiglu && j == 1 ? u : g.y[j];
+    gg.end[j] = blocks += (w.rows + kGemmBM - 1) / kGemmBM;
   }
+  const bool g32 = gg.group == 32;
+  if (g.w[0].sbf16) (g32 ? launch_gemm<true, true> : launch_gemm<true, false>)(gg, xh, xl, xs, inv, n, s);
+  else (g32 ? launch_gemm<false, true> : launch_gemm<false, false>)(gg, xh, xl, xs, inv, n, s);
   if (g.swiglu) {
     const size_t m = static_cast<size_t>(n) * g.w[0].rows;
     launch(swiglu_kernel, static_cast<unsigned>((m + 255) / 256), 256, 0, s, g.y[0], u, m);
