@@ -701,6 +701,17 @@ class CudaModel final : public Model {
     DeltaDims d{n, m.lin_k_heads, m.lin_v_heads, m.lin_k_dim, m.lin_v_dim, m.conv_kernel};
     const DevWeight* ws[4] = {&L.qkv.w, &L.z.w, &L.b.w, &L.a.w};
     float* ys[4] = {qkv_, z_, b_, a_};
+    if (delta_step_ok(d)) {  // one token: the conv in the in-projection, the rest in one kernel
+      const DeltaConvIn cv{L.conv.get<float>(), conv_state, m.conv_kernel};
+      const bool conv_done = !skip_("dn_proj") && matmul_many(ws, ys, 4, xb_, n, s, xq, nin, &cv);
+      if (!conv_done && !skip_("dn_conv")) delta_conv(d, qkv_, conv_state, L.conv.get<float>(), s);
+      prof_.mark("dn proj+conv", s);
+      if (!skip_("dn_rule"))
+        delta_step(d, qkv_, b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), state, z_, L.norm.get<float>(),
+                   static_cast<float>(m.rms_eps), y_, s, xq);
+      prof_.mark("dn step", s);
+      return;
+    }
     if (!skip_("dn_proj")) matmul_many(ws, ys, 4, xb_, n, s, xq, nin);
     prof_.mark("dn proj", s);
     if (!skip_("dn_conv"))

@@ -139,7 +139,22 @@ struct MatvecGroup {
   int wpu = 1;  // q4_q8_kernel: warps sharing one unit's columns (1 … 8)
   bool accumulate = false;  // q4_q8_kernel: y += W·x (the residual stream) instead of y = W·x
   RmsNormIn norm;           // q4_q8_kernel: x is RMSNorm(norm.x) · norm.w, built by each block (norm.x set)
+  DeltaConvIn conv;         // one token: weight 0's rows through the DeltaNet conv (conv.w set)
 };
+
+// One token of the DeltaNet causal conv for channel ch (C channels): Σ_j w[j]·in_j over the
+// k − 1 stored inputs and the new one v, SiLU; the state shifts by one. The order of the sum
+// is delta_conv_prep_kernel's.
+__device__ __forceinline__ float conv_token(const float* w, float* state, int k, int ch, int C, float v) {
+  const float* wr = w + static_cast<size_t>(ch) * k;
+  float* st = state + ch;
+  float acc = 0;
+  for (int j = 0; j < k - 1; ++j) acc += wr[j] * st[static_cast<size_t>(j) * C];
+  acc += wr[k - 1] * v;
+  for (int j = 0; j + 1 < k - 1; ++j) st[static_cast<size_t>(j) * C] = st[static_cast<size_t>(j + 1) * C];
+  if (k > 1) st[static_cast<size_t>(k - 2) * C] = v;
+  return acc / (1.0f + expf(-acc));
+}
 
 constexpr int kMatvecThreads = 128;  // 4 warps, one unit of rows each
 
@@ -187,7 +202,9 @@ __global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g,
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
     for (int t = 0; t < NT; ++t)
-      if (t < n && r0 + r < w.rows) g.y[j][static_cast<size_t>(t) * w.rows + r0 + r] = acc[r][t];
+      if (t < n && r0 + r < w.rows)
+        g.y[j][static_cast<size_t>(t) * w.rows + r0 + r] =
+            g.conv.w && j == 0 ? conv_token(g.conv.w, g.conv.state, g.conv.k, r0 + r, w.rows, acc[r][t]) : acc[r][t];
 }
 
 // ---- decode matvec on int8 activations (dp4a), as llama.cpp's MMVQ does ----
@@ -403,8 +420,12 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
     return;
   }
 #pragma unroll
-  for (int r = 0; r < R; ++r)
-    if (r0 + r < w.rows) g.y[j][r0 + r] = g.accumulate ? g.y[j][r0 + r] + acc[r] : acc[r];
+  for (int r = 0; r < R; ++r) {
+    if (r0 + r >= w.rows) continue;
+    float v = g.accumulate ? g.y[j][r0 + r] + acc[r] : acc[r];
+    if (g.conv.w && j == 0) v = conv_token(g.conv.w, g.conv.state, g.conv.k, r0 + r, w.rows, v);
+    g.y[j][r0 + r] = v;
+  }
 }
 
 template <int NT>
@@ -1954,6 +1975,89 @@ __global__ void __launch_bounds__(128) delta_rule_kernel(DeltaDims d, const floa
     for (int jj = 0; jj < J; ++jj) S[static_cast<size_t>(jj) * d.dv] = s[jj];
 }
 
+// One token, grid C / 256: conv_token per channel in place (the decode path where the
+// in-projection could not take the conv).
+__global__ void delta_conv_kernel(DeltaDims d, float* qkv, float* conv_state, const float* conv_w) {
+  pdl_enter();
+  const int C = 2 * d.hk * d.dk + d.hv * d.dv, ch = blockIdx.x * blockDim.x + threadIdx.x;
+  if (ch < C) qkv[ch] = conv_token(conv_w, conv_state, d.conv_k, ch, C, qkv[ch]);
+}
+
+// A decode step of the mixer after the conv, one block per value head hv: warps as CG column
+// groups (lane: value column i = 32·cg + lane) × 4 quarters of the key dims (the state's
+// [dk][dv] slice in registers, as delta_rule_kernel); q and k of the key head normalized by
+// warp 0 (delta_conv_prep_kernel's formulas), β and the decay by its lane 0; then the rule's
+// two reductions; then the gated norm over the head's dv values (delta_rule_kernel and
+// gated_norm_kernel's orders of summation).
+template <int DK>
+__global__ void __launch_bounds__(512) delta_step_kernel(DeltaDims d, const float* qkv, const float* b, const float* a,
+                                                         const float* a_log, const float* dt_bias, float* state,
+                                                         const float* z, const float* nw, float eps, float* y, XQ8 q8) {
+  constexpr int W = 4, J = DK / W;
+  __shared__ float ks[DK], qs[DK], gb[2], red[2][W][128], rn[4];
+  const int hv = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, CG = d.dv / 32;
+  const int cg = warp % CG, quarter = warp / CG, i = 32 * cg + lane, j0 = quarter * J;
+  const int hk = hv / (d.hv / d.hk), kd = d.hk * DK;
+  float* S = state + (static_cast<size_t>(hv) * DK + j0) * d.dv + i;
+  float s[J];  // the state: written by this kernel one step ago, long complete
+#pragma unroll
+  for (int jj = 0; jj < J; ++jj) s[jj] = S[static_cast<size_t>(jj) * d.dv];
+  pdl_enter();
+  if (warp == 0) {
+    constexpr int P = (DK + 31) / 32;
+    float qv[P], kv[P], sq = 0, sk = 0;
+#pragma unroll
+    for (int e = 0; e < P; ++e) {
+      const int c = lane + 32 * e;
+      qv[e] = c < DK ? qkv[hk * DK + c] : 0.0f, kv[e] = c < DK ? qkv[kd + hk * DK + c] : 0.0f;
+      sq += qv[e] * qv[e], sk += kv[e] * kv[e];
+    }
+    sq = warp_sum(sq), sk = warp_sum(sk);
+    const float iq = rsqrtf(sq + 1e-6f) * rsqrtf(static_cast<float>(DK)), ik = rsqrtf(sk + 1e-6f);
+#pragma unroll
+    for (int e = 0; e < P; ++e)
+      if (lane + 32 * e < DK) qs[lane + 32 * e] = qv[e] * iq, ks[lane + 32 * e] = kv[e] * ik;
+    if (lane == 0) {
+      gb[1] = sigmoidf_(b[hv]);
+      const float sp = a[hv] + dt_bias[hv];
+      const float softplus = sp > 20 ? sp : log1pf(expf(sp));
+      gb[0] = expf(-expf(a_log[hv]) * softplus);
+    }
+  }
+  const float vi = qkv[2 * kd + static_cast<size_t>(hv) * d.dv + i];
+  __syncthreads();
+  const float gt = gb[0], bt = gb[1];
+  float m = 0;
+#pragma unroll
+  for (int jj = 0; jj < J; ++jj) m += (s[jj] *= gt) * ks[j0 + jj];
+  red[0][quarter][i] = m;
+  __syncthreads();
+  m = (red[0][0][i] + red[0][1][i]) + (red[0][2][i] + red[0][3][i]);
+  const float delta = (vi - m) * bt;
+  float o = 0;
+#pragma unroll
+  for (int jj = 0; jj < J; ++jj) o += (s[jj] += delta * ks[j0 + jj]) * qs[j0 + jj];
+  red[1][quarter][i] = o;
+#pragma unroll
+  for (int jj = 0; jj < J; ++jj) S[static_cast<size_t>(jj) * d.dv] = s[jj];
+  __syncthreads();
+  o = (red[1][0][i] + red[1][1][i]) + (red[1][2][i] + red[1][3][i]);
+  // gated norm over the head's dv values (the quarter-0 warps hold one each)
+  if (quarter == 0) {
+    const float ss = warp_sum(o * o);
+    if (lane == 0) rn[cg] = ss;
+  }
+  __syncthreads();
+  if (quarter != 0) return;
+  float ss = 0;
+  for (int c = 0; c < CG; ++c) ss += rn[c];
+  const float inv = rsqrtf(ss / d.dv + eps);
+  const size_t at = static_cast<size_t>(hv) * d.dv + i;
+  const float out = o * inv * nw[i] * siluf_(z[at]);
+  y[at] = out;
+  if (q8.q) q8_store_warp(out, at, q8);
+}
+
 // grid (token·hv): y ← w · y/rms(y) · silu(z).
 __global__ void gated_norm_kernel(int dv, float* y, const float* z, const float* w, float eps, XQ8 q8) {
   pdl_enter();
@@ -2531,20 +2635,22 @@ bool norm_fusable(const DevWeight* const* w, int count, bool swiglu) {
   return int8_shape_ok(g) && w[0]->cols % 256 == 0 && w[0]->cols <= 8 * kNormPer * 160;
 }
 
-void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
-                 const XQ8* xq, const RmsNormIn* norm) {
+bool matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
+                 const XQ8* xq, const RmsNormIn* norm, const DeltaConvIn* conv) {
   bool all_q4 = true;
   for (int j = 0; j < count; ++j) all_q4 = all_q4 && w[j]->q4 && w[j]->cols == w[0]->cols && w[j]->group == w[0]->group;
   if (!all_q4 || count > 4) {
     if (norm) cuda_unsupported("fused RMSNorm: the weights are not one 4-bit group");
     for (int j = 0; j < count; ++j) matmul(*w[j], x, n, y[j], s, xq);
-    return;
+    return false;
   }
   MatvecGroup g;
   g.count = count;
   for (int j = 0; j < 4; ++j) g.y[j] = nullptr;
   for (int j = 0; j < count; ++j) g.w[j] = *w[j], g.y[j] = y[j];
+  if (conv && n == 1) g.conv = *conv;  // (both n == 1 paths take it: the int8 and the float matvec)
   launch_group(g, x, n, xq, s, norm);
+  return conv && n == 1;
 }
 
 bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq) {
@@ -2777,6 +2883,27 @@ void delta_rule(const DeltaDims& d, const float* q, const float* k, const float*
   else if (d.dk == 64) launch(delta_rule_kernel<64>, grid, 128, 0, s, d, q, k, v, beta, g, state, y);
   else if (d.dk == 32) launch(delta_rule_kernel<32>, grid, 128, 0, s, d, q, k, v, beta, g, state, y);
   else cuda_unsupported("CUDA DeltaNet: key head dim must be 32, 64 or 128");
+}
+
+bool delta_step_ok(const DeltaDims& d) {
+  return d.n == 1 && (d.dk == 32 || d.dk == 64 || d.dk == 128) && d.dv % 32 == 0 && d.dv <= 128 && d.hk > 0 &&
+         d.hv % d.hk == 0;
+}
+
+void delta_step(const DeltaDims& d, const float* qkv, const float* b, const float* a, const float* a_log,
+                const float* dt_bias, float* state, const float* z, const float* norm_w, float eps, float* y,
+                cudaStream_t s, const XQ8* q8) {
+  if (!delta_step_ok(d)) cuda_unsupported("CUDA DeltaNet step: unsupported head dims");
+  const int threads = 4 * d.dv;  // 4 quarters × dv / 32 warps
+  const XQ8 o8 = q8 && g_decode_int8 ? *q8 : XQ8{};
+  if (d.dk == 128) launch(delta_step_kernel<128>, d.hv, threads, 0, s, d, qkv, b, a, a_log, dt_bias, state, z, norm_w, eps, y, o8);
+  else if (d.dk == 64) launch(delta_step_kernel<64>, d.hv, threads, 0, s, d, qkv, b, a, a_log, dt_bias, state, z, norm_w, eps, y, o8);
+  else launch(delta_step_kernel<32>, d.hv, threads, 0, s, d, qkv, b, a, a_log, dt_bias, state, z, norm_w, eps, y, o8);
+}
+
+void delta_conv(const DeltaDims& d, float* qkv, float* conv_state, const float* conv_w, cudaStream_t s) {
+  const int C = 2 * d.hk * d.dk + d.hv * d.dv;
+  launch(delta_conv_kernel, (C + 255) / 256, 256, 0, s, d, qkv, conv_state, conv_w);
 }
 
 void gated_norm(const DeltaDims& d, float* y, const float* z, const float* w, float eps, cudaStream_t s, const XQ8* q8) {

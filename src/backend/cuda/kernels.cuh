@@ -111,9 +111,19 @@ struct RmsNormIn {
 bool norm_fusable(const DevWeight* const* w, int count, bool swiglu = false);
 void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s, const XQ8* xq = nullptr,
             const RmsNormIn* norm = nullptr);
-// Several weights over the same x in one launch (all MLX 4-bit with equal cols; else one by one).
-void matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
-                 const XQ8* xq = nullptr, const RmsNormIn* norm = nullptr);
+// A decode step's DeltaNet conv fused into the in-projection that produces its input: the
+// rows of the first weight (the conv's channels) leave as silu(conv) and the conv state
+// [k − 1][rows] advances, by the one thread that writes each row.
+struct DeltaConvIn {
+  const float* w = nullptr;  // [rows][k]
+  float* state = nullptr;
+  int k = 0;
+};
+// Several weights over the same x in one launch (all MLX 4-bit with equal cols; else one by
+// one). conv (n == 1 only): true if it was applied (4-bit weights), false if the caller
+// must run delta_conv.
+bool matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
+                 const XQ8* xq = nullptr, const RmsNormIn* norm = nullptr, const DeltaConvIn* conv = nullptr);
 // g_out = silu(gate·x) ⊙ (up·x), one launch for 4-bit weights (u_scratch used otherwise).
 void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
                    cudaStream_t s, const XQ8* xq = nullptr, const RmsNormIn* norm = nullptr);
@@ -178,6 +188,17 @@ void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const fl
 // state: [hv][dk][dv] on the GPU (the CPU's S[hv][dv][dk] transposed per head).
 void delta_rule(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta,
                 const float* g, float* state, float* y, cudaStream_t s);
+// A decode step (one token) of the linear-attention mixer after its in-projections, as one
+// kernel per value head: the conv's output in qkv (matmul_many with DeltaConvIn, or
+// delta_conv), q and k l2-normalized, β and the decay from b and a, the delta rule, then the
+// gated norm with z into y (q8: also as int8). Where delta_step_ok(d): key head dims 32, 64,
+// 128; value head dims 32, 64, 96 or 128.
+bool delta_step_ok(const DeltaDims& d);
+void delta_step(const DeltaDims& d, const float* qkv, const float* b, const float* a, const float* a_log,
+                const float* dt_bias, float* state, const float* z, const float* norm_w, float eps, float* y,
+                cudaStream_t s, const XQ8* q8 = nullptr);
+// One token's conv + SiLU in place in qkv, conv_state advanced (where the in-projection could not take it).
+void delta_conv(const DeltaDims& d, float* qkv, float* conv_state, const float* conv_w, cudaStream_t s);
 // (q8: also the int8 copy of y, for a decode step's next matvec.)
 void gated_norm(const DeltaDims& d, float* y, const float* z, const float* w, float eps, cudaStream_t s,
                 const XQ8* q8 = nullptr);
