@@ -2194,11 +2194,6 @@ __device__ __forceinline__ void mma_16816_first(float (&c)[4], const uint32_t (&
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f)));
 }
 
-// grid (token blocks of kGemmBN, row blocks of kGemmBM); 8 warps as 4 (rows) × 2 (tokens),
-// each 32 rows × 32 tokens (2 × 4 mma tiles). Codes and x (hi, lo, sums) stream through
-// kGemmStages cp.async stages; each tile's scales and biases are loaded one tile ahead by
-// the threads of the block's first 128 (one row each) and stored into its stage. kGroup32:
-// MLX groups of 32 (a fold per piece), else ≥ 64 (one fold per tile).
 // Up to 4 weights of one shape class (cols, group, scale type) over the same x in one
 // launch, so that small ones share the GPU: grid.y is their row blocks in order.
 struct GemmGroup {
@@ -2210,6 +2205,11 @@ struct GemmGroup {
   float* y[4];
 };
 
+// grid (token blocks of kGemmBN, row blocks of the group's weights); 8 warps as 4 (rows) × 2 (tokens),
+// each 32 rows × 32 tokens (2 × 4 mma tiles). Codes and x (hi, lo, sums) stream through
+// kGemmStages cp.async stages; each tile's scales and biases are loaded one tile ahead by
+// the threads of the block's first 128 (one row each) and stored into its stage. kGroup32:
+// MLX groups of 32 (a fold per piece), else ≥ 64 (one fold per tile).
 template <bool kBf16, bool kGroup32>
 __global__ void __launch_bounds__(kGemmThreads, 2)
     q4_gemm_kernel(GemmGroup gg, const __half* __restrict__ xh, const __half* __restrict__ xl,
