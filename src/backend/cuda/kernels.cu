@@ -153,7 +153,7 @@ __device__ __forceinline__ float conv_token(const float* w, float* state, int k,
   acc += wr[k - 1] * v;
   for (int j = 0; j + 1 < k - 1; ++j) st[static_cast<size_t>(j) * C] = st[static_cast<size_t>(j + 1) * C];
   if (k > 1) st[static_cast<size_t>(k - 2) * C] = v;
-  return acc / (1.0f + expf(-acc));
+  return siluf_(acc);
 }
 
 constexpr int kMatvecThreads = 128;  // 4 warps, one unit of rows each
@@ -2517,6 +2517,7 @@ bool int8_shape_ok(const MatvecGroup& g) {
 // (int8_shape_ok: one scale type, power-of-2 groups), sm_80+.
 bool gemm_ok(const MatvecGroup& g, int n) {
   if (n <= 8 || device_major() < 8 || g.w[0].group < 32 || g.w[0].cols % kGemmBK != 0) return false;
+  if (static_cast<int64_t>(n) * g.w[0].cols >= (int64_t{1} << 31)) return false;  // (x offsets are 32-bit)
   for (int j = 0; j < g.count; ++j)
     if (!g.w[j].q4 || g.w[j].cols != g.w[0].cols || g.w[j].group != g.w[0].group) return false;
   return int8_shape_ok(g);
