@@ -186,6 +186,62 @@ TEST(Cuda, GatedDeltaRuleMatchesCpu) {
     }
 }
 
+// The fused decode step of a DeltaNet mixer (q/k l2 norms, β and decay, the delta rule, the
+// gated norm in one kernel per value head) against the CPU pieces composed here: Qwen3.5's
+// own head dims (128 / 128, as no test checkpoint has them) and smaller odd ones.
+TEST(Cuda, DeltaStepMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(test::fresh_seed());
+  struct Dims {
+    int hk, hv, dk, dv;
+  };
+  for (const Dims dm : {Dims{16, 32, 128, 128}, Dims{2, 4, 64, 96}, Dims{3, 3, 32, 32}}) {
+    cuda::ops::DeltaStepIn in;
+    in.hk = dm.hk, in.hv = dm.hv, in.dk = dm.dk, in.dv = dm.dv;
+    const int kd = dm.hk * dm.dk;
+    in.qkv = test::gaussian(static_cast<size_t>(2 * kd + dm.hv * dm.dv), rng);
+    in.b = test::gaussian(dm.hv, rng), in.a = test::gaussian(dm.hv, rng);
+    in.a_log = test::gaussian(dm.hv, rng, 0.5f), in.dt_bias = test::gaussian(dm.hv, rng, 0.5f);
+    in.z = test::gaussian(static_cast<size_t>(dm.hv) * dm.dv, rng);
+    in.norm_w = test::gaussian(dm.dv, rng, 0.3f);
+    for (auto& w : in.norm_w) w += 1.0f;
+    const auto s0 = test::gaussian(static_cast<size_t>(dm.hv) * dm.dv * dm.dk, rng, 0.1f);
+    // CPU: the inputs of the rule, the recurrent rule (one token), the gated norm.
+    std::vector<float> q(kd), k(kd), beta(dm.hv), g(dm.hv);
+    for (int h = 0; h < dm.hk; ++h) {
+      double sq = 0, sk = 0;
+      for (int j = 0; j < dm.dk; ++j) sq += in.qkv[h * dm.dk + j] * in.qkv[h * dm.dk + j], sk += in.qkv[kd + h * dm.dk + j] * in.qkv[kd + h * dm.dk + j];
+      for (int j = 0; j < dm.dk; ++j) {
+        q[h * dm.dk + j] = static_cast<float>(in.qkv[h * dm.dk + j] / std::sqrt(sq + 1e-6) / std::sqrt(dm.dk));
+        k[h * dm.dk + j] = static_cast<float>(in.qkv[kd + h * dm.dk + j] / std::sqrt(sk + 1e-6));
+      }
+    }
+    for (int h = 0; h < dm.hv; ++h) {
+      beta[h] = static_cast<float>(1 / (1 + std::exp(-static_cast<double>(in.b[h]))));
+      const double sp = std::log1p(std::exp(static_cast<double>(in.a[h]) + in.dt_bias[h]));
+      g[h] = static_cast<float>(std::exp(-std::exp(static_cast<double>(in.a_log[h])) * sp));
+    }
+    DeltaInputs di;
+    di.n = 1, di.hk = dm.hk, di.hv = dm.hv, di.dk = dm.dk, di.dv = dm.dv;
+    di.q = q.data(), di.k = k.data(), di.v = in.qkv.data() + 2 * kd, di.beta = beta.data(), di.g = g.data();
+    auto s_cpu = s0, s_gpu = s0;
+    std::vector<float> y(static_cast<size_t>(dm.hv) * dm.dv);
+    gated_delta_recurrent(di, s_cpu.data(), y.data());
+    for (int h = 0; h < dm.hv; ++h) {
+      double ss = 0;
+      for (int i = 0; i < dm.dv; ++i) ss += static_cast<double>(y[h * dm.dv + i]) * y[h * dm.dv + i];
+      const double inv = 1 / std::sqrt(ss / dm.dv + in.eps);
+      for (int i = 0; i < dm.dv; ++i) {
+        const double zz = in.z[h * dm.dv + i];
+        y[h * dm.dv + i] = static_cast<float>(y[h * dm.dv + i] * inv * in.norm_w[i] * zz / (1 + std::exp(-zz)));
+      }
+    }
+    const auto y_gpu = cuda::ops::delta_step(in, s_gpu);
+    EXPECT_LT(rel_err(y_gpu, y), 1e-5) << "dims " << dm.hk << "/" << dm.hv << "/" << dm.dk << "/" << dm.dv;
+    EXPECT_LT(rel_err(s_gpu, s_cpu), 1e-5) << "dims " << dm.hk << "/" << dm.hv << "/" << dm.dk << "/" << dm.dv;
+  }
+}
+
 // Attention over a GPU cache of each policy equals attention over the CPU slot of the same
 // policy (same seeds, same chunked appends): decode and a causal block of queries, with the
 // tensor-core kernel (where the layer fits it) and with the float kernel over the same GPU

@@ -49,6 +49,15 @@ namespace ops {
 std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n);
 // The gated delta rule over in.n tokens (recurrent form); s updated in place.
 void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y);
+// One decode step of a DeltaNet mixer after its conv (the GPU's fused delta_step): qkv
+// [2·hk·dk + hv·dv] (the conv's output), b, a, a_log, dt_bias [hv], z [hv·dv], norm_w [dv];
+// s [hv][dv][dk] (the CPU's layout) updated; returns y [hv·dv] after the gated norm.
+struct DeltaStepIn {
+  int hk = 0, hv = 0, dk = 0, dv = 0;
+  std::vector<float> qkv, b, a, a_log, dt_bias, z, norm_w;
+  float eps = 1e-6f;
+};
+std::vector<float> delta_step(const DeltaStepIn& in, std::vector<float>& s);
 // A KV cache of this policy on the GPU: appends k, v ([n_kv][n_kv_heads][head_dim]) in
 // chunks of at most `chunk` tokens, then attends q ([n_q][n_heads][head_dim]) at `pos`.
 std::vector<float> attention(const CachePolicy& p, const KVGeometry& g, int layer, const std::vector<float>& k,

@@ -822,31 +822,49 @@ int32_t argmax(const std::vector<float>& y) {
   return argmax_index(key);
 }
 
+// A DeltaNet state between the CPU's [hv][dv][dk] and the GPU's [hv][dk][dv].
+std::vector<float> transpose_state(const std::vector<float>& a, int hv, int dk, int dv, bool to_gpu) {
+  std::vector<float> b(a.size());
+  for (int h = 0; h < hv; ++h)
+    for (int i = 0; i < dv; ++i)
+      for (int j = 0; j < dk; ++j) {
+        const size_t cpu = (static_cast<size_t>(h) * dv + i) * dk + j, gpu = (static_cast<size_t>(h) * dk + j) * dv + i;
+        (to_gpu ? b[gpu] : b[cpu]) = to_gpu ? a[cpu] : a[gpu];
+      }
+  return b;
+}
+
+std::vector<float> download(const DevBuf& b, size_t n) {
+  std::vector<float> v(n);
+  TQ_CUDA_CHECK(cudaMemcpy(v.data(), b.get(), n * sizeof(float), cudaMemcpyDeviceToHost));
+  return v;
+}
+
 void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y) {
   ensure_device();
   const size_t n = in.n;
   DevBuf q = upload(in.q, n * in.hk * in.dk), k = upload(in.k, n * in.hk * in.dk), v = upload(in.v, n * in.hv * in.dv);
-  // The GPU keeps each head's state transposed ([dk][dv]).
-  auto transpose = [&](const std::vector<float>& a, bool to_gpu) {
-    std::vector<float> b(a.size());
-    for (int h = 0; h < in.hv; ++h)
-      for (int i = 0; i < in.dv; ++i)
-        for (int j = 0; j < in.dk; ++j) {
-          const size_t cpu = (static_cast<size_t>(h) * in.dv + i) * in.dk + j, gpu = (static_cast<size_t>(h) * in.dk + j) * in.dv + i;
-          (to_gpu ? b[gpu] : b[cpu]) = to_gpu ? a[cpu] : a[gpu];
-        }
-    return b;
-  };
-  DevBuf beta = upload(in.beta, n * in.hv), g = upload(in.g, n * in.hv), ds = upload(transpose(s, true));
+  DevBuf beta = upload(in.beta, n * in.hv), g = upload(in.g, n * in.hv);
+  DevBuf ds = upload(transpose_state(s, in.hv, in.dk, in.dv, true));
   DevBuf dy(n * in.hv * in.dv * sizeof(float));
   DeltaDims d{in.n, in.hk, in.hv, in.dk, in.dv, 0};
   delta_rule(d, q.get<float>(), k.get<float>(), v.get<float>(), beta.get<float>(), g.get<float>(), ds.get<float>(),
              dy.get<float>(), nullptr);
-  y.resize(n * in.hv * in.dv);
-  TQ_CUDA_CHECK(cudaMemcpy(y.data(), dy.get(), y.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  std::vector<float> sg(s.size());
-  TQ_CUDA_CHECK(cudaMemcpy(sg.data(), ds.get(), sg.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  s = transpose(sg, false);
+  y = download(dy, n * in.hv * in.dv);
+  s = transpose_state(download(ds, s.size()), in.hv, in.dk, in.dv, false);
+}
+
+std::vector<float> delta_step(const DeltaStepIn& in, std::vector<float>& s) {
+  ensure_device();
+  DeltaDims d{1, in.hk, in.hv, in.dk, in.dv, 0};
+  check(delta_step_ok(d), "delta_step: unsupported head dims {} / {}", in.dk, in.dv);
+  DevBuf qkv = upload(in.qkv), b = upload(in.b), a = upload(in.a), a_log = upload(in.a_log), dt = upload(in.dt_bias);
+  DevBuf z = upload(in.z), w = upload(in.norm_w), ds = upload(transpose_state(s, in.hv, in.dk, in.dv, true));
+  DevBuf dy(static_cast<size_t>(in.hv) * in.dv * sizeof(float));
+  cuda::delta_step(d, qkv.get<float>(), b.get<float>(), a.get<float>(), a_log.get<float>(), dt.get<float>(),
+                   ds.get<float>(), z.get<float>(), w.get<float>(), in.eps, dy.get<float>(), nullptr);
+  s = transpose_state(download(ds, s.size()), in.hv, in.dk, in.dv, false);
+  return download(dy, static_cast<size_t>(in.hv) * in.dv);
 }
 
 std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int layer, const std::vector<float>& k,
