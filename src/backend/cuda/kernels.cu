@@ -1805,63 +1805,27 @@ __global__ void attention_merge_kernel(DevKVLayer L, int n_splits, const float* 
 }
 
 // ---- Gated DeltaNet ----
-// Causal depthwise conv (+ SiLU) over the n new tokens, then the per-head inputs of the
-// delta rule, one block per head of the conv output: q heads (l2-normalized, · 1/√dk), k
-// heads (l2-normalized), v heads (copied; β and g of the head, per token).
-__global__ void delta_conv_prep_kernel(DeltaDims d, float* qkv, float* conv_state, const float* conv_w, const float* b,
-                                       const float* a, const float* a_log, const float* dt_bias, float* q, float* k,
-                                       float* v, float* beta, float* g) {
-  pdl_enter();
-  __shared__ float red[32];
-  const int kd = d.hk * d.dk, vd = d.hv * d.dv, C = 2 * kd + vd, K = d.conv_k;
-  const int h = blockIdx.x;  // [0, hk): q, [hk, 2hk): k, [2hk, 2hk + hv): v
-  const int kind = h < d.hk ? 0 : h < 2 * d.hk ? 1 : 2;
-  const int hh = kind == 0 ? h : kind == 1 ? h - d.hk : h - 2 * d.hk;
-  const int width = kind == 2 ? d.dv : d.dk;
-  const int c0 = kind == 0 ? hh * d.dk : kind == 1 ? kd + hh * d.dk : 2 * kd + hh * d.dv;
-  for (int c = threadIdx.x; c < width; c += blockDim.x) {
-    const int ch = c0 + c;
-    float win[8];  // K ≤ 8: the last K−1 inputs, then the new one
-    for (int j = 0; j < K - 1; ++j) win[j] = conv_state[static_cast<size_t>(j) * C + ch];
-    for (int t = 0; t < d.n; ++t) {
-      win[K - 1] = qkv[static_cast<size_t>(t) * C + ch];
-      float acc = 0;
-      for (int j = 0; j < K; ++j) acc += conv_w[static_cast<size_t>(ch) * K + j] * win[j];
-      qkv[static_cast<size_t>(t) * C + ch] = siluf_(acc);
-      for (int j = 0; j < K - 1; ++j) win[j] = win[j + 1];
-    }
-    for (int j = 0; j < K - 1; ++j) conv_state[static_cast<size_t>(j) * C + ch] = win[j];
-  }
-  __syncthreads();  // a thread reads channels other threads wrote
-  for (int t = 0; t < d.n; ++t) {
-    const float* src = qkv + static_cast<size_t>(t) * C + c0;
-    if (kind == 2) {
-      for (int c = threadIdx.x; c < d.dv; c += blockDim.x) v[(static_cast<size_t>(t) * d.hv + hh) * d.dv + c] = src[c];
-      if (threadIdx.x == 0) {
-        const size_t i = static_cast<size_t>(t) * d.hv + hh;
-        beta[i] = sigmoidf_(b[i]);
-        const float sp = a[i] + dt_bias[hh];
-        const float softplus = sp > 20 ? sp : log1pf(expf(sp));
-        g[i] = expf(-expf(a_log[hh]) * softplus);
-      }
-      continue;
-    }
-    float ss = 0;
-    for (int c = threadIdx.x; c < d.dk; c += blockDim.x) ss += src[c] * src[c];
-    ss = block_sum(ss, red);
-    const float inv = rsqrtf(ss + 1e-6f) * (kind == 0 ? rsqrtf(static_cast<float>(d.dk)) : 1.0f);
-    float* dst = (kind == 0 ? q : k) + (static_cast<size_t>(t) * d.hk + hh) * d.dk;
-    for (int c = threadIdx.x; c < d.dk; c += blockDim.x) dst[c] = src[c] * inv;
-  }
+// The delta rule's per-head inputs (qwen35.cc's formulas): the decay g = exp(−e^{a_log} ·
+// softplus(a + dt_bias)) of a value head, and the l2 norm's factor of a q (· 1/√dk) or k head
+// from its Σx².
+__device__ __forceinline__ float delta_decay(float a, float dt_bias, float a_log) {
+  const float sp = a + dt_bias;
+  const float softplus = sp > 20 ? sp : log1pf(expf(sp));
+  return expf(-expf(a_log) * softplus);
+}
+__device__ __forceinline__ float delta_l2_inv(float ss, bool is_q, int dk) {
+  return rsqrtf(ss + 1e-6f) * (is_q ? rsqrtf(static_cast<float>(dk)) : 1.0f);
 }
 
-// Prefill (n > 1): grid (n, 2·hk + hv), block (token t, head) as above for one token,
-// reading qkv's raw inputs (tokens t − K + 1 … t; before token 0 from conv_state) and
-// leaving them as they are, so tokens run in parallel; delta_conv_state_kernel then advances
+// Causal depthwise conv (+ SiLU) over the n new tokens, then the per-head inputs of the
+// delta rule: grid (n, 2·hk + hv), block (token t, head of the conv output): q heads
+// (l2-normalized, · 1/√dk), k heads (l2-normalized), v heads (copied; β and g of the head).
+// Reads qkv's raw inputs (tokens t − K + 1 … t; before token 0 from conv_state) and leaves
+// them as they are, so tokens run in parallel; delta_conv_state_kernel then advances
 // conv_state.
-__global__ void delta_conv_prep_n_kernel(DeltaDims d, const float* qkv, const float* conv_state, const float* conv_w,
-                                         const float* b, const float* a, const float* a_log, const float* dt_bias,
-                                         float* q, float* k, float* v, float* beta, float* g) {
+__global__ void delta_conv_prep_kernel(DeltaDims d, const float* qkv, const float* conv_state, const float* conv_w,
+                                       const float* b, const float* a, const float* a_log, const float* dt_bias,
+                                       float* q, float* k, float* v, float* beta, float* g) {
   pdl_enter();
   __shared__ float red[32];
   const int kd = d.hk * d.dk, vd = d.hv * d.dv, C = 2 * kd + vd, K = d.conv_k;
@@ -1889,14 +1853,11 @@ __global__ void delta_conv_prep_n_kernel(DeltaDims d, const float* qkv, const fl
     if (threadIdx.x == 0) {
       const size_t i = static_cast<size_t>(t) * d.hv + hh;
       beta[i] = sigmoidf_(b[i]);
-      const float sp = a[i] + dt_bias[hh];
-      const float softplus = sp > 20 ? sp : log1pf(expf(sp));
-      g[i] = expf(-expf(a_log[hh]) * softplus);
+      g[i] = delta_decay(a[i], dt_bias[hh], a_log[hh]);
     }
     return;
   }
-  ss = block_sum(ss, red);
-  const float inv = rsqrtf(ss + 1e-6f) * (kind == 0 ? rsqrtf(static_cast<float>(d.dk)) : 1.0f);
+  const float inv = delta_l2_inv(block_sum(ss, red), kind == 0, d.dk);
   for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] *= inv;  // (each thread its own values)
 }
 
@@ -1986,7 +1947,7 @@ __global__ void delta_conv_kernel(DeltaDims d, float* qkv, float* conv_state, co
 // A decode step of the mixer after the conv, one block per value head hv: warps as CG column
 // groups (lane: value column i = 32·cg + lane) × 4 quarters of the key dims (the state's
 // [dk][dv] slice in registers, as delta_rule_kernel); q and k of the key head normalized by
-// warp 0 (delta_conv_prep_kernel's formulas), β and the decay by its lane 0; then the rule's
+// warp 0 (delta_l2_inv), β and the decay by its lane 0; then the rule's
 // two reductions; then the gated norm over the head's dv values (delta_rule_kernel and
 // gated_norm_kernel's orders of summation).
 template <int DK>
@@ -2013,15 +1974,13 @@ __global__ void __launch_bounds__(512) delta_step_kernel(DeltaDims d, const floa
       sq += qv[e] * qv[e], sk += kv[e] * kv[e];
     }
     sq = warp_sum(sq), sk = warp_sum(sk);
-    const float iq = rsqrtf(sq + 1e-6f) * rsqrtf(static_cast<float>(DK)), ik = rsqrtf(sk + 1e-6f);
+    const float iq = delta_l2_inv(sq, true, DK), ik = delta_l2_inv(sk, false, DK);
 #pragma unroll
     for (int e = 0; e < P; ++e)
       if (lane + 32 * e < DK) qs[lane + 32 * e] = qv[e] * iq, ks[lane + 32 * e] = kv[e] * ik;
     if (lane == 0) {
       gb[1] = sigmoidf_(b[hv]);
-      const float sp = a[hv] + dt_bias[hv];
-      const float softplus = sp > 20 ? sp : log1pf(expf(sp));
-      gb[0] = expf(-expf(a_log[hv]) * softplus);
+      gb[0] = delta_decay(a[hv], dt_bias[hv], a_log[hv]);
     }
   }
   const float vi = qkv[2 * kd + static_cast<size_t>(hv) * d.dv + i];
@@ -2867,11 +2826,7 @@ void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const fl
                      float* g, cudaStream_t s) {
   if (d.conv_k > 8) cuda_unsupported("CUDA DeltaNet: conv kernel wider than 8");
   const int heads = 2 * d.hk + d.hv, threads = threads_for(std::max(d.dk, d.dv));
-  if (d.n == 1) {
-    launch(delta_conv_prep_kernel, heads, threads, 0, s, d, qkv, conv_state, conv_w, b, a, a_log, dt_bias, q, k, v, beta, g);
-    return;
-  }
-  launch(delta_conv_prep_n_kernel, dim3(d.n, heads), threads, 0, s, d, static_cast<const float*>(qkv),
+  launch(delta_conv_prep_kernel, dim3(d.n, heads), threads, 0, s, d, static_cast<const float*>(qkv),
          static_cast<const float*>(conv_state), conv_w, b, a, a_log, dt_bias, q, k, v, beta, g);
   const int C = 2 * d.hk * d.dk + d.hv * d.dv;
   launch(delta_conv_state_kernel, (C + 255) / 256, 256, 0, s, d, static_cast<const float*>(qkv), conv_state);

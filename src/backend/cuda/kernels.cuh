@@ -180,9 +180,8 @@ void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q,
 struct DeltaDims {
   int n, hk, hv, dk, dv, conv_k;
 };
-// Causal conv + SiLU of the n new tokens (conv_state advanced; qkv left unspecified: one
-// token is convolved in place, more in parallel from the raw inputs), then the delta
-// rule's inputs: q, k l2-normalized per head (q · 1/√dk), v, β = σ(b), g = decay.
+// Causal conv + SiLU of the n new tokens (conv_state advanced, qkv left as it is), then the
+// delta rule's inputs: q, k l2-normalized per head (q · 1/√dk), v, β = σ(b), g = decay.
 void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const float* conv_w, const float* b,
                      const float* a, const float* a_log, const float* dt_bias, float* q, float* k, float* v, float* beta,
                      float* g, cudaStream_t s);
