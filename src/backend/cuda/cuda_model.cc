@@ -544,7 +544,7 @@ class CudaModel final : public Model {
     pos_dev_ = DevBuf(n * sizeof(int32_t));
     const size_t widest = std::max({H, static_cast<size_t>(m.intermediate), m.n_heads * hd, vd});
     const size_t blocks = (widest + 31) / 32;
-    q8_ = DevBuf(blocks * (2 * sizeof(int4) + sizeof(float4) + sizeof(float)));
+    q8_ = DevBuf(blocks * (2 * sizeof(int4) + 2 * sizeof(float4)));
     xq8_ = XQ8{q8_.get<int4>(), reinterpret_cast<float4*>(q8_.get<int4>() + 2 * blocks),
                reinterpret_cast<float*>(q8_.get<int4>() + 3 * blocks)};
   }
@@ -674,9 +674,9 @@ class CudaModel final : public Model {
       }
       const DevWeight* gu[2] = {&L.gate.w, &L.up.w};
       const RmsNormIn* nin = norm_for(gu, 2, true, L.post_norm.get<float>(), fused);
-      if (!skip_("mlp_gateup")) swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s, xq, nin);
+      const bool q8_done = !skip_("mlp_gateup") && swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s, xq, nin, xq);
       prof_.mark("mlp gate/up", s);
-      if (xq && !skip_("q8")) quantize_q8(g_, m.intermediate, *xq, s);
+      if (xq && !q8_done && !skip_("q8")) quantize_q8(g_, m.intermediate, *xq, s);
       add_out(L.down.w, g_, "mlp_down");
       prof_.mark("mlp down", s);
     }

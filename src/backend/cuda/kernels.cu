@@ -140,6 +140,7 @@ struct MatvecGroup {
   bool accumulate = false;  // q4_q8_kernel: y += W·x (the residual stream) instead of y = W·x
   RmsNormIn norm;           // q4_q8_kernel: x is RMSNorm(norm.x) · norm.w, built by each block (norm.x set)
   DeltaConvIn conv;         // one token: weight 0's rows through the DeltaNet conv (conv.w set)
+  XQ8 q8out;                // q4_q8_kernel, swiglu (q8out.q set): its output also as int8 (q8_store_warp)
 };
 
 // One token of the DeltaNet causal conv for channel ch (C channels): Σ_j w[j]·in_j over the
@@ -209,22 +210,21 @@ __global__ void __launch_bounds__(kMatvecThreads) q4_group_kernel(MatvecGroup g,
 
 // ---- decode matvec on int8 activations (dp4a), as llama.cpp's MMVQ does ----
 // x in blocks of 32 values: 32 int8 (for each 8-value word its even values, then its odd
-// values, so a 4-bit word's low and high nibbles meet them in two dp4a), a scale per word
-// (d = max|x|/127 over its 8 values) and the block's exact float sum (the group bias
-// multiplies it).
-__device__ __forceinline__ void q8_store_warp(float v, size_t i, XQ8 out) {
-  // The warp's 32 lanes hold elements i of one block, lane = i % 32.
+// values, so a 4-bit word's low and high nibbles meet them in two dp4a), and per word a
+// scale (d = max|x|/127 over its 8 values) and its exact float sum (the group bias
+// multiplies the block's).
+__device__ __forceinline__ void q8_store_warp(float v, size_t i, XQ8 out, bool store = true) {
+  // Every lane of the warp calls it; lanes 8j … 8j + 7 hold the elements of one word, i % 8
+  // = lane % 8 (store: this lane's element is written).
   float mx = fabsf(v), sum = v;
 #pragma unroll
-  for (int o = 4; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  for (int o = 4; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o)), sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (!store) return;
   const float inv = mx > 0 ? 127.0f / mx : 0.0f;
   const int k = static_cast<int>(i & 31);
   reinterpret_cast<int8_t*>(out.q)[(i & ~size_t(31)) + (k >> 3) * 8 + (k & 1) * 4 + ((k & 7) >> 1)] =
       static_cast<int8_t>(__float2int_rn(v * inv));
-  if ((k & 7) == 0) reinterpret_cast<float*>(out.d)[i >> 3] = mx / 127.0f;
-  if (k == 0) out.sum[i >> 5] = sum;
+  if ((k & 7) == 0) reinterpret_cast<float*>(out.d)[i >> 3] = mx / 127.0f, out.sum[i >> 3] = sum;
 }
 
 __global__ void quantize_q8_kernel(const float* __restrict__ x, size_t n, XQ8 out) {
@@ -256,11 +256,13 @@ template <bool kShared = false>
 __device__ __forceinline__ XBlock load_xblock(const XQ8& x, int b) {
   XBlock v;
   if constexpr (kShared) {
-    v.a = x.q[2 * b], v.b = x.q[2 * b + 1], v.d = x.d[b], v.sum = x.sum[b];
+    const float4 s = reinterpret_cast<const float4*>(x.sum)[b];
+    v.a = x.q[2 * b], v.b = x.q[2 * b + 1], v.d = x.d[b], v.sum = (s.x + s.y) + (s.z + s.w);
   } else {
     v.a = __ldg(x.q + 2 * b), v.b = __ldg(x.q + 2 * b + 1);
     v.d = __ldg(x.d + b);
-    v.sum = __ldg(x.sum + b);
+    const float4 s = __ldg(reinterpret_cast<const float4*>(x.sum) + b);
+    v.sum = (s.x + s.y) + (s.z + s.w);
   }
   constexpr int ones = 0x01010101;
   v.c0 = 8 * __dp4a(v.a.y, ones, __dp4a(v.a.x, ones, 0)), v.c1 = 8 * __dp4a(v.a.w, ones, __dp4a(v.a.z, ones, 0));
@@ -292,12 +294,12 @@ constexpr int kQ8Rows = 4, kQ8Unroll = 1, kQ8Threads = 256;
 // each group of 8 is quantized from x·w at once and its scale and the block sums take r
 // after one block reduction of Σx². Layout and rounding as q8_store_warp.
 constexpr int kNormPer = 8;
-__host__ __device__ constexpr int norm_smem_bytes(int cols) { return cols + cols / 8 * 4 + cols / 32 * 4 + 32 * 4; }
+__host__ __device__ constexpr int norm_smem_bytes(int cols) { return cols + cols / 8 * 4 + cols / 8 * 4 + 32 * 4; }
 __device__ XQ8 rmsnorm_q8_shared(const RmsNormIn& n, int cols, unsigned char* sm) {
   int8_t* q = reinterpret_cast<int8_t*>(sm);
   float* d = reinterpret_cast<float*>(sm + cols);
   float* sum = d + cols / 8;
-  float* red = sum + cols / 32;
+  float* red = sum + cols / 8;
   const int ng = cols / 8;
   float mx[kNormPer], s8[kNormPer], ss = 0;
 #pragma unroll
@@ -324,14 +326,7 @@ __device__ XQ8 rmsnorm_q8_shared(const RmsNormIn& n, int cols, unsigned char* sm
 #pragma unroll
   for (int k = 0; k < kNormPer; ++k) {
     const int gi = threadIdx.x + k * blockDim.x;
-    if (gi - static_cast<int>(threadIdx.x & 31) >= ng) break;  // (whole warps: ng % 32 == 0)
-    float s32 = s8[k];  // groups 4b … 4b + 3 sit in lanes 4j … 4j + 3
-    s32 += __shfl_xor_sync(0xffffffffu, s32, 1);
-    s32 += __shfl_xor_sync(0xffffffffu, s32, 2);
-    if (gi < ng) {
-      d[gi] = r * mx[k] / 127.0f;
-      if ((gi & 3) == 0) sum[gi / 4] = r * s32;
-    }
+    if (gi < ng) d[gi] = r * mx[k] / 127.0f, sum[gi] = r * s8[k];
   }
   __syncthreads();
   return {reinterpret_cast<int4*>(q), reinterpret_cast<float4*>(d), sum};
@@ -399,26 +394,41 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
+  bool writer = lane == 0 && live;
   if (wpu > 1) {  // the unit's warps add their column shares (fixed order: deterministic)
     if (lane == 0)
 #pragma unroll
       for (int r = 0; r < R; ++r) part[warp][r] = acc[r];
     __syncthreads();
-    if (sub != 0) return;
+    writer = writer && sub == 0;
+    if (sub == 0)
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      float t = 0;
-      for (int k = 0; k < wpu; ++k) t += part[warp + k][r];
-      acc[r] = t;
-    }
+      for (int r = 0; r < R; ++r) {
+        float t = 0;
+        for (int k = 0; k < wpu; ++k) t += part[warp + k][r];
+        acc[r] = t;
+      }
   }
-  if (lane != 0 || !live) return;
   if (g.swiglu) {
+    __shared__ float gs[kQ8Threads / 32 * H];  // the block's rows of the output (q8out)
 #pragma unroll
-    for (int r = 0; r < H; ++r)
-      if (r0 + r < w.rows) g.y[0][r0 + r] = acc[r] / (1.0f + expf(-acc[r])) * acc[H + r];
+    for (int r = 0; r < H; ++r) {
+      const float v = acc[r] / (1.0f + expf(-acc[r])) * acc[H + r];
+      if (writer && r0 + r < w.rows) g.y[0][r0 + r] = v;
+      if (writer) gs[warp / wpu * H + r] = v;
+    }
+    if (!g.q8out.q) return;
+    // Its int8 copy (the next matvec's x): the block's rows are whole 8-value words (host:
+    // wpu ≤ 2, rows % 8 == 0), quantized by warp 0 — no separate kernel.
+    __syncthreads();
+    if (warp != 0) return;
+    const int nrows = static_cast<int>(blockDim.x) / 32 / wpu * H;
+    const int row = blockIdx.x * nrows + lane;
+    const bool mine = lane < nrows && row < w.rows;
+    q8_store_warp(mine ? gs[lane] : 0.0f, row, g.q8out, mine);
     return;
   }
+  if (!writer) return;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     if (r0 + r >= w.rows) continue;
@@ -2536,6 +2546,8 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
       for (int j = 0; j < g.count; ++j) g.block_end[j] = (units += (g.w[j].rows + kQ8Rows - 1) / kQ8Rows);
     }
     g.wpu = warps_per_unit(units, g.w[0].cols / 32);
+    // int8 output: blocks of whole 8-row words, and not into the x this launch reads
+    if (g.q8out.q && !(g.swiglu && g.wpu <= 2 && g.w[0].rows % 8 == 0 && norm)) g.q8out = XQ8{};
     const int per_block = std::max(1, kQ8Threads / 32 / g.wpu), threads = 32 * g.wpu * per_block;
     int gshift = 0;
     while ((32 << gshift) < g.w[0].group) ++gshift;
@@ -2551,6 +2563,7 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     return;
   }
   if (norm || g.accumulate) cuda_unsupported("fused RMSNorm / accumulate: only on the int8 decode path");
+  g.q8out = XQ8{};
   if (gemm_ok(g, n)) {
     gemm_group(g, x, n, s);
     return;
@@ -2625,22 +2638,24 @@ bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& 
   return true;
 }
 
-void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
-                   cudaStream_t s, const XQ8* xq, const RmsNormIn* norm) {
+bool swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
+                   cudaStream_t s, const XQ8* xq, const RmsNormIn* norm, const XQ8* q8_out) {
   if (!(gate.q4 && up.q4 && gate.rows == up.rows && gate.cols == up.cols && gate.group == up.group &&
         gate.sbf16 == up.sbf16)) {
     if (norm) cuda_unsupported("fused RMSNorm: gate and up are not one 4-bit pair");
     matmul(gate, x, n, g_out, s, xq);
     matmul(up, x, n, u_scratch, s, xq);
     swiglu(g_out, u_scratch, static_cast<size_t>(n) * gate.rows, s);
-    return;
+    return false;
   }
   MatvecGroup g;
   g.swiglu = true;
   g.count = 2;
   g.w[0] = gate, g.w[1] = up;
   g.y[0] = g_out, g.y[1] = nullptr, g.y[2] = nullptr, g.y[3] = nullptr;
+  if (q8_out && n == 1 && g_decode_int8) g.q8out = *q8_out;
   launch_group(g, x, n, xq, s, norm);
+  return g.q8out.q != nullptr;
 }
 
 void matmul(const DevWeight& w, const float* x, int n, float* y, cudaStream_t s, const XQ8* xq, const RmsNormIn* norm) {

@@ -88,7 +88,8 @@ struct DevKVLayer {
 };
 
 // x of a decode step as int8 in blocks of 32 values (see q8_store_warp in kernels.cu):
-// q: 2 int4 per block, d: the scales of its four 8-value words, sum: its exact sum.
+// q: 2 int4 per block, d: the scales of its four 8-value words, sum: their exact sums
+// (cols / 8 floats, read as a float4 per block).
 struct XQ8 {
   int4* q = nullptr;
   float4* d = nullptr;
@@ -125,8 +126,11 @@ struct DeltaConvIn {
 bool matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
                  const XQ8* xq = nullptr, const RmsNormIn* norm = nullptr, const DeltaConvIn* conv = nullptr);
 // g_out = silu(gate·x) ⊙ (up·x), one launch for 4-bit weights (u_scratch used otherwise).
-void swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
-                   cudaStream_t s, const XQ8* xq = nullptr, const RmsNormIn* norm = nullptr);
+// q8_out (decode): g_out also as int8 by the same launch where it can (its input norm fused,
+// rows in whole 8-value words); true if it did, else the caller runs quantize_q8.
+bool swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
+                   cudaStream_t s, const XQ8* xq = nullptr, const RmsNormIn* norm = nullptr,
+                   const XQ8* q8_out = nullptr);
 // Decode: y += W·x (a sublayer's output added to the residual stream by its matvec) on the
 // int8 path; false, with nothing launched, where that path does not apply.
 bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq);
