@@ -152,6 +152,74 @@ TEST(Cuda, PrefillGemmMatchesCpu) {
   }
 }
 
+// A decode step's MLP input stage: the gate/up matvec with its RMSNorm built by its blocks
+// writes g = silu(gate·n) ⊙ (up·n) and, where its blocks hold whole 8-row words, g's int8
+// copy for the down matvec itself (else the quantize kernel does). g against the CPU (the
+// int8 path's bound, as Int8DecodeWithinDerivedBound); the copy against the format computed
+// here from the GPU's own g: per 8 values the scale max|g|/127, codes round(g·127/max), the
+// exact sum.
+TEST(Cuda, SwigluInt8CopyMatchesFormat) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  struct Shape {
+    int rows, cols, group;
+    bool fused;  // false: few rows over many columns, where more than 2 warps usually share a row (then
+                 // the quantize kernel writes the copy; how many share depends on the GPU's size)
+  };
+  for (const Shape sh : {Shape{2048, 1024, 64, true}, Shape{1000, 512, 32, true}, Shape{32, 8192, 64, false}}) {
+    std::vector<std::vector<uint32_t>> codes(2);
+    std::vector<std::vector<uint16_t>> sc(2), bi(2);
+    Weight w[2];
+    for (int j = 0; j < 2; ++j) {
+      const auto wf = test::gaussian(static_cast<size_t>(sh.rows) * sh.cols, rng, 0.05f);
+      quantize_affine(wf.data(), sh.rows, sh.cols, 4, sh.group, codes[j], sc[j], bi[j]);
+      w[j].name = j ? "up" : "gate";
+      w[j].rows = sh.rows, w[j].cols = sh.cols, w[j].bits = 4, w[j].group = sh.group;
+      w[j].data = reinterpret_cast<const uint8_t*>(codes[j].data());
+      w[j].scales = reinterpret_cast<const uint8_t*>(sc[j].data()), w[j].biases = reinterpret_cast<const uint8_t*>(bi[j].data());
+    }
+    const auto x = test::gaussian(sh.cols, rng, 3.0f), nw = test::gaussian(sh.cols, rng);
+    const float eps = 1e-6f;
+    const auto r = cuda::ops::swiglu_int8(w[0], w[1], x, nw, eps);
+    if (sh.fused) {
+      EXPECT_TRUE(r.fused) << sh.rows << "x" << sh.cols;
+    }
+    std::printf("[cuda swiglu int8] %dx%d: copy written by the %s\n", sh.rows, sh.cols, r.fused ? "matvec" : "quantize kernel");
+    // g against the CPU
+    double ss = 0;
+    for (float v : x) ss += static_cast<double>(v) * v;
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss / sh.cols + eps));
+    std::vector<float> n(sh.cols), a(sh.rows), b(sh.rows), ref(sh.rows);
+    for (int i = 0; i < sh.cols; ++i) n[i] = x[i] * inv * nw[i];
+    cpu::matmul(w[0], n.data(), 1, a.data(), pool);
+    cpu::matmul(w[1], n.data(), 1, b.data(), pool);
+    for (int i = 0; i < sh.rows; ++i) ref[i] = a[i] / (1.0f + std::exp(-a[i])) * b[i];
+    EXPECT_LT(rel_err(r.g, ref), 2e-2) << sh.rows << "x" << sh.cols;
+    // the int8 copy of g
+    int bad_q = 0, bad_d = 0, bad_sum = 0;
+    for (int w8 = 0; w8 < sh.rows / 8; ++w8) {
+      float mx = 0;
+      double sum = 0, mag = 0;
+      for (int e = 0; e < 8; ++e) {
+        const float v = r.g[8 * w8 + e];
+        mx = std::max(mx, std::fabs(v)), sum += v, mag += std::fabs(v);
+      }
+      bad_d += r.d[w8] != mx / 127.0f;
+      bad_sum += std::fabs(r.sum[w8] - sum) > 1e-6 * mag + 1e-30;
+      const float s = mx > 0 ? 127.0f / mx : 0.0f;
+      for (int e = 0; e < 8; ++e) {
+        const int k = 8 * w8 + e, in_block = k % 32;
+        const int at = k - in_block + (in_block / 8) * 8 + (in_block % 2) * 4 + (in_block % 8) / 2;
+        bad_q += r.q[at] != static_cast<int8_t>(std::nearbyint(r.g[k] * s));
+      }
+    }
+    EXPECT_EQ(bad_q, 0) << sh.rows << "x" << sh.cols;
+    EXPECT_EQ(bad_d, 0) << sh.rows << "x" << sh.cols;
+    EXPECT_EQ(bad_sum, 0) << sh.rows << "x" << sh.cols;
+  }
+}
+
 TEST(Cuda, GatedDeltaRuleMatchesCpu) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(test::fresh_seed());

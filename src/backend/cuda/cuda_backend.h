@@ -63,6 +63,19 @@ std::vector<float> delta_step(const DeltaStepIn& in, std::vector<float>& s);
 std::vector<float> attention(const CachePolicy& p, const KVGeometry& g, int layer, const std::vector<float>& k,
                              const std::vector<float>& v, size_t n_kv, size_t chunk, const std::vector<float>& q,
                              const std::vector<int32_t>& pos);
+// A decode step's MLP input stage on the int8 path: g = silu(gate·n) ⊙ (up·n) with n =
+// RMSNorm(x)·norm_w built by the matvec's blocks, and the int8 copy of g the next matvec
+// reads — written by the same launch where it can (fused), else by the quantize kernel:
+// q [rows] (each 32-value block's bytes in the GPU's order: byte (k/8)·8 + (k%2)·4 + (k%8)/2
+// holds value k), d and sum [rows / 8] (scale max|g|/127 and exact sum of each 8 values).
+struct SwigluInt8 {
+  std::vector<float> g;
+  std::vector<int8_t> q;
+  std::vector<float> d, sum;
+  bool fused = false;
+};
+SwigluInt8 swiglu_int8(const Weight& gate, const Weight& up, const std::vector<float>& x, const std::vector<float>& norm_w,
+                       float eps);
 // Index of y's largest value (the first of equal ones), found on the GPU.
 int32_t argmax(const std::vector<float>& y);
 // The k largest of y selected on the GPU (Model::forward_top's selection), in ranks_before order.

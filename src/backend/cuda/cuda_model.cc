@@ -790,16 +790,34 @@ size_t device_memory_used() {
 }
 
 namespace ops {
+namespace {
+// An int8 x (XQ8) of n values (n % 32 == 0) in its own device memory.
+struct Q8Buf {
+  explicit Q8Buf(size_t n) : blocks((n + 31) / 32), mem(blocks * (2 * sizeof(int4) + 2 * sizeof(float4))) {
+    x = XQ8{mem.get<int4>(), reinterpret_cast<float4*>(mem.get<int4>() + 2 * blocks),
+            reinterpret_cast<float*>(mem.get<int4>() + 3 * blocks)};
+  }
+  size_t blocks;
+  DevBuf mem;
+  XQ8 x;
+};
+bool norm_fusable_host(const Weight& gate, const Weight& up) {
+  DevWeight a, b;
+  a.q4 = b.q4 = true, a.rows = static_cast<int>(gate.rows), b.rows = static_cast<int>(up.rows);
+  a.cols = static_cast<int>(gate.cols), b.cols = static_cast<int>(up.cols), a.group = gate.group, b.group = up.group;
+  a.sbf16 = gate.sdtype == DType::bf16, b.sbf16 = up.sdtype == DType::bf16;
+  const DevWeight* w[2] = {&a, &b};
+  return norm_fusable(w, 2, true);
+}
+}  // namespace
 
 std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n) {
   ensure_device();
   Uploaded u = upload_weight(w);
   DevBuf dx = upload(x), dy(static_cast<size_t>(n) * w.rows * sizeof(float));
-  const size_t blocks = (static_cast<size_t>(w.cols) + 31) / 32;
-  DevBuf q(blocks * 2 * sizeof(int4)), d(blocks * sizeof(float4)), sum(blocks * sizeof(float));
-  const XQ8 xq{q.get<int4>(), d.get<float4>(), sum.get<float>()};
-  if (n == 1) quantize_q8(dx.get<float>(), w.cols, xq, nullptr);
-  cuda::matmul(u.w, dx.get<float>(), n, dy.get<float>(), nullptr, &xq);
+  Q8Buf xq(w.cols);
+  if (n == 1) quantize_q8(dx.get<float>(), w.cols, xq.x, nullptr);
+  cuda::matmul(u.w, dx.get<float>(), n, dy.get<float>(), nullptr, &xq.x);
   std::vector<float> y(static_cast<size_t>(n) * w.rows);
   TQ_CUDA_CHECK(cudaMemcpy(y.data(), dy.get(), y.size() * sizeof(float), cudaMemcpyDeviceToHost));
   return y;
@@ -891,6 +909,25 @@ std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int la
   std::vector<float> o(static_cast<size_t>(n_q) * geo.n_heads * geo.head_dim);
   TQ_CUDA_CHECK(cudaMemcpy(o.data(), out.get(), o.size() * sizeof(float), cudaMemcpyDeviceToHost));
   return o;
+}
+
+SwigluInt8 swiglu_int8(const Weight& gate, const Weight& up, const std::vector<float>& x, const std::vector<float>& norm_w,
+                       float eps) {
+  ensure_device();
+  check(gate.bits == 4 && up.bits == 4 && norm_fusable_host(gate, up), "swiglu_int8: a 4-bit pair the fused norm takes");
+  Uploaded ug = upload_weight(gate), uu = upload_weight(up);
+  DevBuf dx = upload(x), dw = upload(norm_w), dg(static_cast<size_t>(gate.rows) * sizeof(float));
+  Q8Buf in(gate.cols), out(gate.rows);
+  const RmsNormIn norm{dx.get<float>(), dw.get<float>(), eps};
+  SwigluInt8 r;
+  r.fused = swiglu_matmul(ug.w, uu.w, nullptr, 1, dg.get<float>(), nullptr, nullptr, &in.x, &norm, &out.x);
+  if (!r.fused) quantize_q8(dg.get<float>(), gate.rows, out.x, nullptr);
+  r.g = download(dg, gate.rows);
+  r.q.resize(gate.rows), r.d.resize(gate.rows / 8), r.sum.resize(gate.rows / 8);
+  TQ_CUDA_CHECK(cudaMemcpy(r.q.data(), out.x.q, r.q.size(), cudaMemcpyDeviceToHost));
+  TQ_CUDA_CHECK(cudaMemcpy(r.d.data(), out.x.d, r.d.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  TQ_CUDA_CHECK(cudaMemcpy(r.sum.data(), out.x.sum, r.sum.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  return r;
 }
 
 }  // namespace ops
