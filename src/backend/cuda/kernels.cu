@@ -2794,7 +2794,12 @@ TcKernel tc_kernel_for(const DevKVLayer& L) {
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
   // Enough blocks to fill the GPU several times over (132 SMs × 8), at least 128 tokens per
   // split (measured: 528 or 2112 blocks, 256 or 512 tokens were no better). The tensor-core
-  // kernel: at most as many, in whole waves of the blocks its shared memory lets reside.
+  // kernel: at most as many, in whole waves of the blocks its shared memory lets reside —
+  // and for one query (a decode step) one wave, every block resident at once (no later
+  // wave's tail, fewer partials for the merge): as many blocks as fit for code caches, whose
+  // decode is bound by instruction issue (more warps hide more of its latency), one per SM
+  // for fp16 rows, which are bound by memory (four warps per SM keep it busy). Measured on
+  // the H200 (PERF.md v13c): against two or more waves, tq3 +5% at 32K–128K, fp16 +7% at 128K.
   constexpr int max_blocks = 1056, min_tokens = 128;
   int blocks = max_blocks;
   if (const TcKernel tc = tc_kernel_for(L); tc.fn) {
@@ -2803,8 +2808,8 @@ int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
     TQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, tc.fn, kTcWarps * 32, tc.bytes));
     const int slots = std::max(1, sms * per_sm);
-    blocks = slots * std::max(1, max_blocks / slots);
-    if (blocks > max_blocks) blocks = max_blocks;
+    blocks = std::min(max_blocks, slots * std::max(1, max_blocks / slots));
+    if (n_q == 1) blocks = L.k.bits >= 16 && L.v.bits >= 16 ? std::max(1, sms) : slots;
   }
   const int want = std::max(1, blocks / std::max(1, n_q * L.n_kv_heads));
   return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + min_tokens - 1) / min_tokens)));
