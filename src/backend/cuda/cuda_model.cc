@@ -29,6 +29,7 @@ void cuda_unsupported(const char* what) { fail("{}", what); }
 namespace {
 
 constexpr int kChunk = 512;  // tokens per forward pass on the GPU (prefill chunks)
+constexpr int kHeadRows = 64;  // rows of logits per head matmul when every row's logits are wanted
 
 // An owned device allocation.
 class DevBuf {
@@ -594,10 +595,18 @@ class CudaModel final : public Model {
       if (kv) kv->appended(n);
     const DevWeight& head = tied_ ? embed_.w : head_.w;
     if (best) TQ_CUDA_CHECK(cudaMemcpyAsync(best_pin_.p, best_dev_.get(), sizeof *best_pin_.p, cudaMemcpyDeviceToHost, s));
-    for (int r = 0; logits && r < rows; ++r) {  // logits_ holds one row (the head ran for it when rows == 1)
-      if (rows > 1) matmul(head, xb_ + static_cast<size_t>(r) * m.hidden, 1, logits_, s);
-      TQ_CUDA_CHECK(cudaMemcpyAsync(logits + static_cast<size_t>(r) * m.vocab, logits_, m.vocab * sizeof(float),
-                                    cudaMemcpyDeviceToHost, s));
+    // One row: the head ran for it into logits_. Every row (eval): the head over up to
+    // kHeadRows rows at once (a GEMM on tensor cores for 4-bit heads), into head_rows_.
+    if (logits && rows > 1 && !head_rows_.get()) head_rows_ = DevBuf(static_cast<size_t>(kHeadRows) * m.vocab * sizeof(float));
+    for (int r0 = 0; logits && r0 < rows; r0 += kHeadRows) {
+      const int nr = std::min(kHeadRows, rows - r0);
+      float* out = logits_;
+      if (rows > 1) {
+        out = head_rows_.get<float>();
+        matmul(head, xb_ + static_cast<size_t>(r0) * m.hidden, nr, out, s);
+      }
+      TQ_CUDA_CHECK(cudaMemcpyAsync(logits + static_cast<size_t>(r0) * m.vocab, out,
+                                    static_cast<size_t>(nr) * m.vocab * sizeof(float), cudaMemcpyDeviceToHost, s));
     }
     TQ_CUDA_CHECK(cudaStreamSynchronize(s));
     if (best) *best = argmax_index(*best_pin_.p);
@@ -730,6 +739,7 @@ class CudaModel final : public Model {
   DevBuf final_norm_;
   std::vector<DevLayer> layers_;
   DevBuf arena_, tok_dev_, pos_dev_, q8_, best_dev_{sizeof(unsigned long long)};
+  mutable DevBuf head_rows_;  // kHeadRows rows of logits (allocated by the first all-rows forward)
   PinnedKey best_pin_;  // the host end of best_dev_
   mutable TopKOnDevice top_;
   XQ8 xq8_;  // int8 copy of the decode step's current matvec input
