@@ -39,6 +39,8 @@ std::vector<EvalResult> evaluate_policies(const Model& model, const std::vector<
   }
   const auto f32 = CachePolicy::parse("f32");
   std::vector<float> ref(static_cast<size_t>(chunk) * V), lg(ref.size());
+  std::vector<double> row_kl(chunk);
+  std::vector<char> row_agree(chunk);
   for (size_t w = 0; w < starts.size(); ++w) {
     const size_t s = starts[w], e = std::min(tokens.size(), s + ctx);
     const size_t first_scored = w == 0 ? s : s + (ctx - stride);  // position whose next token is scored
@@ -47,23 +49,30 @@ std::vector<EvalResult> evaluate_policies(const Model& model, const std::vector<
     for (const auto& p : policies) states.push_back(model.new_state(p));
     for (size_t c = s; c + 1 < e; c += chunk) {
       const int n = static_cast<int>(std::min<size_t>(chunk, e - 1 - c));  // inputs c .. c+n-1 predict c+1 .. c+n
+      // Rows are scored in parallel (a large vocabulary makes this the bulk of the work when
+      // the model runs on a GPU), each into its own slot, then added in row order: the
+      // totals do not depend on the threads.
       model.forward(*ref_state, tokens.data() + c, n, ref.data(), true, pool);
-      for (int i = 0; i < n; ++i) {
-        log_softmax(ref.data() + static_cast<size_t>(i) * V, V);
+      pool.parallel_for(n, [&](size_t i, int) { log_softmax(ref.data() + i * V, V); });
+      for (int i = 0; i < n; ++i)
         if (c + i >= first_scored) ref_nll -= ref[static_cast<size_t>(i) * V + tokens[c + i + 1]];
-      }
       for (size_t p = 0; p < P; ++p) {
         model.forward(*states[p], tokens.data() + c, n, lg.data(), true, pool);
-        for (int i = 0; i < n; ++i) {
-          if (c + i < first_scored) continue;
-          float* lp = lg.data() + static_cast<size_t>(i) * V;
-          const float* lr = ref.data() + static_cast<size_t>(i) * V;
+        pool.parallel_for(n, [&](size_t i, int) {
+          if (c + i < first_scored) return;
+          float* lp = lg.data() + i * V;
+          const float* lr = ref.data() + i * V;
           log_softmax(lp, V);
-          nll[p] -= lp[tokens[c + i + 1]];
           double k = 0;
           for (int v = 0; v < V; ++v) k += std::exp(static_cast<double>(lr[v])) * (lr[v] - lp[v]);
-          kl[p] += std::max(0.0, k);
-          agree[p] += (std::max_element(lp, lp + V) - lp) == (std::max_element(lr, lr + V) - lr);
+          row_kl[i] = std::max(0.0, k);
+          row_agree[i] = (std::max_element(lp, lp + V) - lp) == (std::max_element(lr, lr + V) - lr);
+        });
+        for (int i = 0; i < n; ++i) {
+          if (c + i < first_scored) continue;
+          nll[p] -= lg[static_cast<size_t>(i) * V + tokens[c + i + 1]];
+          kl[p] += row_kl[i];
+          agree[p] += row_agree[i];
         }
       }
       for (int i = 0; i < n; ++i) scored += (c + i >= first_scored);
