@@ -2799,7 +2799,7 @@ int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
   // wave's tail, fewer partials for the merge): as many blocks as fit for code caches, whose
   // decode is bound by instruction issue (more warps hide more of its latency), one per SM
   // for fp16 rows, which are bound by memory (four warps per SM keep it busy). Measured on
-  // the H200 (PERF.md v13c): against two or more waves, tq3 +5% at 32K–128K, fp16 +7% at 128K.
+  // the H200 (PERF.md v13d): against two or more waves, tq3 +5% at 32K–128K, fp16 +7% at 128K.
   constexpr int max_blocks = 1056, min_tokens = 128;
   int blocks = max_blocks;
   if (const TcKernel tc = tc_kernel_for(L); tc.fn) {
