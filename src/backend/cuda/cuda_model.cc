@@ -69,6 +69,18 @@ struct PinnedKey {
   unsigned long long* p = nullptr;
 };
 
+// An int8 x (XQ8) of up to n values (whole blocks of 32) in its own device memory.
+struct Q8Buf {
+  Q8Buf() = default;
+  explicit Q8Buf(size_t n) : mem((n + 31) / 32 * (2 * sizeof(int4) + 2 * sizeof(float4))) {
+    const size_t blocks = (n + 31) / 32;
+    x = XQ8{mem.get<int4>(), reinterpret_cast<float4*>(mem.get<int4>() + 2 * blocks),
+            reinterpret_cast<float*>(mem.get<int4>() + 3 * blocks)};
+  }
+  DevBuf mem;
+  XQ8 x;
+};
+
 // The k largest of a device row, selected on the device (cuda::top_k) and copied as pairs,
 // in ranks_before order; the whole row goes to the host instead when k is large or too
 // many values equal the k-th.
@@ -544,10 +556,7 @@ class CudaModel final : public Model {
     tok_dev_ = DevBuf(n * sizeof(int32_t));
     pos_dev_ = DevBuf(n * sizeof(int32_t));
     const size_t widest = std::max({H, static_cast<size_t>(m.intermediate), m.n_heads * hd, vd});
-    const size_t blocks = (widest + 31) / 32;
-    q8_ = DevBuf(blocks * (2 * sizeof(int4) + 2 * sizeof(float4)));
-    xq8_ = XQ8{q8_.get<int4>(), reinterpret_cast<float4*>(q8_.get<int4>() + 2 * blocks),
-               reinterpret_cast<float*>(q8_.get<int4>() + 3 * blocks)};
+    q8_ = Q8Buf(widest);
   }
 
   // The n tokens in chunks; the last chunk's last row: its argmax into best, or (keep) its
@@ -623,7 +632,7 @@ class CudaModel final : public Model {
     const float eps = static_cast<float>(m.rms_eps);
     cudaStream_t s = stream_;
     const int32_t* dpos = pos_dev_.get<int32_t>();
-    const XQ8* xq = n == 1 ? &xq8_ : nullptr;  // int8 x for decode matvecs
+    const XQ8* xq = n == 1 ? &q8_.x : nullptr;  // int8 x for decode matvecs
     prof_.reset();
     if (argmax_only) TQ_CUDA_CHECK(cudaMemsetAsync(best_dev_.get(), 0, sizeof(unsigned long long), s));
     prof_.mark("start", s);
@@ -695,8 +704,8 @@ class CudaModel final : public Model {
       const DevWeight* head[1] = {tied_ ? &embed_.w : &head_.w};
       const RmsNormIn fin{xr, final_norm_.get<float>(), eps};
       const bool fuse = rows == 1 && fin.w && norm_fusable(head, 1);
-      if (!fuse) rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s, rows == 1 ? &xq8_ : nullptr);
-      if (rows == 1 && !skip_("head")) matmul(*head[0], xb_, 1, logits_, s, &xq8_, fuse ? &fin : nullptr);
+      if (!fuse) rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s, rows == 1 ? &q8_.x : nullptr);
+      if (rows == 1 && !skip_("head")) matmul(*head[0], xb_, 1, logits_, s, &q8_.x, fuse ? &fin : nullptr);
       if (argmax_only) argmax(logits_, m.vocab, best_dev_.get<unsigned long long>(), s);
     }
   }
@@ -706,7 +715,7 @@ class CudaModel final : public Model {
   void delta_mixer(const DevLayer& L, float* conv_state, float* state, int n, const RmsNormIn* nin) const {
     const ModelConfig& m = config();
     cudaStream_t s = stream_;
-    const XQ8* xq = n == 1 ? &xq8_ : nullptr;
+    const XQ8* xq = n == 1 ? &q8_.x : nullptr;
     DeltaDims d{n, m.lin_k_heads, m.lin_v_heads, m.lin_k_dim, m.lin_v_dim, m.conv_kernel};
     const DevWeight* ws[4] = {&L.qkv.w, &L.z.w, &L.b.w, &L.a.w};
     float* ys[4] = {qkv_, z_, b_, a_};
@@ -738,11 +747,11 @@ class CudaModel final : public Model {
   bool tied_ = false;
   DevBuf final_norm_;
   std::vector<DevLayer> layers_;
-  DevBuf arena_, tok_dev_, pos_dev_, q8_, best_dev_{sizeof(unsigned long long)};
+  DevBuf arena_, tok_dev_, pos_dev_, best_dev_{sizeof(unsigned long long)};
   mutable DevBuf head_rows_;  // kHeadRows rows of logits (allocated by the first all-rows forward)
   PinnedKey best_pin_;  // the host end of best_dev_
   mutable TopKOnDevice top_;
-  XQ8 xq8_;  // int8 copy of the decode step's current matvec input
+  Q8Buf q8_;  // int8 copy of the decode step's current matvec input
   bool use_graph_ = !(std::getenv("TQ_CUDA_GRAPH") && std::string(std::getenv("TQ_CUDA_GRAPH")) == "0");
   mutable StageProfile prof_;
   StageSkip skip_;
@@ -800,26 +809,6 @@ size_t device_memory_used() {
 }
 
 namespace ops {
-namespace {
-// An int8 x (XQ8) of n values (n % 32 == 0) in its own device memory.
-struct Q8Buf {
-  explicit Q8Buf(size_t n) : blocks((n + 31) / 32), mem(blocks * (2 * sizeof(int4) + 2 * sizeof(float4))) {
-    x = XQ8{mem.get<int4>(), reinterpret_cast<float4*>(mem.get<int4>() + 2 * blocks),
-            reinterpret_cast<float*>(mem.get<int4>() + 3 * blocks)};
-  }
-  size_t blocks;
-  DevBuf mem;
-  XQ8 x;
-};
-bool norm_fusable_host(const Weight& gate, const Weight& up) {
-  DevWeight a, b;
-  a.q4 = b.q4 = true, a.rows = static_cast<int>(gate.rows), b.rows = static_cast<int>(up.rows);
-  a.cols = static_cast<int>(gate.cols), b.cols = static_cast<int>(up.cols), a.group = gate.group, b.group = up.group;
-  a.sbf16 = gate.sdtype == DType::bf16, b.sbf16 = up.sdtype == DType::bf16;
-  const DevWeight* w[2] = {&a, &b};
-  return norm_fusable(w, 2, true);
-}
-}  // namespace
 
 std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n) {
   ensure_device();
@@ -924,8 +913,9 @@ std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int la
 SwigluInt8 swiglu_int8(const Weight& gate, const Weight& up, const std::vector<float>& x, const std::vector<float>& norm_w,
                        float eps) {
   ensure_device();
-  check(gate.bits == 4 && up.bits == 4 && norm_fusable_host(gate, up), "swiglu_int8: a 4-bit pair the fused norm takes");
   Uploaded ug = upload_weight(gate), uu = upload_weight(up);
+  const DevWeight* pair[2] = {&ug.w, &uu.w};
+  check(norm_fusable(pair, 2, true), "swiglu_int8: a 4-bit pair the fused norm takes");
   DevBuf dx = upload(x), dw = upload(norm_w), dg(static_cast<size_t>(gate.rows) * sizeof(float));
   Q8Buf in(gate.cols), out(gate.rows);
   const RmsNormIn norm{dx.get<float>(), dw.get<float>(), eps};
