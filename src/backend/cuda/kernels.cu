@@ -2531,8 +2531,7 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   if (g.w[0].sbf16) (g32 ? launch_gemm<true, true> : launch_gemm<true, false>)(gg, xh, xl, xs, inv, n, s);
   else (g32 ? launch_gemm<false, true> : launch_gemm<false, false>)(gg, xh, xl, xs, inv, n, s);
   if (g.swiglu) {
-    const size_t m = static_cast<size_t>(n) * g.w[0].rows;
-    launch(swiglu_kernel, static_cast<unsigned>((m + 255) / 256), 256, 0, s, g.y[0], u, m);
+    swiglu(g.y[0], u, static_cast<size_t>(n) * g.w[0].rows, s);
   }
   TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
