@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Decode speed of several builds or settings side by side, in one call on the GPU machine:
+# each round runs every variant once, in the order given (so drift hits them alike), and
+# prints its bench-depth rows. The base binary belongs in every comparison: a knob set to
+# "off" in an experimental build is not the build it would replace (docs/PERF.md, v14b).
+#
+# usage: scripts/cuda-ab.sh LABEL=BINARY[,VAR=VALUE...] ...
+#   e.g. scripts/cuda-ab.sh base=build-cuda/dev/base/tq new=build-cuda/dev/tq new3=build-cuda/dev/tq,TQ_CUDA_RING=3
+# environment: ROUNDS (2), KV (fp16,tq3), DEPTHS (0,32768), GEN (128), DEVICE (cuda),
+#   MODEL (/tmp/tq-qwen35-9b-mlx4: made with the first variant's binary if missing), OUT (./cuda-out/ab)
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+[ $# -ge 1 ] || { sed -n '2,10p' "$0"; exit 2; }
+ROUNDS=${ROUNDS:-2} KV=${KV:-fp16,tq3} DEPTHS=${DEPTHS:-0,32768} GEN=${GEN:-128} DEVICE=${DEVICE:-cuda}
+MODEL=${MODEL:-/tmp/tq-qwen35-9b-mlx4} OUT=${OUT:-cuda-out/ab}
+mkdir -p "$OUT"
+labels=() bins=() envs=()
+for v in "$@"; do
+  label=${v%%=*} rest=${v#*=}
+  if [ "$label" = "$v" ] || [ -z "$label" ] || [ -z "$rest" ]; then
+    echo "error: variant '$v': expected LABEL=BINARY[,VAR=VALUE...]" >&2
+    exit 2
+  fi
+  bin=${rest%%,*}
+  [ -x "$bin" ] || { echo "error: variant '$label': '$bin' is not an executable file" >&2; exit 2; }
+  e=""
+  [ "$bin" != "$rest" ] && e=${rest#*,}
+  labels+=("$label") bins+=("$bin") envs+=("${e//,/ }")
+done
+if [ ! -f "$MODEL/config.json" ]; then
+  echo "making $MODEL with ${bins[0]}"
+  "${bins[0]}" make-model --preset 9b --dtype mlx4 --out "$MODEL" > "$OUT/make-model.log" 2>&1 ||
+    { echo "error: make-model failed (see $OUT/make-model.log)" >&2; exit 1; }
+fi
+for r in $(seq 1 "$ROUNDS"); do
+  for i in "${!labels[@]}"; do
+    log="$OUT/${labels[$i]}_$r.log"
+    # shellcheck disable=SC2086  # the variables are split on purpose
+    env ${envs[$i]} timeout 300 "${bins[$i]}" bench-depth -m "$MODEL" --device "$DEVICE" --kv "$KV" --depths "$DEPTHS" \
+      --gen "$GEN" --prefill 16 > "$log" 2>&1
+    rc=$?
+    printf '%-12s round %s rc=%s %s\n' "${labels[$i]}" "$r" "$rc" "$(grep -E '^\| [a-z0-9]+ \|' "$log" | grep -v '^| kv' | tr '\n' ' ')"
+  done
+done
