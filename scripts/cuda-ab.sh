@@ -26,7 +26,12 @@ for v in "$@"; do
   e=""
   [ "$bin" != "$rest" ] && e=${rest#*,}
   labels+=("$label") bins+=("$bin") envs+=("${e//,/ }")
+  # the shared libraries carried beside a binary (BIN_DIR/lib, as scripts/cuda-device-run.sh expects)
+  for l in "$(dirname "$bin")/lib" "$(dirname "$bin")/../lib"; do
+    [ -d "$l" ] && LD_LIBRARY_PATH="$(cd "$l" && pwd):${LD_LIBRARY_PATH:-}"
+  done
 done
+export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 if [ ! -f "$MODEL/config.json" ]; then
   echo "making $MODEL with ${bins[0]}"
   "${bins[0]}" make-model --preset 9b --dtype mlx4 --out "$MODEL" > "$OUT/make-model.log" 2>&1 ||
