@@ -25,6 +25,7 @@ __device__ __forceinline__ void pdl_enter() {
 // Pulls a weight line into L2 (weights do not depend on the previous kernel, so a kernel
 // launched early may do this before pdl_enter).
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -535,14 +536,25 @@ __global__ void rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ 
 }
 
 // One block per (token, head) of q (heads < n_heads), k (next n_kv_heads) and v (last n_kv_heads).
+// The rotary angles' cosines and sines come first, before the wait: positions are copied
+// in before the step's first kernel, and the double-precision pow, cos and sin (as the CPU
+// computes them) are a long dependent chain that would otherwise follow the q/k/v matvec.
 __global__ void attn_prep_kernel(AttnPrep a, const float* qg, float* q, float* gate, float* k, float* v,
                                  const int32_t* pos) {
-  pdl_enter();
-  extern __shared__ float sh[];  // head_dim + 32
+  extern __shared__ float sh[];  // head_dim + 32 + rot_dims
   float* vec = sh;
   float* red = sh + a.head_dim;
+  float* rc = red + 32;  // cos, sin of dim d at 2d, 2d + 1
   const int t = blockIdx.x, h = blockIdx.y, hd = a.head_dim;
   const bool is_q = h < a.n_heads, is_k = !is_q && h < a.n_heads + a.n_kv_heads;
+  const int half = a.rot_dims / 2;
+  if (is_q || is_k)
+    for (int d = threadIdx.x; d < half; d += blockDim.x) {
+      double sn, cs;
+      sincos(static_cast<double>(pos[t]) * pow(a.theta, -2.0 * d / a.rot_dims), &sn, &cs);
+      rc[2 * d] = static_cast<float>(cs), rc[2 * d + 1] = static_cast<float>(sn);
+    }
+  pdl_enter();
   if (!is_q && !is_k) {  // v: bias only
     const int g = h - a.n_heads - a.n_kv_heads;
     float* vr = v + (static_cast<size_t>(t) * a.n_kv_heads + g) * hd;
@@ -564,16 +576,13 @@ __global__ void attn_prep_kernel(AttnPrep a, const float* qg, float* q, float* g
     ss += x * x;
     if (is_q && a.gate) gate[(static_cast<size_t>(t) * a.n_heads + g) * hd + i] = src[hd + i];
   }
-  ss = block_sum(ss, red);  // syncs: vec is complete
+  ss = block_sum(ss, red);  // syncs: vec and rc are complete
   const float inv = nw ? rsqrtf(ss / hd + a.eps) : 1.0f;
-  const int half = a.rot_dims / 2;
-  const double p = pos[t];
   for (int i = threadIdx.x; i < hd; i += blockDim.x) {
     float x = vec[i] * inv * (nw ? nw[i] : 1.0f);
     if (i < a.rot_dims) {
       const int d = i < half ? i : i - half;
-      const double ang = p * pow(a.theta, -2.0 * d / a.rot_dims);
-      const float c = static_cast<float>(cos(ang)), s = static_cast<float>(sin(ang));
+      const float c = rc[2 * d], s = rc[2 * d + 1];
       const int o = i < half ? i + half : i - half;
       const float y = vec[o] * inv * (nw ? nw[o] : 1.0f);
       x = i < half ? x * c - y * s : y * s + x * c;
@@ -1571,12 +1580,28 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   __half* pb = reinterpret_cast<__half*>(mine + 2 * lay.stage + lay.tile);  // [hi, lo][8 heads][16 tokens]
   const float rsd = rsqrtf(static_cast<float>(D));
   const float scale2 = scale * 1.44269504088896341f;  // scores in log2 units: exp2 in the softmax; m leaves as natural
+  // The direct path reads a window chunk's fp16 ring rows with plain loads after its codes
+  // have landed: pull the lines this lane will read into L1 as the chunk's copies are
+  // issued, so that they arrive together (a decode step near the window's start is a chain
+  // of such round trips).
+  auto prefetch_ring = [&](size_t cc) {
+    if constexpr (DIRECT) {
+      if (kring && cc < t1 && cc + kTcTok > bound) {
+        const int cm = static_cast<int>(cc % L.ring_rows);
+        prefetch_l1(kring + static_cast<size_t>((cm + gid) % L.ring_rows) * D + 64 * tig);
+        prefetch_l1(kring + static_cast<size_t>((cm + gid + 8) % L.ring_rows) * D + 64 * tig);
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+          prefetch_l1(vring + static_cast<size_t>((cm + 2 * tig + (u & 1) + 8 * (u >> 1)) % L.ring_rows) * D + 32 * gid);
+      }
+    }
+  };
   int st = 0;
   size_t c = t0 + kTcTok * warp;
-  if (c < t1) issue(c, 0);
+  if (c < t1) issue(c, 0), prefetch_ring(c);
   cp_async_commit();
   for (; c < t1; c += kTcTok * kTcWarps, st ^= 1) {
-    if (c + kTcTok * kTcWarps < t1) issue(c + kTcTok * kTcWarps, st ^ 1);
+    if (c + kTcTok * kTcWarps < t1) issue(c + kTcTok * kTcWarps, st ^ 1), prefetch_ring(c + kTcTok * kTcWarps);
     cp_async_commit();
     cp_async_wait<1>();
     __syncwarp();
@@ -2451,14 +2476,20 @@ namespace {
 // steps and the warps fill the GPU's warp slots in whole waves (a last wave that is mostly
 // empty leaves the memory system idle for its duration; measured +2% at depth 0 over a
 // fixed target of 4096 warps).
-int warps_per_unit(int units, int nb) {
-  static const double slots = [] {
+// Blocks of the int8 matvec resident at once on this GPU (its register use bounds them).
+int q8_block_slots() {
+  static const int slots = [] {
     int dev = 0, sms = 0, blocks = 0;
     TQ_CUDA_CHECK(cudaGetDevice(&dev));
     TQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, q4_q8_kernel<true>, kQ8Threads, 0));
-    return static_cast<double>(sms) * blocks * kQ8Threads / 32;
+    return sms * blocks;
   }();
+  return slots;
+}
+
+int warps_per_unit(int units, int nb) {
+  const double slots = static_cast<double>(q8_block_slots()) * kQ8Threads / 32;
   // The fewest warps per unit whose layout scores within 3% of the best: more steps per
   // lane spread each warp's fixed costs (setup, reductions, the combine); measured +3.7% at
   // depth 0 over the best score alone (lm_head: 4 → 1 warp per unit).
@@ -2604,7 +2635,13 @@ bool norm_fusable(const DevWeight* const* w, int count, bool swiglu) {
     g.w[j] = *w[j];
   }
   // (threads per block ≥ 160 for any warps-per-unit: kNormPer groups of 8 each cover 10240)
-  return int8_shape_ok(g) && w[0]->cols % 256 == 0 && w[0]->cols <= 8 * kNormPer * 160;
+  if (!int8_shape_ok(g) || w[0]->cols % 256 != 0 || w[0]->cols > 8 * kNormPer * 160) return false;
+  // Every block builds the norm before its first dot product: past a few waves of blocks
+  // (the LM head: ≈ 20 on the H200) one norm kernel ahead of the matvec costs less.
+  int units = swiglu ? (w[0]->rows + kQ8Rows / 2 - 1) / (kQ8Rows / 2) : 0;  // as launch_group counts them
+  for (int j = 0; j < count && !swiglu; ++j) units += (w[j]->rows + kQ8Rows - 1) / kQ8Rows;
+  const int per_block = std::max(1, kQ8Threads / 32 / warps_per_unit(units, w[0]->cols / 32));
+  return (units + per_block - 1) / per_block <= 4 * q8_block_slots();
 }
 
 bool matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
@@ -2709,7 +2746,8 @@ void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, floa
 void attn_prep(const AttnPrep& a, const float* qg, float* q, float* gate, float* k, float* v, const int32_t* pos,
                cudaStream_t s) {
   dim3 grid(a.n, a.n_heads + 2 * a.n_kv_heads);
-  launch(attn_prep_kernel, grid, threads_for(a.head_dim), (a.head_dim + 32) * sizeof(float), s, a, qg, q, gate, k, v, pos);
+  launch(attn_prep_kernel, grid, threads_for(a.head_dim), (a.head_dim + 32 + a.rot_dims) * sizeof(float), s, a, qg, q,
+         gate, k, v, pos);
 }
 
 void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t first, cudaStream_t s,

@@ -103,7 +103,8 @@ extern bool g_decode_int8;
 void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s);
 // A decode step's RMSNorm fused into the int8 matvec that consumes it: each block builds
 // the int8 x of RMSNorm(x)·w in shared memory (no norm kernel, no float copy). Only where
-// norm_fusable (4-bit weights on the int8 path, cols % 256 == 0, cols ≤ 10240).
+// norm_fusable (4-bit weights on the int8 path, cols % 256 == 0, cols ≤ 10240, and at most
+// 4 waves of blocks on this GPU: each block repeats the norm).
 struct RmsNormIn {
   const float* x = nullptr;  // the residual stream, cols floats
   const float* w = nullptr;  // the norm's weight
