@@ -73,6 +73,40 @@ __global__ void __launch_bounds__(256) read_rows(const uint4* __restrict__ codes
   if ((acc[0] ^ acc[1] ^ acc[2] ^ acc[3]) == 0x12345678u) out[0] = 1;
 }
 
+// read_rows<1, true> as a step of a chain of dependent launches: with programmatic dependent
+// launch, a block may start while the previous launch drains; it issues its first step's
+// loads (weights do not depend on the previous kernel) before waiting on it.
+template <bool kEarly>
+__global__ void __launch_bounds__(256) read_rows_pdl(const uint4* __restrict__ codes, const uint16_t* __restrict__ sc,
+                                                     const uint16_t* __restrict__ bi, int rows, int rb, uint32_t* out) {
+  const int lane = threadIdx.x & 31;
+  const int unit = blockIdx.x * 8 + (threadIdx.x >> 5);
+  const int nb = rb / 16, gpr = rb / 32;
+  uint32_t acc = 0;
+  const bool live = unit * 4 < rows;
+  uint4 v[4];
+  uint32_t s[4];
+  auto load = [&](int b) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const size_t row = size_t(unit) * 4 + r;
+      v[r] = ld_stream(codes + row * nb + b);
+      s[r] = __ldg(sc + row * gpr + (b >> 1)) + __ldg(bi + row * gpr + (b >> 1));
+    }
+  };
+  if (kEarly && live) load(lane);
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  if (!live) return;
+  if (!kEarly) load(lane);
+  for (int b = lane; b < nb; b += 32) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) acc += v[r].x ^ v[r].y ^ v[r].z ^ v[r].w ^ s[r];
+    if (b + 32 < nb) load(b + 32);
+  }
+  if (acc == 0x12345678u) out[0] = 1;
+}
+
 struct Timer {
   cudaEvent_t a, b;
   Timer() { CK(cudaEventCreate(&a)); CK(cudaEventCreate(&b)); }
@@ -148,6 +182,35 @@ int main() {
         run(read_rows<1, false>, "rows S=1 codes only");
         run(read_rows<4, false>, "rows S=4 codes only");
       }
+    }
+  }
+  // Chains: `launches` dependent launches of `bytes` each (a fresh slice each), with and
+  // without programmatic dependent launch, against one launch of all their bytes.
+  std::printf("\n-- chains of launches (rows of 2 KB + scales, 8 warps per block) --\n");
+  for (size_t bytes : {size_t(57) << 20, size_t(28) << 20, size_t(9) << 20}) {
+    const int launches = 16, rb = 2048;
+    const int rows = static_cast<int>(bytes / (rb + rb / 16)) / 32 * 32, blocks = rows / 32;
+    const size_t moved = size_t(rows) * (rb + rb / 16), slices = pool / moved;
+    for (int mode = 0; mode < 3; ++mode) {  // 0: plain launches, 1: PDL, 2: PDL + first loads before the wait
+      const double ms = tm.median_ms(reps, [&](int i) {
+        for (int k = 0; k < launches; ++k) {
+          unsigned char* sl = buf + ((size_t(i) * launches + k) % slices) * moved;
+          const uint4* c = reinterpret_cast<const uint4*>(sl);
+          const uint16_t* sc = reinterpret_cast<const uint16_t*>(sl + size_t(rows) * rb);
+          const uint16_t* bi = sc + size_t(rows) * rb / 64;
+          cudaLaunchConfig_t cfg = {};
+          cfg.gridDim = blocks, cfg.blockDim = 256;
+          cudaLaunchAttribute attr;
+          attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+          attr.val.programmaticStreamSerializationAllowed = 1;
+          cfg.attrs = &attr, cfg.numAttrs = mode ? 1 : 0;
+          if (mode == 2) CK(cudaLaunchKernelEx(&cfg, read_rows_pdl<true>, c, sc, bi, rows, rb, out));
+          else CK(cudaLaunchKernelEx(&cfg, read_rows_pdl<false>, c, sc, bi, rows, rb, out));
+        }
+      });
+      static const char* names[3] = {"plain", "PDL", "PDL + early loads"};
+      std::printf("%3zu MB x %d %-18s: %7.1f us per launch  %5.0f GB/s\n", bytes >> 20, launches, names[mode],
+                  ms * 1e3 / launches, moved * launches / ms / 1e6);
     }
   }
   CK(cudaGetLastError());

@@ -362,36 +362,39 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   }
   const DevWeight& w = g.w[j];
   const int nb = live ? w.cols / 32 : 0, stride = 32 * wpu;
-  if (sub * 32 + lane < nb && (lane & 7) == 0)  // this warp's first step, one lane per 128-byte line
+  static_assert(U == 1, "one column step in flight per lane");
+  // Without a fused norm, the first column step's weights are loaded before the wait: they
+  // do not depend on the previous kernel, whose tail they overlap (a chain of read kernels:
+  // +7% over loading after the wait, tq_read_bw). With one, they would be held through the
+  // norm's registers and spill: its first step is only pulled into L2.
+  uint4 wv[R];
+  float sc[R], bi[R];
+  auto load_step = [&](int b) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) prefetch_l2(reinterpret_cast<const uint4*>(rc32[r]) + sub * 32 + lane);
+    for (int r = 0; r < R; ++r) {
+      wv[r] = ld_stream(reinterpret_cast<const uint4*>(rc32[r]) + b);
+      sc[r] = scale_of<kBf16>(sr[r], b >> gshift);
+      bi[r] = scale_of<kBf16>(br[r], b >> gshift);
+    }
+  };
+  int b = sub * 32 + lane;
+  if constexpr (kNorm) {
+    if (b < nb && (lane & 7) == 0)  // one lane per 128-byte line
+#pragma unroll
+      for (int r = 0; r < R; ++r) prefetch_l2(reinterpret_cast<const uint4*>(rc32[r]) + b);
+  } else if (b < nb) {
+    load_step(b);
+  }
   pdl_enter();
   if constexpr (kNorm) x = rmsnorm_q8_shared(g.norm, g.w[0].cols, xsm);
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0;
-  for (int b0 = sub * 32 + lane; b0 < nb; b0 += stride * U) {
-    uint4 wv[U][R];
-    float sc[U][R], bi[U][R];
+  for (bool first = true; b < nb; b += stride, first = false) {
+    if (kNorm || !first) load_step(b);
+    const XBlock xv = load_xblock<kNorm>(x, b);
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int b = b0 + stride * u;
-      if (b >= nb) break;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        wv[u][r] = ld_stream(reinterpret_cast<const uint4*>(rc32[r]) + b);
-        sc[u][r] = scale_of<kBf16>(sr[r], b >> gshift);
-        bi[u][r] = scale_of<kBf16>(br[r], b >> gshift);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int b = b0 + stride * u;
-      if (b >= nb) break;
-      const XBlock xv = load_xblock<kNorm>(x, b);
-#pragma unroll
-      for (int r = 0; r < R; ++r) acc[r] += q4_block_dot(wv[u][r], sc[u][r], bi[u][r], xv);
-    }
+    for (int r = 0; r < R; ++r) acc[r] += q4_block_dot(wv[r], sc[r], bi[r], xv);
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
