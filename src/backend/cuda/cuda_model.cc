@@ -639,7 +639,8 @@ class CudaModel final : public Model {
     embed(embed_.w, tok_dev_.get<int32_t>(), n, x_, s);
     prof_.mark("embed", s);
     // Decode: a sublayer's last matvec adds its output into x_ (matmul_accumulate), and each
-    // RMSNorm is built by the matvec blocks that consume it (norm_fusable): no norm kernels.
+    // RMSNorm is built by the matvec blocks that consume it where norm_fusable (not for a
+    // matvec of more than 4 waves of blocks, such as a large vocabulary's LM head).
     // Elsewhere (prefill, other weights) the norm kernel adds the pending output and writes xb_.
     const float* pending = nullptr;  // sublayer output not yet added to x
     auto norm_for = [&](const DevWeight* const* cw, int count, bool swiglu, const float* w, RmsNormIn& fused) {
