@@ -95,8 +95,10 @@ __global__ void __launch_bounds__(256) read_rows_pdl(const uint4* __restrict__ c
     }
   };
   if (kEarly && live) load(lane);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // (older targets: launches are serialized anyway)
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
   if (!live) return;
   if (!kEarly) load(lane);
   for (int b = lane; b < nb; b += 32) {
