@@ -1,10 +1,12 @@
 // Read bandwidth of the access patterns a decode matvec can use, on one GPU, against the
 // device-to-device copy measured in the same run. Each pattern reads a buffer far larger than
-// L2 (a fresh slice per repeat), times it with events, median of the repeats.
+// L2 (a fresh slice per repeat), times it with events, median of the repeats. Needs 8 GiB of
+// GPU memory (the rotating slices).
 // Built as tq_read_bw with the CUDA backend (or: nvcc -O3 -arch=sm_90 -std=c++17 bench/cuda/read_bw.cu).
 #include <cuda_runtime.h>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <vector>
 #include <algorithm>
 
