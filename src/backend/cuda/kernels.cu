@@ -285,10 +285,10 @@ __device__ __forceinline__ float q4_block_dot(uint4 q, float sc, float bi, const
 }
 
 // One warp per unit of kQ8Rows rows (swiglu: half gate rows, the same half of up); lane
-// reads 16 bytes (32 weights, one x block) of every row per step, U steps in flight.
+// reads 16 bytes (32 weights, one x block) of every row per step, one step in flight.
 // A block holds whole units: wpu warps each, up to 8 warps. (2 steps in flight per lane
 // need 122 registers, 2 blocks per SM: measured 9% slower at depth 0.)
-constexpr int kQ8Rows = 4, kQ8Unroll = 1, kQ8Threads = 256;
+constexpr int kQ8Rows = 4, kQ8Threads = 256;
 
 // The int8 x of RMSNorm(x)·w (cols values, cols % 256 == 0, at most kNormPer groups of 8 per
 // thread) in shared memory: the codes and sums do not depend on the norm's scale r, so
@@ -337,7 +337,7 @@ __device__ XQ8 rmsnorm_q8_shared(const RmsNormIn& n, int cols, unsigned char* sm
 // x is built from g.norm by each block (x is then unused).
 template <bool kBf16, bool kNorm = false>
 __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8 x, int gshift) {
-  constexpr int R = kQ8Rows, U = kQ8Unroll, H = R / 2;
+  constexpr int R = kQ8Rows, H = R / 2;
   __shared__ float part[kQ8Threads / 32][R];
   extern __shared__ __align__(16) unsigned char xsm[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpu = g.wpu;
@@ -362,7 +362,6 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   }
   const DevWeight& w = g.w[j];
   const int nb = live ? w.cols / 32 : 0, stride = 32 * wpu;
-  static_assert(U == 1, "one column step in flight per lane");
   // Without a fused norm, the first column step's weights are loaded before the wait: they
   // do not depend on the previous kernel, whose tail they overlap (a chain of read kernels:
   // +7% over loading after the wait, tq_read_bw). With one, they would be held through the
@@ -2570,21 +2569,28 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
 
+// The int8 matvec's layout of g (w, count, swiglu set): block_end and wpu into g; returns
+// the blocks of the launch.
+int q8_layout(MatvecGroup& g) {
+  int units = 0;  // warps, one per kQ8Rows rows
+  if (g.swiglu) {
+    units = (g.w[0].rows + kQ8Rows / 2 - 1) / (kQ8Rows / 2);
+  } else {
+    for (int j = 0; j < g.count; ++j) g.block_end[j] = (units += (g.w[j].rows + kQ8Rows - 1) / kQ8Rows);
+  }
+  g.wpu = warps_per_unit(units, g.w[0].cols / 32);
+  const int per_block = std::max(1, kQ8Threads / 32 / g.wpu);
+  return (units + per_block - 1) / per_block;
+}
+
 void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s, const RmsNormIn* norm = nullptr) {
   if (n == 1 && xq && g_decode_int8 && int8_shape_ok(g)) {
-    int units = 0;  // warps, one per kQ8Rows rows
-    if (g.swiglu) {
-      units = (g.w[0].rows + kQ8Rows / 2 - 1) / (kQ8Rows / 2);
-    } else {
-      for (int j = 0; j < g.count; ++j) g.block_end[j] = (units += (g.w[j].rows + kQ8Rows - 1) / kQ8Rows);
-    }
-    g.wpu = warps_per_unit(units, g.w[0].cols / 32);
+    const int blocks = q8_layout(g);
     // int8 output: blocks of whole 8-row words, and not into the x this launch reads
     if (g.q8out.q && !(g.swiglu && g.wpu <= 2 && g.w[0].rows % 8 == 0 && norm)) g.q8out = XQ8{};
-    const int per_block = std::max(1, kQ8Threads / 32 / g.wpu), threads = 32 * g.wpu * per_block;
+    const int threads = 32 * g.wpu * std::max(1, kQ8Threads / 32 / g.wpu);
     int gshift = 0;
     while ((32 << gshift) < g.w[0].group) ++gshift;
-    const int blocks = (units + per_block - 1) / per_block;
     if (norm) {
       if (g.w[0].cols % 256 != 0 || g.w[0].cols / 8 > kNormPer * threads) cuda_unsupported("fused RMSNorm: unsupported width");
       g.norm = *norm;
@@ -2631,7 +2637,7 @@ void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s) {
 bool norm_fusable(const DevWeight* const* w, int count, bool swiglu) {
   if (!g_decode_int8 || count < 1 || count > 4) return false;
   MatvecGroup g;
-  g.count = count;
+  g.count = count, g.swiglu = swiglu;
   for (int j = 0; j < count; ++j) {
     if (!w[j]->q4 || w[j]->cols != w[0]->cols || w[j]->group != w[0]->group) return false;
     if (swiglu && w[j]->rows != w[0]->rows) return false;
@@ -2641,10 +2647,7 @@ bool norm_fusable(const DevWeight* const* w, int count, bool swiglu) {
   if (!int8_shape_ok(g) || w[0]->cols % 256 != 0 || w[0]->cols > 8 * kNormPer * 160) return false;
   // Every block builds the norm before its first dot product: past a few waves of blocks
   // (the LM head: ≈ 20 on the H200) one norm kernel ahead of the matvec costs less.
-  int units = swiglu ? (w[0]->rows + kQ8Rows / 2 - 1) / (kQ8Rows / 2) : 0;  // as launch_group counts them
-  for (int j = 0; j < count && !swiglu; ++j) units += (w[j]->rows + kQ8Rows - 1) / kQ8Rows;
-  const int per_block = std::max(1, kQ8Threads / 32 / warps_per_unit(units, w[0]->cols / 32));
-  return (units + per_block - 1) / per_block <= 4 * q8_block_slots();
+  return q8_layout(g) <= 4 * q8_block_slots();
 }
 
 bool matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
