@@ -158,6 +158,50 @@ TEST(Cuda, PrefillGemmMatchesCpu) {
 // int8 path's bound, as Int8DecodeWithinDerivedBound); the copy against the format computed
 // here from the GPU's own g: per 8 values the scale max|g|/127, codes round(g·127/max), the
 // exact sum.
+// A random MLX-style 4-bit weight (bf16 scales and biases), its storage in `store`.
+struct Q4Store {
+  std::vector<uint32_t> codes;
+  std::vector<uint16_t> scales, biases;
+};
+Weight random_q4(const char* name, int rows, int cols, int group, std::mt19937_64& rng, Q4Store& st) {
+  const auto wf = test::gaussian(static_cast<size_t>(rows) * cols, rng, 0.05f);
+  quantize_affine(wf.data(), rows, cols, 4, group, st.codes, st.scales, st.biases);
+  Weight w;
+  w.name = name;
+  w.rows = rows, w.cols = cols, w.bits = 4, w.group = group;
+  w.data = reinterpret_cast<const uint8_t*>(st.codes.data());
+  w.scales = reinterpret_cast<const uint8_t*>(st.scales.data()), w.biases = reinterpret_cast<const uint8_t*>(st.biases.data());
+  return w;
+}
+
+// Mismatches of the GPU's int8 words (q in its byte order, d, sum) against v's values:
+// codes round(v·127/max|v|) per 8 values, d = max|v|/127, sum within a float sum's rounding.
+struct WordErrors {
+  int q = 0, d = 0, sum = 0;
+};
+WordErrors check_words(const std::vector<float>& v, const std::vector<int8_t>& q, const std::vector<float>& d,
+                       const std::vector<float>& sum) {
+  WordErrors e;
+  for (size_t w8 = 0; w8 < v.size() / 8; ++w8) {
+    float mx = 0;
+    double s = 0, mag = 0;
+    for (int k = 0; k < 8; ++k) {
+      const float x = v[8 * w8 + k];
+      mx = std::max(mx, std::fabs(x)), s += x, mag += std::fabs(x);
+    }
+    e.d += d[w8] != mx / 127.0f;
+    // (a float sum of 8 values, any order, is within 7 roundings of 2^-24 · Σ|v| ≈ 4.2e-7 · Σ|v|)
+    e.sum += std::fabs(sum[w8] - s) > 1e-6 * mag + 1e-30;
+    const float sc = mx > 0 ? 127.0f / mx : 0.0f;
+    for (int k = 0; k < 8; ++k) {
+      const size_t i = 8 * w8 + k, in_block = i % 32;
+      const size_t at = i - in_block + (in_block / 8) * 8 + (in_block % 2) * 4 + (in_block % 8) / 2;
+      e.q += q[at] != static_cast<int8_t>(std::nearbyint(v[i] * sc));
+    }
+  }
+  return e;
+}
+
 TEST(Cuda, SwigluInt8CopyMatchesFormat) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(test::fresh_seed());
@@ -168,17 +212,9 @@ TEST(Cuda, SwigluInt8CopyMatchesFormat) {
                  // the quantize kernel writes the copy; how many share depends on the GPU's size)
   };
   for (const Shape sh : {Shape{2048, 1024, 64, true}, Shape{1000, 512, 32, true}, Shape{32, 8192, 64, false}}) {
-    std::vector<std::vector<uint32_t>> codes(2);
-    std::vector<std::vector<uint16_t>> sc(2), bi(2);
-    Weight w[2];
-    for (int j = 0; j < 2; ++j) {
-      const auto wf = test::gaussian(static_cast<size_t>(sh.rows) * sh.cols, rng, 0.05f);
-      quantize_affine(wf.data(), sh.rows, sh.cols, 4, sh.group, codes[j], sc[j], bi[j]);
-      w[j].name = j ? "up" : "gate";
-      w[j].rows = sh.rows, w[j].cols = sh.cols, w[j].bits = 4, w[j].group = sh.group;
-      w[j].data = reinterpret_cast<const uint8_t*>(codes[j].data());
-      w[j].scales = reinterpret_cast<const uint8_t*>(sc[j].data()), w[j].biases = reinterpret_cast<const uint8_t*>(bi[j].data());
-    }
+    Q4Store st[2];
+    const Weight w[2] = {random_q4("gate", sh.rows, sh.cols, sh.group, rng, st[0]),
+                         random_q4("up", sh.rows, sh.cols, sh.group, rng, st[1])};
     const auto x = test::gaussian(sh.cols, rng, 3.0f), nw = test::gaussian(sh.cols, rng);
     const float eps = 1e-6f;
     const auto r = cuda::ops::swiglu_int8(w[0], w[1], x, nw, eps);
@@ -197,28 +233,69 @@ TEST(Cuda, SwigluInt8CopyMatchesFormat) {
     for (int i = 0; i < sh.rows; ++i) ref[i] = a[i] / (1.0f + std::exp(-a[i])) * b[i];
     EXPECT_LT(rel_err(r.g, ref), 2e-2) << sh.rows << "x" << sh.cols;
     // the int8 copy of g
-    int bad_q = 0, bad_d = 0, bad_sum = 0;
-    for (int w8 = 0; w8 < sh.rows / 8; ++w8) {
-      float mx = 0;
-      double sum = 0, mag = 0;
-      for (int e = 0; e < 8; ++e) {
-        const float v = r.g[8 * w8 + e];
-        mx = std::max(mx, std::fabs(v)), sum += v, mag += std::fabs(v);
-      }
-      bad_d += r.d[w8] != mx / 127.0f;
-      // (a float sum of 8 values, any order, is within 7 roundings of 2^-24 · Σ|v| ≈ 4.2e-7 · Σ|v|)
-      bad_sum += std::fabs(r.sum[w8] - sum) > 1e-6 * mag + 1e-30;
-      const float s = mx > 0 ? 127.0f / mx : 0.0f;
-      for (int e = 0; e < 8; ++e) {
-        const int k = 8 * w8 + e, in_block = k % 32;
-        const int at = k - in_block + (in_block / 8) * 8 + (in_block % 2) * 4 + (in_block % 8) / 2;
-        bad_q += r.q[at] != static_cast<int8_t>(std::nearbyint(r.g[k] * s));
-      }
-    }
-    EXPECT_EQ(bad_q, 0) << sh.rows << "x" << sh.cols;
-    EXPECT_EQ(bad_d, 0) << sh.rows << "x" << sh.cols;
-    EXPECT_EQ(bad_sum, 0) << sh.rows << "x" << sh.cols;
+    const WordErrors e = check_words(r.g, r.q, r.d, r.sum);
+    EXPECT_EQ(e.q, 0) << sh.rows << "x" << sh.cols;
+    EXPECT_EQ(e.d, 0) << sh.rows << "x" << sh.cols;
+    EXPECT_EQ(e.sum, 0) << sh.rows << "x" << sh.cols;
   }
+}
+
+// The residual add that hands the next RMSNorm off (decode, int8 path): y = y0 + W·x, and its
+// words y·norm_w with Σ y² per word, read by the next launch, which scales by the norm. y
+// against the CPU (the int8 bound of Int8DecodeWithinDerivedBound, 2% of the product, on the
+// added part); the words against the GPU's own y (exact format, as the SwiGLU copy; Σ y² to a
+// float sum's rounding); gate·n and the SwiGLU output against the CPU on RMSNorm(y)·norm_w in
+// double (2%: the int8 bound). Shapes: the 9b preset's MLP (4096 rows, 12288 columns) and odd
+// smaller ones; the handoff applies where a launch's blocks hold whole 8-row words.
+TEST(Cuda, NormHandoffMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  struct Shape {
+    int hidden, inter, group;
+  };
+  int handed = 0;
+  for (const Shape sh : {Shape{1024, 3072, 64}, Shape{512, 1440, 32}, Shape{4096, 12288, 64}}) {
+    Q4Store st[3];
+    const Weight down = random_q4("down", sh.hidden, sh.inter, sh.group, rng, st[0]);
+    const Weight gate = random_q4("gate", sh.inter, sh.hidden, sh.group, rng, st[1]);
+    const Weight up = random_q4("up", sh.inter, sh.hidden, sh.group, rng, st[2]);
+    const auto x = test::gaussian(sh.inter, rng), y0 = test::gaussian(sh.hidden, rng, 2.0f);
+    const auto nw = test::gaussian(sh.hidden, rng);
+    const float eps = 1e-6f;
+    const auto r = cuda::ops::norm_handoff(down, x, y0, nw, eps, gate, up);
+    std::printf("[cuda norm handoff] %d <- %d: %s\n", sh.hidden, sh.inter, r.handed ? "handed off" : "not handed off");
+    std::vector<float> wx(sh.hidden), gy(sh.hidden);
+    cpu::matmul(down, x.data(), 1, wx.data(), pool);
+    for (int i = 0; i < sh.hidden; ++i) gy[i] = r.y[i] - y0[i];
+    EXPECT_LT(rel_err(gy, wx), 2e-2) << sh.hidden;
+    if (!r.handed) continue;
+    ++handed;
+    std::vector<float> t(sh.hidden);
+    for (int i = 0; i < sh.hidden; ++i) t[i] = r.y[i] * nw[i];
+    const WordErrors e = check_words(t, r.q, r.d, r.sum);
+    EXPECT_EQ(e.q, 0) << sh.hidden;
+    EXPECT_EQ(e.d, 0) << sh.hidden;
+    EXPECT_EQ(e.sum, 0) << sh.hidden;
+    int bad_ss = 0;
+    double all = 0;
+    for (int w8 = 0; w8 < sh.hidden / 8; ++w8) {
+      double s = 0;
+      for (int k = 0; k < 8; ++k) s += static_cast<double>(r.y[8 * w8 + k]) * r.y[8 * w8 + k];
+      bad_ss += std::fabs(r.ss[w8] - s) > 1e-6 * s + 1e-30;
+      all += s;
+    }
+    EXPECT_EQ(bad_ss, 0) << sh.hidden;
+    const double inv = 1.0 / std::sqrt(all / sh.hidden + eps);
+    std::vector<float> n(sh.hidden), a(sh.inter), b(sh.inter), ref(sh.inter);
+    for (int i = 0; i < sh.hidden; ++i) n[i] = static_cast<float>(r.y[i] * inv * nw[i]);
+    cpu::matmul(gate, n.data(), 1, a.data(), pool);
+    cpu::matmul(up, n.data(), 1, b.data(), pool);
+    for (int i = 0; i < sh.inter; ++i) ref[i] = a[i] / (1.0f + std::exp(-a[i])) * b[i];
+    EXPECT_LT(rel_err(r.lin, a), 2e-2) << sh.hidden;
+    EXPECT_LT(rel_err(r.g, ref), 2e-2) << sh.hidden;
+  }
+  EXPECT_GE(handed, 1) << "no shape took the handoff";
 }
 
 TEST(Cuda, GatedDeltaRuleMatchesCpu) {

@@ -1,8 +1,10 @@
 // The decode int8 matvec of the CUDA backend timed the way a decode step runs it: chains of
 // dependent launches (programmatic dependent launch, as every backend launch allows), each
-// launch over its own copy of the weights so that none comes from L2. Variants take parts
-// of the fused MLP gate/up launch away (its int8 output, its fused RMSNorm, SwiGLU) so that
-// their cost inside the chain shows, beside the down projection. Shapes of the 9b preset
+// launch over its own copy of the weights so that none comes from L2. Variants: the MLP
+// gate/up launch reading a handed-off norm (decode since v16) and with parts of the fused
+// one taken away (its int8 output, its fused RMSNorm, SwiGLU) so that their cost inside the
+// chain shows; the down projection with the next norm handed off (decode), without it, and
+// without the residual add. Shapes of the 9b preset
 // (hidden 4096, intermediate 12288, MLX 4-bit, group 64, bf16 scales); the weights' values
 // do not change the speed. Compare with tq_read_bw's chains (the same bytes, pure reads).
 //   tq_matvec_chain [launches per chain = 32] [repeats = 15]
@@ -49,12 +51,15 @@ struct Weight {
   size_t bytes() const { return size_t(w.rows) * w.cols / 2 + 2 * size_t(w.rows) * w.cols / kGroup * 2; }
 };
 
-// int8 x of `cols` values (XQ8 layout), filled from random-ish floats by quantize_q8.
+// int8 x of `cols` values (XQ8 layout), filled from random-ish floats by quantize_q8;
+// handed: with the Σ x² per word of a handed-off norm (XQ8::ss).
 struct XInt8 {
-  Buf q, d, sum;
+  Buf q, d, sum, ss;
   XQ8 x;
-  explicit XInt8(int cols) : q(cols, 0), d(cols / 8 * 4, 0), sum(cols / 8 * 4, 0) {
+  explicit XInt8(int cols, bool handed = false)
+      : q(cols, 0), d(cols / 8 * 4, 0), sum(cols / 8 * 4, 0), ss(handed ? cols / 8 * 4 : 0, 0) {
     x.q = q.as<int4>(), x.d = d.as<float4>(), x.sum = sum.as<float>();
+    if (handed) x.ss = ss.as<float>(), x.eps = 1e-6f;
   }
 };
 
@@ -103,8 +108,9 @@ int run(int argc, char** argv) {
     for (int i = 0; i < H; ++i) h[i] = 1.0f + 0.001f * static_cast<float>(i % 17);
     TQ_CUDA_CHECK(cudaMemcpy(nw.p, h.data(), H * 4, cudaMemcpyHostToDevice));
   }
-  XInt8 xh(H), xi(I), gq(I);
+  XInt8 xh(H), xi(I), gq(I), xn(H, true);
   quantize_q8(x.as<float>(), H, xh.x, s);
+  quantize_q8(x.as<float>(), H, xn.x, s);
   quantize_q8(x.as<float>(), H, xi.x, s);  // (the first H values of the intermediate x; the rest stay 0)
   const RmsNormIn norm{x.as<float>(), nw.as<float>(), 1e-6f};
   const size_t gu_bytes = gate[0]->bytes() + up[0]->bytes(), down_bytes = down[0]->bytes();
@@ -115,7 +121,9 @@ int run(int argc, char** argv) {
     std::function<void(int)> launch;
   };
   const std::vector<Variant> variants = {
-      {"gate/up: norm + SwiGLU + int8 out (decode)", gu_bytes,
+      {"gate/up: handed norm + SwiGLU + int8 out", gu_bytes,
+       [&](int k) { swiglu_matmul(gate[k]->w, up[k]->w, nullptr, 1, g.as<float>(), u.as<float>(), s, &xn.x, nullptr, &gq.x); }},
+      {"gate/up: norm + SwiGLU + int8 out", gu_bytes,
        [&](int k) { swiglu_matmul(gate[k]->w, up[k]->w, nullptr, 1, g.as<float>(), u.as<float>(), s, &xh.x, &norm, &gq.x); }},
       {"gate/up: norm + SwiGLU", gu_bytes,
        [&](int k) { swiglu_matmul(gate[k]->w, up[k]->w, nullptr, 1, g.as<float>(), u.as<float>(), s, &xh.x, &norm); }},
@@ -127,7 +135,9 @@ int run(int argc, char** argv) {
          float* ys[2] = {g.as<float>(), u.as<float>()};
          matmul_many(ws, ys, 2, nullptr, 1, s, &xh.x);
        }},
-      {"down: int8 x, added into y (decode)", down_bytes,
+      {"down: int8 x, added into y, norm handed", down_bytes,
+       [&](int k) { matmul_accumulate(down[k]->w, y.as<float>(), s, xi.x, &xn.x, nw.as<float>()); }},
+      {"down: int8 x, added into y", down_bytes,
        [&](int k) { matmul_accumulate(down[k]->w, y.as<float>(), s, xi.x); }},
       {"down: int8 x", down_bytes, [&](int k) { matmul(down[k]->w, nullptr, 1, y.as<float>(), s, &xi.x); }},
   };

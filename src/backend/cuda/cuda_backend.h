@@ -76,6 +76,18 @@ struct SwigluInt8 {
 };
 SwigluInt8 swiglu_int8(const Weight& gate, const Weight& up, const std::vector<float>& x, const std::vector<float>& norm_w,
                        float eps);
+// A decode step's residual add with the next RMSNorm handed off (int8 path): y = y0 + W·x by
+// matmul_accumulate, which also writes y·norm_w as int8 words with their Σ y² (handed: it
+// did; the words' layout as SwigluInt8's, ss [rows / 8]); then, reading those words, g =
+// silu(gate·n) ⊙ (up·n) and lin = gate·n with n = RMSNorm(y)·norm_w (empty when not handed).
+struct NormHandoff {
+  bool handed = false;
+  std::vector<float> y, g, lin;
+  std::vector<int8_t> q;
+  std::vector<float> d, sum, ss;
+};
+NormHandoff norm_handoff(const Weight& w, const std::vector<float>& x, const std::vector<float>& y0,
+                         const std::vector<float>& norm_w, float eps, const Weight& gate, const Weight& up);
 // Index of y's largest value (the first of equal ones), found on the GPU.
 int32_t argmax(const std::vector<float>& y);
 // The k largest of y selected on the GPU (Model::forward_top's selection), in ranks_before order.

@@ -69,13 +69,16 @@ struct PinnedKey {
   unsigned long long* p = nullptr;
 };
 
-// An int8 x (XQ8) of up to n values (whole blocks of 32) in its own device memory.
+// An int8 x (XQ8) of up to n values (whole blocks of 32) in its own device memory; normed:
+// with the Σ x² per word of a handed-off RMSNorm (XQ8::ss) and its eps.
 struct Q8Buf {
   Q8Buf() = default;
-  explicit Q8Buf(size_t n) : mem((n + 31) / 32 * (2 * sizeof(int4) + 2 * sizeof(float4))) {
+  explicit Q8Buf(size_t n, bool normed = false, float eps = 0)
+      : mem((n + 31) / 32 * (2 * sizeof(int4) + (normed ? 3 : 2) * sizeof(float4))) {
     const size_t blocks = (n + 31) / 32;
     x = XQ8{mem.get<int4>(), reinterpret_cast<float4*>(mem.get<int4>() + 2 * blocks),
             reinterpret_cast<float*>(mem.get<int4>() + 3 * blocks)};
+    if (normed) x.ss = reinterpret_cast<float*>(mem.get<int4>() + 4 * blocks), x.eps = eps;
   }
   DevBuf mem;
   XQ8 x;
@@ -557,6 +560,7 @@ class CudaModel final : public Model {
     pos_dev_ = DevBuf(n * sizeof(int32_t));
     const size_t widest = std::max({H, static_cast<size_t>(m.intermediate), m.n_heads * hd, vd});
     q8_ = Q8Buf(widest);
+    q8n_ = Q8Buf(H, true, static_cast<float>(m.rms_eps));
   }
 
   // The n tokens in chunks; the last chunk's last row: its argmax into best, or (keep) its
@@ -638,22 +642,34 @@ class CudaModel final : public Model {
     prof_.mark("start", s);
     embed(embed_.w, tok_dev_.get<int32_t>(), n, x_, s);
     prof_.mark("embed", s);
-    // Decode: a sublayer's last matvec adds its output into x_ (matmul_accumulate), and each
+    // Decode: a sublayer's last matvec adds its output into x_ (matmul_accumulate) and hands
+    // the next RMSNorm off: it also writes x_·w as int8 with the words' Σ x² into q8n_, and
+    // the consuming matvec scales its outputs by the norm (handoff_consumable). Else each
     // RMSNorm is built by the matvec blocks that consume it where norm_fusable (not for a
     // matvec of more than 4 waves of blocks, such as a large vocabulary's LM head).
     // Elsewhere (prefill, other weights) the norm kernel adds the pending output and writes xb_.
     const float* pending = nullptr;  // sublayer output not yet added to x
+    bool handed = false;             // x_'s next RMSNorm is in q8n_
+    const XQ8* xin = xq;             // the int8 x of the norm's consumer (norm_for)
     auto norm_for = [&](const DevWeight* const* cw, int count, bool swiglu, const float* w, RmsNormIn& fused) {
+      const bool take = handed && !skip_("norm") && handoff_consumable(cw, count, swiglu);
+      handed = false, xin = take ? &q8n_.x : xq;
+      if (take) {
+        prof_.mark("norm", s);
+        return static_cast<const RmsNormIn*>(nullptr);
+      }
       const bool fuse = xq && w && !pending && !skip_("norm") && norm_fusable(cw, count, swiglu);
       if (!fuse && !skip_("norm")) rmsnorm(x_, pending, w, n, H, eps, xb_, s, xq);
       pending = nullptr;
       prof_.mark("norm", s);
       fused = RmsNormIn{x_, w, eps};
-      return fuse ? &fused : nullptr;
+      return fuse ? static_cast<const RmsNormIn*>(&fused) : nullptr;
     };
-    auto add_out = [&](const DevWeight& w, const float* in, const char* stage) {  // o = W·in, onto x
+    // o = W·in, onto x; next_w: the weight of the RMSNorm that follows (handed off)
+    auto add_out = [&](const DevWeight& w, const float* in, const char* stage, const float* next_w) {
+      handed = false;
       if (skip_(stage)) return;
-      if (xq && matmul_accumulate(w, x_, s, *xq)) return;
+      if (xq && matmul_accumulate(w, x_, s, *xq, handoff_ ? &q8n_.x : nullptr, next_w, &handed)) return;
       matmul(w, in, n, o_, s, xq);
       pending = o_;
     };
@@ -663,15 +679,15 @@ class CudaModel final : public Model {
       if (L.linear) {
         const DevWeight* ws[4] = {&L.qkv.w, &L.z.w, &L.b.w, &L.a.w};
         const RmsNormIn* nin = norm_for(ws, 4, false, L.in_norm.get<float>(), fused);
-        delta_mixer(L, ds.conv[l].get<float>(), ds.state[l].get<float>(), n, nin);
-        add_out(L.out.w, y_, "dn_out");
+        delta_mixer(L, ds.conv[l].get<float>(), ds.state[l].get<float>(), n, nin, xin);
+        add_out(L.out.w, y_, "dn_out", L.post_norm.get<float>());
         prof_.mark("dn out", s);
       } else {
         DevKVLayer& kv = ds.kv[l]->layer();
         const DevWeight* ws[3] = {&L.q.w, &L.k.w, &L.v.w};
         const RmsNormIn* nin = norm_for(ws, 3, false, L.in_norm.get<float>(), fused);
         float* ys[3] = {m.attn_output_gate ? qg_ : q_, k_, v_};
-        if (!skip_("attn_qkv")) matmul_many(ws, ys, 3, xb_, n, s, xq, nin);
+        if (!skip_("attn_qkv")) matmul_many(ws, ys, 3, xb_, n, s, xin, nin);
         prof_.mark("attn qkv", s);
         AttnPrep ap{n, m.n_heads, m.n_kv_heads, hd, m.rot_dims(), m.rope_theta, eps, m.attn_output_gate,
                     L.q_norm.get<float>(), L.k_norm.get<float>(), L.q_bias.get<float>(), L.k_bias.get<float>(),
@@ -688,15 +704,15 @@ class CudaModel final : public Model {
           attention(kv, q_, dpos, n, n_tokens, sp, m.attn_output_gate ? gt_ : nullptr,
                   1.0f / std::sqrt(static_cast<float>(hd)), att_scr_, att_, s, xq);
         prof_.mark("attention", s);
-        add_out(L.o.w, att_, "attn_out");
+        add_out(L.o.w, att_, "attn_out", L.post_norm.get<float>());
         prof_.mark("attn out", s);
       }
       const DevWeight* gu[2] = {&L.gate.w, &L.up.w};
       const RmsNormIn* nin = norm_for(gu, 2, true, L.post_norm.get<float>(), fused);
-      const bool q8_done = !skip_("mlp_gateup") && swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s, xq, nin, xq);
+      const bool q8_done = !skip_("mlp_gateup") && swiglu_matmul(L.gate.w, L.up.w, xb_, n, g_, u_, s, xin, nin, xq);
       prof_.mark("mlp gate/up", s);
       if (xq && !q8_done && !skip_("q8")) quantize_q8(g_, m.intermediate, *xq, s);
-      add_out(L.down.w, g_, "mlp_down");
+      add_out(L.down.w, g_, "mlp_down", l + 1 < m.n_layers ? layers_[l + 1].in_norm.get<float>() : final_norm_.get<float>());
       prof_.mark("mlp down", s);
     }
     if (rows > 0) {
@@ -704,16 +720,18 @@ class CudaModel final : public Model {
       if (pending) add(xr, pending + static_cast<size_t>(first) * H, static_cast<size_t>(rows) * H, s);
       const DevWeight* head[1] = {tied_ ? &embed_.w : &head_.w};
       const RmsNormIn fin{xr, final_norm_.get<float>(), eps};
-      const bool fuse = rows == 1 && fin.w && norm_fusable(head, 1);
-      if (!fuse) rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s, rows == 1 ? &q8_.x : nullptr);
-      if (rows == 1 && !skip_("head")) matmul(*head[0], xb_, 1, logits_, s, &q8_.x, fuse ? &fin : nullptr);
+      const bool take = rows == 1 && handed && handoff_consumable(head, 1);
+      const bool fuse = !take && rows == 1 && fin.w && norm_fusable(head, 1);
+      if (!fuse && !take) rmsnorm(xr, nullptr, final_norm_.get<float>(), rows, H, eps, xb_, s, rows == 1 ? &q8_.x : nullptr);
+      if (rows == 1 && !skip_("head"))
+        matmul(*head[0], xb_, 1, logits_, s, take ? &q8n_.x : &q8_.x, fuse ? &fin : nullptr);
       if (argmax_only) argmax(logits_, m.vocab, best_dev_.get<unsigned long long>(), s);
     }
   }
 
   // The linear-attention mixer up to its output y_ (nin: its input norm fused into the
   // in-projections, or null: xb_ holds the normalized input).
-  void delta_mixer(const DevLayer& L, float* conv_state, float* state, int n, const RmsNormIn* nin) const {
+  void delta_mixer(const DevLayer& L, float* conv_state, float* state, int n, const RmsNormIn* nin, const XQ8* xin) const {
     const ModelConfig& m = config();
     cudaStream_t s = stream_;
     const XQ8* xq = n == 1 ? &q8_.x : nullptr;
@@ -722,7 +740,7 @@ class CudaModel final : public Model {
     float* ys[4] = {qkv_, z_, b_, a_};
     if (delta_step_ok(d)) {  // one token: the conv in the in-projection, the rest in one kernel
       const DeltaConvIn cv{L.conv.get<float>(), conv_state, m.conv_kernel};
-      const bool conv_done = !skip_("dn_proj") && matmul_many(ws, ys, 4, xb_, n, s, xq, nin, &cv);
+      const bool conv_done = !skip_("dn_proj") && matmul_many(ws, ys, 4, xb_, n, s, xin, nin, &cv);
       if (!conv_done && !skip_("dn_conv")) delta_conv(d, qkv_, conv_state, L.conv.get<float>(), s);
       prof_.mark("dn proj+conv", s);
       if (!skip_("dn_rule"))
@@ -731,7 +749,7 @@ class CudaModel final : public Model {
       prof_.mark("dn step", s);
       return;
     }
-    if (!skip_("dn_proj")) matmul_many(ws, ys, 4, xb_, n, s, xq, nin);
+    if (!skip_("dn_proj")) matmul_many(ws, ys, 4, xb_, n, s, xin, nin);
     prof_.mark("dn proj", s);
     if (!skip_("dn_conv"))
       delta_conv_prep(d, qkv_, conv_state, L.conv.get<float>(), b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_,
@@ -752,7 +770,9 @@ class CudaModel final : public Model {
   mutable DevBuf head_rows_;  // kHeadRows rows of logits (allocated by the first all-rows forward)
   PinnedKey best_pin_;  // the host end of best_dev_
   mutable TopKOnDevice top_;
-  Q8Buf q8_;  // int8 copy of the decode step's current matvec input
+  Q8Buf q8_;   // int8 copy of the decode step's current matvec input
+  Q8Buf q8n_;  // a handed-off RMSNorm's int8 input (hidden values, with Σ x² per word)
+  bool handoff_ = !(std::getenv("TQ_CUDA_HANDOFF") && std::string(std::getenv("TQ_CUDA_HANDOFF")) == "0");
   bool use_graph_ = !(std::getenv("TQ_CUDA_GRAPH") && std::string(std::getenv("TQ_CUDA_GRAPH")) == "0");
   mutable StageProfile prof_;
   StageSkip skip_;
@@ -928,6 +948,34 @@ SwigluInt8 swiglu_int8(const Weight& gate, const Weight& up, const std::vector<f
   TQ_CUDA_CHECK(cudaMemcpy(r.q.data(), out.x.q, r.q.size(), cudaMemcpyDeviceToHost));
   TQ_CUDA_CHECK(cudaMemcpy(r.d.data(), out.x.d, r.d.size() * sizeof(float), cudaMemcpyDeviceToHost));
   TQ_CUDA_CHECK(cudaMemcpy(r.sum.data(), out.x.sum, r.sum.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  return r;
+}
+
+NormHandoff norm_handoff(const Weight& w, const std::vector<float>& x, const std::vector<float>& y0,
+                         const std::vector<float>& norm_w, float eps, const Weight& gate, const Weight& up) {
+  ensure_device();
+  check(w.rows == gate.cols && x.size() == static_cast<size_t>(w.cols) && y0.size() == static_cast<size_t>(w.rows) &&
+            norm_w.size() == y0.size(),
+        "norm_handoff: shapes do not chain");
+  Uploaded uw = upload_weight(w), ug = upload_weight(gate), uu = upload_weight(up);
+  DevBuf dx = upload(x), dy = upload(y0), dw = upload(norm_w);
+  Q8Buf in(w.cols), next(w.rows, true, eps);
+  quantize_q8(dx.get<float>(), w.cols, in.x, nullptr);
+  NormHandoff r;
+  check(matmul_accumulate(uw.w, dy.get<float>(), nullptr, in.x, &next.x, dw.get<float>(), &r.handed),
+        "norm_handoff: {} is not a weight of the int8 path", w.name);
+  r.y = download(dy, w.rows);
+  const DevWeight* pair[2] = {&ug.w, &uu.w};
+  if (!r.handed || !handoff_consumable(pair, 2, true)) return r;
+  DevBuf dg(static_cast<size_t>(gate.rows) * sizeof(float)), dl(static_cast<size_t>(gate.rows) * sizeof(float));
+  swiglu_matmul(ug.w, uu.w, nullptr, 1, dg.get<float>(), nullptr, nullptr, &next.x);
+  matmul(ug.w, nullptr, 1, dl.get<float>(), nullptr, &next.x);
+  r.g = download(dg, gate.rows), r.lin = download(dl, gate.rows);
+  r.q.resize(w.rows), r.d.resize(w.rows / 8), r.sum.resize(w.rows / 8), r.ss.resize(w.rows / 8);
+  TQ_CUDA_CHECK(cudaMemcpy(r.q.data(), next.x.q, r.q.size(), cudaMemcpyDeviceToHost));
+  TQ_CUDA_CHECK(cudaMemcpy(r.d.data(), next.x.d, r.d.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  TQ_CUDA_CHECK(cudaMemcpy(r.sum.data(), next.x.sum, r.sum.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  TQ_CUDA_CHECK(cudaMemcpy(r.ss.data(), next.x.ss, r.ss.size() * sizeof(float), cudaMemcpyDeviceToHost));
   return r;
 }
 

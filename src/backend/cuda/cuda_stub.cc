@@ -30,6 +30,10 @@ std::vector<float> attention(const CachePolicy&, const KVGeometry&, int, const s
 SwigluInt8 swiglu_int8(const Weight&, const Weight&, const std::vector<float>&, const std::vector<float>&, float) {
   fail("{}", kWhy);
 }
+NormHandoff norm_handoff(const Weight&, const std::vector<float>&, const std::vector<float>&, const std::vector<float>&,
+                         float, const Weight&, const Weight&) {
+  fail("{}", kWhy);
+}
 int32_t argmax(const std::vector<float>&) { fail("{}", kWhy); }
 std::vector<Candidate> top_k(const std::vector<float>&, int) { fail("{}", kWhy); }
 }  // namespace ops

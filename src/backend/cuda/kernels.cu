@@ -141,7 +141,8 @@ struct MatvecGroup {
   bool accumulate = false;  // q4_q8_kernel: y += W·x (the residual stream) instead of y = W·x
   RmsNormIn norm;           // q4_q8_kernel: x is RMSNorm(norm.x) · norm.w, built by each block (norm.x set)
   DeltaConvIn conv;         // one token: weight 0's rows through the DeltaNet conv (conv.w set)
-  XQ8 q8out;                // q4_q8_kernel, swiglu (q8out.q set): its output also as int8 (q8_store_warp)
+  XQ8 q8out;                // q4_q8_kernel, swiglu or accumulate (q8out.q set): its output also as int8 (q8_store_warp)
+  const float* q8w = nullptr;  // accumulate with q8out: the next RMSNorm's weight (q8_store_norm_warp)
 };
 
 // One token of the DeltaNet causal conv for channel ch (C channels): Σ_j w[j]·in_j over the
@@ -227,6 +228,15 @@ __device__ __forceinline__ void q8_store_warp(float v, size_t i, XQ8 out, bool s
       static_cast<int8_t>(__float2int_rn(v * inv));
   if ((k & 7) == 0) reinterpret_cast<float*>(out.d)[i >> 3] = mx / 127.0f, out.sum[i >> 3] = sum;
 }
+// The same for an RMSNorm handed off to the next matvec (XQ8::ss): the word holds v·w, and
+// ss its Σ v².
+__device__ __forceinline__ void q8_store_norm_warp(float v, float w, size_t i, XQ8 out, bool store) {
+  float ss = v * v;
+#pragma unroll
+  for (int o = 4; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  q8_store_warp(v * w, i, out, store);
+  if (store && (i & 7) == 0) out.ss[i >> 3] = ss;
+}
 
 __global__ void quantize_q8_kernel(const float* __restrict__ x, size_t n, XQ8 out) {
   pdl_enter();
@@ -244,6 +254,27 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 }
 // Exact int → float for |v| < 2^22 without the (quarter-rate) conversion unit.
 __device__ __forceinline__ float small_int_to_float(int v) { return __int_as_float(v + 0x4B400000) - 12582912.0f; }
+
+// sm_80+ instructions (the tensor-core kernel, the int8 matvec's handed-off norm). Builds for
+// older targets compile them to a trap: the host never takes those paths on such a GPU
+// (tc_kernel_for, handoff_consumable).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define TQ_SM80(...) __trap()
+#else
+#define TQ_SM80(...) __VA_ARGS__
+#endif
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+// 16 bytes global → shared without registers; zeros when !valid.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  TQ_SM80(asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src),
+                       "r"(valid ? 16 : 0)
+                       : "memory"));
+}
+__device__ __forceinline__ void cp_async_commit() { TQ_SM80(asm volatile("cp.async.commit_group;" ::: "memory")); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  TQ_SM80(asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"));
+}
 
 // One block of 32 x values as the int8 matvec uses it (c: 8 · the int8 sums of its words).
 struct XBlock {
@@ -333,10 +364,14 @@ __device__ XQ8 rmsnorm_q8_shared(const RmsNormIn& n, int cols, unsigned char* sm
   return {reinterpret_cast<int4*>(q), reinterpret_cast<float4*>(d), sum};
 }
 
-// kBf16: the scales' type (a branch per load otherwise); gshift: log2(group / 32); kNorm:
-// x is built from g.norm by each block (x is then unused).
-template <bool kBf16, bool kNorm = false>
+// kBf16: the scales' type (a branch per load otherwise); gshift: log2(group / 32); kMode (one
+// instantiation each: the kernel's registers are tight): kQ8Plain; kQ8Norm: x is built from
+// g.norm by each block (x is then unused); kQ8Handed: x's norm was handed off (x.ss); kQ8HandOff:
+// accumulate, and hand the next norm off through g.q8out.
+enum { kQ8Plain = 0, kQ8Norm = 1, kQ8Handed = 2, kQ8HandOff = 3 };
+template <bool kBf16, int kMode = kQ8Plain>
 __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8 x, int gshift) {
+  constexpr bool kNorm = kMode == kQ8Norm, kSS = kMode == kQ8Handed, kHand = kMode == kQ8HandOff;
   constexpr int R = kQ8Rows, H = R / 2;
   __shared__ float part[kQ8Threads / 32][R];
   extern __shared__ __align__(16) unsigned char xsm[];
@@ -386,6 +421,16 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   }
   pdl_enter();
   if constexpr (kNorm) x = rmsnorm_q8_shared(g.norm, g.w[0].cols, xsm);
+  // A handed-off norm (x.ss): the block adds the words' Σ x² after its dot products; they
+  // are copied to shared memory now, without registers held through the loop (one float4
+  // per thread: cols ≤ 128 · threads, host-checked). (A copy per warp, reduced without the
+  // block barrier, measured 1.8% slower: v16e.)
+  __shared__ float4 ssq[kSS ? kQ8Threads : 1];
+  const bool has_ss = kSS && static_cast<int>(threadIdx.x) < g.w[0].cols / 32;
+  if constexpr (kSS) {
+    if (has_ss) cp_async16(ssq + threadIdx.x, reinterpret_cast<const float4*>(x.ss) + threadIdx.x, true);
+    cp_async_commit();
+  }
   float acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0;
@@ -397,6 +442,20 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
+  __shared__ float gs[kQ8Threads / 32 * R];  // Σ x² per warp (x.ss); then the block's rows (q8out)
+  if constexpr (kSS) {
+    cp_async_wait<0>();
+    const float4 q = has_ss ? ssq[threadIdx.x] : make_float4(0, 0, 0, 0);
+    const float t = warp_sum((q.x + q.y) + (q.z + q.w));
+    if (lane == 0) gs[warp] = t;
+    __syncthreads();
+    float tot = 0;
+    for (int k = 0; k < static_cast<int>(blockDim.x) / 32; ++k) tot += gs[k];
+    const float rn = rsqrtf(tot / g.w[0].cols + x.eps);
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] *= rn;
+    __syncthreads();  // (gs is rewritten below)
+  }
   bool writer = lane == 0 && live;
   if (wpu > 1) {  // the unit's warps add their column shares (fixed order: deterministic)
     if (lane == 0)
@@ -413,7 +472,6 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
       }
   }
   if (g.swiglu) {
-    __shared__ float gs[kQ8Threads / 32 * H];  // the block's rows of the output (q8out)
 #pragma unroll
     for (int r = 0; r < H; ++r) {
       const float v = acc[r] / (1.0f + expf(-acc[r])) * acc[H + r];
@@ -431,14 +489,24 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
     q8_store_warp(mine ? gs[lane] : 0.0f, row, g.q8out, mine);
     return;
   }
-  if (!writer) return;
+  if (writer)
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    if (r0 + r >= w.rows) continue;
-    float v = g.accumulate ? g.y[j][r0 + r] + acc[r] : acc[r];
-    if (g.conv.w && j == 0) v = conv_token(g.conv.w, g.conv.state, g.conv.k, r0 + r, w.rows, v);
-    g.y[j][r0 + r] = v;
-  }
+    for (int r = 0; r < R; ++r) {
+      if (r0 + r >= w.rows) continue;
+      float v = g.accumulate ? g.y[j][r0 + r] + acc[r] : acc[r];
+      if (g.conv.w && j == 0) v = conv_token(g.conv.w, g.conv.state, g.conv.k, r0 + r, w.rows, v);
+      g.y[j][r0 + r] = v;
+      if (kHand) gs[warp / wpu * R + r] = v;
+    }
+  if constexpr (!kHand) return;
+  // The next RMSNorm's int8 input (accumulate, one weight; host: the block's rows are whole
+  // 8-value words), by warp 0 as for swiglu.
+  __syncthreads();
+  if (warp != 0) return;
+  const int nrows = static_cast<int>(blockDim.x) / 32 / wpu * R;
+  const int row = blockIdx.x * nrows + lane;
+  const bool mine = lane < nrows && row < w.rows;
+  q8_store_norm_warp(mine ? gs[lane] : 0.0f, mine ? g.q8w[row] : 0.0f, row, g.q8out, mine);
 }
 
 template <int NT>
@@ -1202,25 +1270,6 @@ struct TcLayout {
   __host__ __device__ int bytes() const { return head + kTcWarps * warp; }
 };
 
-// sm_80+ instructions of the tensor-core kernel. Builds for older targets compile them to a
-// trap: the host never launches that kernel on such a GPU (tc_kernel_for).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#define TQ_SM80(...) __trap()
-#else
-#define TQ_SM80(...) __VA_ARGS__
-#endif
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-// 16 bytes global → shared without registers; zeros when !valid.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  TQ_SM80(asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src),
-                       "r"(valid ? 16 : 0)
-                       : "memory"));
-}
-__device__ __forceinline__ void cp_async_commit() { TQ_SM80(asm volatile("cp.async.commit_group;" ::: "memory")); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  TQ_SM80(asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"));
-}
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
   TQ_SM80(asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                        : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -1537,15 +1586,21 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   }
   // Queries as floats in the warps' area (free until the pipeline starts), in K's domain
   // (rotated, with the rotation's 1/√D, when K holds codes), then as hi/lo halves.
+  // Every load is issued before any store (one round trip, not one per element: measured the
+  // largest stall of a shallow decode step's attention).
   float* qf = reinterpret_cast<float*>(area);
-  for (int i = tid; i < 8 * D; i += blockDim.x) {
-    const int h = i / D, d = i % D;
-    float v = 0;
+  constexpr int kQIt = 8 * D / (kTcWarps * 32);  // (blockDim.x = kTcWarps · 32)
+  float qv[kQIt];
+#pragma unroll
+  for (int k = 0; k < kQIt; ++k) {
+    const int i = tid + k * kTcWarps * 32, h = i / D, d = i % D;
+    qv[k] = 0;
     if (h < G && d < hd)
-      v = q[(static_cast<size_t>(qi) * L.n_heads + g * G + h) * hd + d] *
-          (kb >= 16 ? 1.0f : L.k.signs[static_cast<size_t>(g) * D + d]);
-    qf[i] = v;
+      qv[k] = q[(static_cast<size_t>(qi) * L.n_heads + g * G + h) * hd + d] *
+              (kb >= 16 ? 1.0f : __ldg(L.k.signs + static_cast<size_t>(g) * D + d));
   }
+#pragma unroll
+  for (int k = 0; k < kQIt; ++k) qf[tid + k * kTcWarps * 32] = qv[k];
   if (kb < 16) fwht_warps(qf, G, D, D);  // (syncs before and after)
   else __syncthreads();
   const float qscale = kb < 16 ? rsqrtf(static_cast<float>(D)) : 1.0f;
@@ -1779,10 +1834,15 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
 // Merges splits, inverse rotation of V codes, head_dim entries, × σ(gate).
 __global__ void attention_merge_kernel(DevKVLayer L, int n_splits, const float* part_ml, const float* part_acc,
                                        const float* gate, float* att, XQ8 q8) {
-  pdl_enter();
   extern __shared__ float sh[];  // y[Dv], w[n_splits], part[blockDim / Dv][Dv]
   __shared__ float red[32];
   const int qi = blockIdx.x, h = blockIdx.y, Dv = L.v.dim, hd = L.head_dim;
+  // This thread's first sign and gate before the wait: the signs are constants, the gate
+  // comes from attention prep, complete before the kernel ahead of this one could launch it.
+  const int t0 = threadIdx.x;
+  const float sign0 = L.v.bits < 16 && t0 < Dv ? L.v.signs[static_cast<size_t>(h / (L.n_heads / L.n_kv_heads)) * Dv + t0] : 1.0f;
+  const float gate0 = gate && t0 < hd ? gate[(static_cast<size_t>(qi) * L.n_heads + h) * hd + t0] : 0.0f;
+  pdl_enter();
   float* y = sh;
   float* w = sh + Dv;
   const int g = h / (L.n_heads / L.n_kv_heads);
@@ -1829,13 +1889,13 @@ __global__ void attention_merge_kernel(DevKVLayer L, int n_splits, const float* 
   if (L.v.bits < 16) {
     fwht_shared(y, Dv);
     const float rs = rsqrtf(static_cast<float>(Dv));
-    for (int j = threadIdx.x; j < Dv; j += blockDim.x) y[j] *= rs * L.v.signs[static_cast<size_t>(g) * Dv + j];
+    for (int j = threadIdx.x; j < Dv; j += blockDim.x) y[j] *= rs * (j == t0 ? sign0 : L.v.signs[static_cast<size_t>(g) * Dv + j]);
   }
   __syncthreads();
   float* out = att + (static_cast<size_t>(qi) * L.n_heads + h) * hd;
   for (int j = threadIdx.x; j < hd; j += blockDim.x) {
     float o = y[j];
-    if (gate) o *= sigmoidf_(gate[(static_cast<size_t>(qi) * L.n_heads + h) * hd + j]);
+    if (gate) o *= sigmoidf_(j == t0 ? gate0 : gate[(static_cast<size_t>(qi) * L.n_heads + h) * hd + j]);
     out[j] = o;
     if (q8.q) q8_store_warp(o, (static_cast<size_t>(qi) * L.n_heads + h) * hd + j, q8);  // hd % 32 == 0
   }
@@ -2585,17 +2645,26 @@ int q8_layout(MatvecGroup& g) {
 
 void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s, const RmsNormIn* norm = nullptr) {
   if (n == 1 && xq && g_decode_int8 && int8_shape_ok(g)) {
-    const int blocks = q8_layout(g);
+    const int blocks = q8_layout(g), per_block = std::max(1, kQ8Threads / 32 / g.wpu);
     // int8 output: blocks of whole 8-row words, and not into the x this launch reads
-    if (g.q8out.q && !(g.swiglu && g.wpu <= 2 && g.w[0].rows % 8 == 0 && norm)) g.q8out = XQ8{};
-    const int threads = 32 * g.wpu * std::max(1, kQ8Threads / 32 / g.wpu);
+    const bool words = g.w[0].rows % 8 == 0 && (norm || xq->q != g.q8out.q);
+    const bool q8_swiglu = g.swiglu && g.wpu <= 2 && words;
+    const bool q8_accum = g.accumulate && g.count == 1 && g.q8w && g.q8out.ss && !xq->ss && words &&
+                          (per_block * kQ8Rows) % 8 == 0;
+    if (g.q8out.q && !q8_swiglu && !q8_accum) g.q8out = XQ8{};
+    const int threads = 32 * g.wpu * per_block;
+    if (xq->ss && (norm || g.w[0].cols > 128 * threads)) cuda_unsupported("int8 matvec: a handed-off norm it cannot read");
     int gshift = 0;
     while ((32 << gshift) < g.w[0].group) ++gshift;
     if (norm) {
       if (g.w[0].cols % 256 != 0 || g.w[0].cols / 8 > kNormPer * threads) cuda_unsupported("fused RMSNorm: unsupported width");
       g.norm = *norm;
-      launch(g.w[0].sbf16 ? q4_q8_kernel<true, true> : q4_q8_kernel<false, true>, blocks, threads,
+      launch(g.w[0].sbf16 ? q4_q8_kernel<true, kQ8Norm> : q4_q8_kernel<false, kQ8Norm>, blocks, threads,
              norm_smem_bytes(g.w[0].cols), s, g, XQ8{}, gshift);
+    } else if (xq->ss) {
+      launch(g.w[0].sbf16 ? q4_q8_kernel<true, kQ8Handed> : q4_q8_kernel<false, kQ8Handed>, blocks, threads, 0, s, g, *xq, gshift);
+    } else if (q8_accum) {
+      launch(g.w[0].sbf16 ? q4_q8_kernel<true, kQ8HandOff> : q4_q8_kernel<false, kQ8HandOff>, blocks, threads, 0, s, g, *xq, gshift);
     } else {
       launch(g.w[0].sbf16 ? q4_q8_kernel<true> : q4_q8_kernel<false>, blocks, threads, 0, s, g, *xq, gshift);
     }
@@ -2627,6 +2696,19 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     else launch(q4_group_kernel<8>, blocks, threads, 0, s, gt, xt, nt);
   }
 }
+
+// The weights as one launch of the int8 matvec (into g: weights, count, swiglu), if they can
+// be: 4-bit with equal cols and groups (swiglu: equal rows), int8_shape_ok.
+bool q8_group(const DevWeight* const* w, int count, bool swiglu, MatvecGroup& g) {
+  if (!g_decode_int8 || count < 1 || count > 4) return false;
+  g.count = count, g.swiglu = swiglu;
+  for (int j = 0; j < count; ++j) {
+    if (!w[j]->q4 || w[j]->cols != w[0]->cols || w[j]->group != w[0]->group) return false;
+    if (swiglu && w[j]->rows != w[0]->rows) return false;
+    g.w[j] = *w[j];
+  }
+  return int8_shape_ok(g);
+}
 }  // namespace
 
 void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s) {
@@ -2635,16 +2717,9 @@ void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s) {
 }
 
 bool norm_fusable(const DevWeight* const* w, int count, bool swiglu) {
-  if (!g_decode_int8 || count < 1 || count > 4) return false;
   MatvecGroup g;
-  g.count = count, g.swiglu = swiglu;
-  for (int j = 0; j < count; ++j) {
-    if (!w[j]->q4 || w[j]->cols != w[0]->cols || w[j]->group != w[0]->group) return false;
-    if (swiglu && w[j]->rows != w[0]->rows) return false;
-    g.w[j] = *w[j];
-  }
   // (threads per block ≥ 160 for any warps-per-unit: kNormPer groups of 8 each cover 10240)
-  if (!int8_shape_ok(g) || w[0]->cols % 256 != 0 || w[0]->cols > 8 * kNormPer * 160) return false;
+  if (!q8_group(w, count, swiglu, g) || w[0]->cols % 256 != 0 || w[0]->cols > 8 * kNormPer * 160) return false;
   // Every block builds the norm before its first dot product: past a few waves of blocks
   // (the LM head: ≈ 20 on the H200) one norm kernel ahead of the matvec costs less.
   return q8_layout(g) <= 4 * q8_block_slots();
@@ -2668,16 +2743,27 @@ bool matmul_many(const DevWeight* const* w, float* const* y, int count, const fl
   return conv && n == 1;
 }
 
-bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq) {
+bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq, const XQ8* next,
+                       const float* next_w, bool* handed) {
   MatvecGroup g;
   g.count = 1;
   g.w[0] = w;
   for (int j = 0; j < 4; ++j) g.y[j] = nullptr;
   g.y[0] = y;
   g.accumulate = true;
+  if (handed) *handed = false;
   if (!w.q4 || !g_decode_int8 || !int8_shape_ok(g)) return false;
+  if (next && next->ss && next_w) g.q8out = *next, g.q8w = next_w;
   launch_group(g, nullptr, 1, &xq, s);
+  if (handed) *handed = g.q8out.q != nullptr;
   return true;
+}
+
+bool handoff_consumable(const DevWeight* const* w, int count, bool swiglu) {
+  MatvecGroup g;
+  if (device_major() < 8 || !q8_group(w, count, swiglu, g)) return false;  // (cp.async)
+  q8_layout(g);  // (its warps per unit)
+  return w[0]->cols <= 128 * 32 * g.wpu * std::max(1, kQ8Threads / 32 / g.wpu);
 }
 
 bool swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,

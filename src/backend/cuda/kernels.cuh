@@ -90,10 +90,15 @@ struct DevKVLayer {
 // x of a decode step as int8 in blocks of 32 values (see q8_store_warp in kernels.cu):
 // q: 2 int4 per block, d: the scales of its four 8-value words, sum: their exact sums
 // (cols / 8 floats, read as a float4 per block).
+// ss set (an RMSNorm handed off by the matvec that produced x, see matmul_accumulate): the
+// words hold x·w un-normalized and ss[i] = Σ x² over word i; a matvec reading it scales its
+// outputs by r = 1/√(Σ ss / cols + eps), which is the norm (the matvec is linear in x).
 struct XQ8 {
   int4* q = nullptr;
   float4* d = nullptr;
   float* sum = nullptr;
+  float* ss = nullptr;
+  float eps = 0;
 };
 // Decode (n == 1) 4-bit matvecs read x as int8 (xq, filled by quantize_q8 or a fused
 // producer such as rmsnorm) and use dp4a when g_decode_int8 (default; TQ_CUDA_EXACT=1 or
@@ -134,7 +139,14 @@ bool swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, i
                    const XQ8* q8_out = nullptr);
 // Decode: y += W·x (a sublayer's output added to the residual stream by its matvec) on the
 // int8 path; false, with nothing launched, where that path does not apply.
-bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq);
+// next (its ss set) with next_w: the same launch also writes RMSNorm's int8 input for the
+// matvec that follows (y·next_w and the words' Σ y², see XQ8); *handed tells whether it did
+// (blocks of whole 8-row words: not every shape).
+bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq, const XQ8* next = nullptr,
+                       const float* next_w = nullptr, bool* handed = nullptr);
+// Whether the int8 matvec of these weights (one launch) can read an x whose norm was handed
+// off (XQ8::ss): 4-bit weights on the int8 path, sm_80+, cols ≤ 128 · its threads per block.
+bool handoff_consumable(const DevWeight* const* w, int count, bool swiglu = false);
 void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s);
 // *slot ← max(*slot, the key of y's largest value [n values], ties: the first); with *slot
 // zeroed before, argmax_index(*slot) is that value's index. Greedy sampling without
