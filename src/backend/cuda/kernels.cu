@@ -442,19 +442,19 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
-  __shared__ float gs[kQ8Threads / 32 * R];  // Σ x² per warp (x.ss); then the block's rows (q8out)
+  __shared__ float gs[kQ8Threads / 32 * R];  // the block's rows (q8out)
   if constexpr (kSS) {
+    __shared__ float ssw[kQ8Threads / 32];  // Σ x² per warp
     cp_async_wait<0>();
     const float4 q = has_ss ? ssq[threadIdx.x] : make_float4(0, 0, 0, 0);
     const float t = warp_sum((q.x + q.y) + (q.z + q.w));
-    if (lane == 0) gs[warp] = t;
+    if (lane == 0) ssw[warp] = t;
     __syncthreads();
     float tot = 0;
-    for (int k = 0; k < static_cast<int>(blockDim.x) / 32; ++k) tot += gs[k];
+    for (int k = 0; k < static_cast<int>(blockDim.x) / 32; ++k) tot += ssw[k];
     const float rn = rsqrtf(tot / g.w[0].cols + x.eps);
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] *= rn;
-    __syncthreads();  // (gs is rewritten below)
   }
   bool writer = lane == 0 && live;
   if (wpu > 1) {  // the unit's warps add their column shares (fixed order: deterministic)
