@@ -2629,6 +2629,11 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
 
+// Units (kQ8Rows rows, g.wpu warps each) per block of the int8 matvec.
+int q8_per_block(const MatvecGroup& g) { return std::max(1, kQ8Threads / 32 / g.wpu); }
+// A handed-off norm's Σx² (cols / 8 floats) fit one float4 per thread of the launch.
+bool q8_handed_fits(const MatvecGroup& g) { return g.w[0].cols <= 128 * 32 * g.wpu * q8_per_block(g); }
+
 // The int8 matvec's layout of g (w, count, swiglu set): block_end and wpu into g; returns
 // the blocks of the launch.
 int q8_layout(MatvecGroup& g) {
@@ -2639,13 +2644,13 @@ int q8_layout(MatvecGroup& g) {
     for (int j = 0; j < g.count; ++j) g.block_end[j] = (units += (g.w[j].rows + kQ8Rows - 1) / kQ8Rows);
   }
   g.wpu = warps_per_unit(units, g.w[0].cols / 32);
-  const int per_block = std::max(1, kQ8Threads / 32 / g.wpu);
+  const int per_block = q8_per_block(g);
   return (units + per_block - 1) / per_block;
 }
 
 void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStream_t s, const RmsNormIn* norm = nullptr) {
   if (n == 1 && xq && g_decode_int8 && int8_shape_ok(g)) {
-    const int blocks = q8_layout(g), per_block = std::max(1, kQ8Threads / 32 / g.wpu);
+    const int blocks = q8_layout(g), per_block = q8_per_block(g);
     // int8 output: blocks of whole 8-row words, and not into the x this launch reads
     const bool words = g.w[0].rows % 8 == 0 && (norm || xq->q != g.q8out.q);
     const bool q8_swiglu = g.swiglu && g.wpu <= 2 && words;
@@ -2653,7 +2658,7 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
                           (per_block * kQ8Rows) % 8 == 0;
     if (g.q8out.q && !q8_swiglu && !q8_accum) g.q8out = XQ8{};
     const int threads = 32 * g.wpu * per_block;
-    if (xq->ss && (norm || g.w[0].cols > 128 * threads)) cuda_unsupported("int8 matvec: a handed-off norm it cannot read");
+    if (xq->ss && (norm || !q8_handed_fits(g))) cuda_unsupported("int8 matvec: a handed-off norm it cannot read");
     int gshift = 0;
     while ((32 << gshift) < g.w[0].group) ++gshift;
     if (norm) {
@@ -2763,7 +2768,7 @@ bool handoff_consumable(const DevWeight* const* w, int count, bool swiglu) {
   MatvecGroup g;
   if (device_major() < 8 || !q8_group(w, count, swiglu, g)) return false;  // (cp.async)
   q8_layout(g);  // (its warps per unit)
-  return w[0]->cols <= 128 * 32 * g.wpu * std::max(1, kQ8Threads / 32 / g.wpu);
+  return q8_handed_fits(g);
 }
 
 bool swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, int n, float* g_out, float* u_scratch,
