@@ -98,24 +98,33 @@ TEST(Session, HybridResumesFromCheckpointsAndMatchesOnePass) {
   }
 }
 
-// Attention-only models truncate their KV slots anywhere.
+// Attention-only models truncate their KV slots anywhere. The resumed run computes tokens
+// 53–54 as a batch of 2 and the reference as part of one batch of 55, so their K/V differ by
+// float rounding (the matmul's blocking); an f32 cache keeps that at rounding level, while
+// tq3's fp16 window rows can round the other way (a change of one fp16 ulp, 2^-10 relative) —
+// measured over 300 seeds each on an AVX-512 build: up to 1.2e-3 in a logit with tq3 (the bound
+// of the hybrid test above), ≤ 4e-6 with f32 rows.
 TEST(Session, AttentionOnlyResumesAnywhere) {
   auto model = Model::load(kStories);
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
-  Session s(*model, CachePolicy::parse("tq3"));
-  EXPECT_FALSE(s.recurrent());
-  auto a = random_tokens(80, model->config().vocab, rng);
-  std::vector<float> lg(model->config().vocab);
-  s.forward(a.data(), 80, lg.data(), false, pool);
-  auto b = a;
-  b.resize(53);
-  b.push_back(7);
-  b.push_back(9);
-  EXPECT_EQ(s.reusable_prefix(b), 53u);
-  s.rewind(53);
-  s.forward(b.data() + 53, 2, lg.data(), false, pool);
-  EXPECT_LT(max_abs_diff(lg, one_pass(*model, s.policy(), b, pool)), 1e-4f);
+  for (const auto& [pol, tol] : {std::pair{"f32", 1e-4f}, std::pair{"tq3", 2e-3f}}) {
+    Session s(*model, CachePolicy::parse(pol));
+    EXPECT_FALSE(s.recurrent());
+    auto a = random_tokens(80, model->config().vocab, rng);
+    std::vector<float> lg(model->config().vocab);
+    s.forward(a.data(), 80, lg.data(), false, pool);
+    auto b = a;
+    b.resize(53);
+    b.push_back(7);
+    b.push_back(9);
+    EXPECT_EQ(s.reusable_prefix(b), 53u);
+    s.rewind(53);
+    s.forward(b.data() + 53, 2, lg.data(), false, pool);
+    const float d = max_abs_diff(lg, one_pass(*model, s.policy(), b, pool));
+    std::printf("[session] %s rewind to 53 vs one pass: max |dlogit| %.2e\n", pol, d);
+    EXPECT_LT(d, tol) << pol;
+  }
 }
 
 // Sampling through a session draws from the whole row of logits; without one, Generation
