@@ -148,15 +148,20 @@ struct MatvecGroup {
 // One token of the DeltaNet causal conv for channel ch (C channels): Σ_j w[j]·in_j over the
 // k − 1 stored inputs and the new one v, SiLU; the state shifts by one. The order of the sum
 // is delta_conv_prep_kernel's.
-__device__ __forceinline__ float conv_token(const float* w, float* state, int k, int ch, int C, float v) {
-  const float* wr = w + static_cast<size_t>(ch) * k;
-  float* st = state + ch;
+// conv_token_from: the channel's weights wr[0, k) and stored inputs in[j · stride] read from
+// wherever the caller holds them (the int8 matvec: shared memory); the shifted state written
+// to st[j · C].
+__device__ __forceinline__ float conv_token_from(const float* wr, const float* in, int stride, float* st, int k, int C,
+                                                 float v) {
   float acc = 0;
-  for (int j = 0; j < k - 1; ++j) acc += wr[j] * st[static_cast<size_t>(j) * C];
+  for (int j = 0; j < k - 1; ++j) acc += wr[j] * in[j * stride];
   acc += wr[k - 1] * v;
-  for (int j = 0; j + 1 < k - 1; ++j) st[static_cast<size_t>(j) * C] = st[static_cast<size_t>(j + 1) * C];
+  for (int j = 0; j + 1 < k - 1; ++j) st[static_cast<size_t>(j) * C] = in[(j + 1) * stride];
   if (k > 1) st[static_cast<size_t>(k - 2) * C] = v;
   return siluf_(acc);
+}
+__device__ __forceinline__ float conv_token(const float* w, float* state, int k, int ch, int C, float v) {
+  return conv_token_from(w + static_cast<size_t>(ch) * k, state + ch, C, state + ch, k, C, v);
 }
 
 constexpr int kMatvecThreads = 128;  // 4 warps, one unit of rows each
@@ -270,6 +275,10 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
                        "r"(valid ? 16 : 0)
                        : "memory"));
 }
+// 4 bytes global → shared (through L1).
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  TQ_SM80(asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_addr(dst)), "l"(src) : "memory"));
+}
 __device__ __forceinline__ void cp_async_commit() { TQ_SM80(asm volatile("cp.async.commit_group;" ::: "memory")); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -320,6 +329,7 @@ __device__ __forceinline__ float q4_block_dot(uint4 q, float sc, float bi, const
 // A block holds whole units: wpu warps each, up to 8 warps. (2 steps in flight per lane
 // need 122 registers, 2 blocks per SM: measured 9% slower at depth 0.)
 constexpr int kQ8Rows = 4, kQ8Threads = 256;
+constexpr int kConvMax = 8;  // the widest DeltaNet conv the backend takes (delta_conv_prep)
 
 // The int8 x of RMSNorm(x)·w (cols values, cols % 256 == 0, at most kNormPer groups of 8 per
 // thread) in shared memory: the codes and sums do not depend on the norm's scale r, so
@@ -397,6 +407,28 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   }
   const DevWeight& w = g.w[j];
   const int nb = live ? w.cols / 32 : 0, stride = 32 * wpu;
+  // Constants of the epilogue copied to shared memory before the wait (after the loop they
+  // were a DRAM round trip on the launch's tail): the DeltaNet conv's weights and stored
+  // inputs of the unit's rows (the state was written by this layer's launch a step ago), and
+  // the next norm's weight for the rows warp 0 hands off.
+  __shared__ float cvw[kQ8Threads / 32][kQ8Rows * kConvMax], cvs[kQ8Threads / 32][kQ8Rows * (kConvMax - 1)];
+  const bool conv = !g.swiglu && g.conv.w && j == 0 && live && sub == 0;
+  if (conv) {
+    const int k = g.conv.k, C = w.rows;
+    for (int e = lane; e < R * k; e += 32)
+      if (r0 + e / k < C) cp_async4(&cvw[warp][e], g.conv.w + static_cast<size_t>(r0) * k + e);
+    for (int e = lane; e < R * (k - 1); e += 32)
+      if (r0 + e % R < C) cp_async4(&cvs[warp][e], g.conv.state + static_cast<size_t>(e / R) * C + r0 + e % R);
+    cp_async_commit();
+  }
+  __shared__ float nws[kHand ? 32 : 1];
+  // (the rows warp 0 hands off: recomputed at the end, not held through the loop)
+  auto hand_row = [&] { return blockIdx.x * (static_cast<int>(blockDim.x) / 32 / wpu * R) + lane; };
+  auto hand_mine = [&](int row) { return lane < static_cast<int>(blockDim.x) / 32 / wpu * R && row < w.rows; };
+  if constexpr (kHand) {
+    if (warp == 0 && hand_mine(hand_row())) cp_async4(&nws[lane], g.q8w + hand_row());
+    cp_async_commit();
+  }
   // Without a fused norm, the first column step's weights are loaded before the wait: they
   // do not depend on the previous kernel, whose tail they overlap (a chain of read kernels:
   // +7% over loading after the wait, tq_read_bw). With one, they would be held through the
@@ -489,12 +521,16 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
     q8_store_warp(mine ? gs[lane] : 0.0f, row, g.q8out, mine);
     return;
   }
+  if (conv) {
+    cp_async_wait<0>();
+    __syncwarp();
+  }
   if (writer)
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if (r0 + r >= w.rows) continue;
       float v = g.accumulate ? g.y[j][r0 + r] + acc[r] : acc[r];
-      if (g.conv.w && j == 0) v = conv_token(g.conv.w, g.conv.state, g.conv.k, r0 + r, w.rows, v);
+      if (conv) v = conv_token_from(&cvw[warp][r * g.conv.k], &cvs[warp][r], R, g.conv.state + r0 + r, g.conv.k, w.rows, v);
       g.y[j][r0 + r] = v;
       if (kHand) gs[warp / wpu * R + r] = v;
     }
@@ -503,10 +539,10 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   // 8-value words), by warp 0 as for swiglu.
   __syncthreads();
   if (warp != 0) return;
-  const int nrows = static_cast<int>(blockDim.x) / 32 / wpu * R;
-  const int row = blockIdx.x * nrows + lane;
-  const bool mine = lane < nrows && row < w.rows;
-  q8_store_norm_warp(mine ? gs[lane] : 0.0f, mine ? g.q8w[row] : 0.0f, row, g.q8out, mine);
+  cp_async_wait<0>();
+  const int row = hand_row();
+  const bool mine = hand_mine(row);
+  q8_store_norm_warp(mine ? gs[lane] : 0.0f, mine ? nws[lane] : 0.0f, row, g.q8out, mine);
 }
 
 template <int NT>
@@ -2654,7 +2690,7 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     // int8 output: blocks of whole 8-row words, and not into the x this launch reads
     const bool words = g.w[0].rows % 8 == 0 && (norm || xq->q != g.q8out.q);
     const bool q8_swiglu = g.swiglu && g.wpu <= 2 && words;
-    const bool q8_accum = g.accumulate && g.count == 1 && g.q8w && g.q8out.ss && !xq->ss && words &&
+    const bool q8_accum = g.accumulate && g.count == 1 && g.q8w && g.q8out.ss && !xq->ss && words && device_major() >= 8 &&
                           (per_block * kQ8Rows) % 8 == 0;
     if (g.q8out.q && !q8_swiglu && !q8_accum) g.q8out = XQ8{};
     const int threads = 32 * g.wpu * per_block;
@@ -2743,9 +2779,12 @@ bool matmul_many(const DevWeight* const* w, float* const* y, int count, const fl
   g.count = count;
   for (int j = 0; j < 4; ++j) g.y[j] = nullptr;
   for (int j = 0; j < count; ++j) g.w[j] = *w[j], g.y[j] = y[j];
-  if (conv && n == 1) g.conv = *conv;  // (both n == 1 paths take it: the int8 and the float matvec)
+  // (both n == 1 paths take it: the int8 and the float matvec; the int8 one copies up to
+  // kConvMax taps with cp.async, sm_80+)
+  const bool take_conv = conv && n == 1 && conv->k <= kConvMax && device_major() >= 8;
+  if (take_conv) g.conv = *conv;
   launch_group(g, x, n, xq, s, norm);
-  return conv && n == 1;
+  return take_conv;
 }
 
 bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq, const XQ8* next,
