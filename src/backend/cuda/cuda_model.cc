@@ -334,6 +334,7 @@ class StageSkip {
     if (const char* v = std::getenv("TQ_CUDA_SKIP")) all_ = std::string(",") + v + ",";
   }
   bool operator()(const char* stage) const { return !all_.empty() && all_.find(std::string(",") + stage + ",") != std::string::npos; }
+  bool any() const { return !all_.empty(); }
 
  private:
   std::string all_;
@@ -669,7 +670,10 @@ class CudaModel final : public Model {
     auto add_out = [&](const DevWeight& w, const float* in, const char* stage, const float* next_w) {
       handed = false;
       if (skip_(stage)) return;
-      if (xq && matmul_accumulate(w, x_, s, *xq, handoff_ ? &q8n_.x : nullptr, next_w, &handed)) return;
+      // x_'s last writer (the previous sublayer's add, or the embedding) is at least two
+      // launches back: every sublayer launches a kernel before its last matvec (unless a
+      // stage is skipped for a measurement).
+      if (xq && matmul_accumulate(w, x_, s, *xq, handoff_ ? &q8n_.x : nullptr, next_w, &handed, !skip_.any())) return;
       matmul(w, in, n, o_, s, xq);
       pending = o_;
     };
@@ -962,7 +966,7 @@ NormHandoff norm_handoff(const Weight& w, const std::vector<float>& x, const std
   Q8Buf in(w.cols), next(w.rows, true, eps);
   quantize_q8(dx.get<float>(), w.cols, in.x, nullptr);
   NormHandoff r;
-  check(matmul_accumulate(uw.w, dy.get<float>(), nullptr, in.x, &next.x, dw.get<float>(), &r.handed),
+  check(matmul_accumulate(uw.w, dy.get<float>(), nullptr, in.x, &next.x, dw.get<float>(), &r.handed, true),
         "norm_handoff: {} is not a weight of the int8 path", w.name);
   r.y = download(dy, w.rows);
   const DevWeight* pair[2] = {&ug.w, &uu.w};

@@ -139,6 +139,7 @@ struct MatvecGroup {
   bool swiglu = false;
   int wpu = 1;  // q4_q8_kernel: warps sharing one unit's columns (1 … 8)
   bool accumulate = false;  // q4_q8_kernel: y += W·x (the residual stream) instead of y = W·x
+  bool y_settled = false;   // accumulate: y may be read before the dependency wait (matmul_accumulate)
   RmsNormIn norm;           // q4_q8_kernel: x is RMSNorm(norm.x) · norm.w, built by each block (norm.x set)
   DeltaConvIn conv;         // one token: weight 0's rows through the DeltaNet conv (conv.w set)
   XQ8 q8out;                // q4_q8_kernel, swiglu or accumulate (q8out.q set): its output also as int8 (q8_store_warp)
@@ -421,6 +422,14 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
       if (r0 + e % R < C) cp_async4(&cvs[warp][e], g.conv.state + static_cast<size_t>(e / R) * C + r0 + e % R);
     cp_async_commit();
   }
+  // Accumulating into a settled y (its writer completed before the kernel ahead of this one
+  // began): the unit's y rows too.
+  __shared__ float yres[kQ8Threads / 32][kQ8Rows];
+  const bool y_early = (kHand || kMode == kQ8Plain) && g.accumulate && g.y_settled && live && sub == 0;
+  if (y_early) {
+    if (lane < R && r0 + lane < w.rows) cp_async4(&yres[warp][lane], g.y[j] + r0 + lane);
+    cp_async_commit();
+  }
   __shared__ float nws[kHand ? 32 : 1];
   // (the rows warp 0 hands off: recomputed at the end, not held through the loop)
   auto hand_row = [&] { return blockIdx.x * (static_cast<int>(blockDim.x) / 32 / wpu * R) + lane; };
@@ -521,7 +530,7 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
     q8_store_warp(mine ? gs[lane] : 0.0f, row, g.q8out, mine);
     return;
   }
-  if (conv) {
+  if (conv || y_early) {
     cp_async_wait<0>();
     __syncwarp();
   }
@@ -529,7 +538,7 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if (r0 + r >= w.rows) continue;
-      float v = g.accumulate ? g.y[j][r0 + r] + acc[r] : acc[r];
+      float v = g.accumulate ? (y_early ? yres[warp][r] : g.y[j][r0 + r]) + acc[r] : acc[r];
       if (conv) v = conv_token_from(&cvw[warp][r * g.conv.k], &cvs[warp][r], R, g.conv.state + r0 + r, g.conv.k, w.rows, v);
       g.y[j][r0 + r] = v;
       if (kHand) gs[warp / wpu * R + r] = v;
@@ -2788,13 +2797,14 @@ bool matmul_many(const DevWeight* const* w, float* const* y, int count, const fl
 }
 
 bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq, const XQ8* next,
-                       const float* next_w, bool* handed) {
+                       const float* next_w, bool* handed, bool y_settled) {
   MatvecGroup g;
   g.count = 1;
   g.w[0] = w;
   for (int j = 0; j < 4; ++j) g.y[j] = nullptr;
   g.y[0] = y;
   g.accumulate = true;
+  g.y_settled = y_settled && device_major() >= 8;  // (cp.async)
   if (handed) *handed = false;
   if (!w.q4 || !g_decode_int8 || !int8_shape_ok(g)) return false;
   if (next && next->ss && next_w) g.q8out = *next, g.q8w = next_w;

@@ -141,9 +141,11 @@ bool swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, i
 // int8 path; false, with nothing launched, where that path does not apply.
 // next (its ss set) with next_w: the same launch also writes RMSNorm's int8 input for the
 // matvec that follows (y·next_w and the words' Σ y², see XQ8); *handed tells whether it did
-// (blocks of whole 8-row words: not every shape).
+// (blocks of whole 8-row words: not every shape). y_settled: y's last writer completed
+// before the kernel ahead of this launch began (it is two or more launches back, or the
+// host wrote it), so the launch may read y before its dependency wait.
 bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq, const XQ8* next = nullptr,
-                       const float* next_w = nullptr, bool* handed = nullptr);
+                       const float* next_w = nullptr, bool* handed = nullptr, bool y_settled = false);
 // Whether the int8 matvec of these weights (one launch) can read an x whose norm was handed
 // off (XQ8::ss): 4-bit weights on the int8 path, sm_80+, cols ≤ 128 · its threads per block.
 bool handoff_consumable(const DevWeight* const* w, int count, bool swiglu = false);
