@@ -656,19 +656,24 @@ __global__ void rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ 
 // computes them) are a long dependent chain that would otherwise follow the q/k/v matvec.
 __global__ void attn_prep_kernel(AttnPrep a, const float* qg, float* q, float* gate, float* k, float* v,
                                  const int32_t* pos) {
-  extern __shared__ float sh[];  // head_dim + 32 + rot_dims
+  extern __shared__ float sh[];  // head_dim + 32 + rot_dims + head_dim
   float* vec = sh;
   float* red = sh + a.head_dim;
   float* rc = red + 32;  // cos, sin of dim d at 2d, 2d + 1
+  float* nws = rc + a.rot_dims;  // the head norm's weight (1 without one)
   const int t = blockIdx.x, h = blockIdx.y, hd = a.head_dim;
   const bool is_q = h < a.n_heads, is_k = !is_q && h < a.n_heads + a.n_kv_heads;
   const int half = a.rot_dims / 2;
-  if (is_q || is_k)
+  if (is_q || is_k) {
     for (int d = threadIdx.x; d < half; d += blockDim.x) {
       double sn, cs;
       sincos(static_cast<double>(pos[t]) * pow(a.theta, -2.0 * d / a.rot_dims), &sn, &cs);
       rc[2 * d] = static_cast<float>(cs), rc[2 * d + 1] = static_cast<float>(sn);
     }
+    // (a constant: read before the wait, not after the norm's reduction)
+    const float* nw = is_q ? a.q_norm : a.k_norm;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) nws[i] = nw ? nw[i] : 1.0f;
+  }
   pdl_enter();
   if (!is_q && !is_k) {  // v: bias only
     const int g = h - a.n_heads - a.n_kv_heads;
@@ -682,7 +687,7 @@ __global__ void attn_prep_kernel(AttnPrep a, const float* qg, float* q, float* g
   const float* src = dst;
   if (is_q) src = a.gate ? qg + (static_cast<size_t>(t) * a.n_heads + g) * 2 * hd : qg + (static_cast<size_t>(t) * a.n_heads + g) * hd;
   const float* bias = is_q ? a.q_bias : a.k_bias;
-  const float* nw = is_q ? a.q_norm : a.k_norm;
+  const bool normed = (is_q ? a.q_norm : a.k_norm) != nullptr;
   float ss = 0;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) {
     float x = src[i];
@@ -691,15 +696,15 @@ __global__ void attn_prep_kernel(AttnPrep a, const float* qg, float* q, float* g
     ss += x * x;
     if (is_q && a.gate) gate[(static_cast<size_t>(t) * a.n_heads + g) * hd + i] = src[hd + i];
   }
-  ss = block_sum(ss, red);  // syncs: vec and rc are complete
-  const float inv = nw ? rsqrtf(ss / hd + a.eps) : 1.0f;
+  ss = block_sum(ss, red);  // syncs: vec, rc and nws are complete
+  const float inv = normed ? rsqrtf(ss / hd + a.eps) : 1.0f;
   for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-    float x = vec[i] * inv * (nw ? nw[i] : 1.0f);
+    float x = vec[i] * inv * nws[i];
     if (i < a.rot_dims) {
       const int d = i < half ? i : i - half;
       const float c = rc[2 * d], s = rc[2 * d + 1];
       const int o = i < half ? i + half : i - half;
-      const float y = vec[o] * inv * (nw ? nw[o] : 1.0f);
+      const float y = vec[o] * inv * nws[o];
       x = i < half ? x * c - y * s : y * s + x * c;
     }
     dst[i] = x;
@@ -2105,10 +2110,17 @@ __global__ void __launch_bounds__(512) delta_step_kernel(DeltaDims d, const floa
   float s[J];  // the state: written by this kernel one step ago, long complete
 #pragma unroll
   for (int jj = 0; jj < J; ++jj) s[jj] = S[static_cast<size_t>(jj) * d.dv];
+  const float alog = a_log[hv], dtb = dt_bias[hv], nwi = nw[i];  // (constants)
   pdl_enter();
+  // Every input from the in-projection loaded at once, before any reduction: b, a and z were
+  // loads after the q/k sums and after the output's (an L2 round trip each on the chain).
+  const float vi = qkv[2 * kd + static_cast<size_t>(hv) * d.dv + i];
+  const size_t at = static_cast<size_t>(hv) * d.dv + i;
+  const float zi = quarter == 0 ? z[at] : 0.0f;
   if (warp == 0) {
     constexpr int P = (DK + 31) / 32;
     float qv[P], kv[P], sq = 0, sk = 0;
+    const float bh = b[hv], ah = a[hv];
 #pragma unroll
     for (int e = 0; e < P; ++e) {
       const int c = lane + 32 * e;
@@ -2121,11 +2133,10 @@ __global__ void __launch_bounds__(512) delta_step_kernel(DeltaDims d, const floa
     for (int e = 0; e < P; ++e)
       if (lane + 32 * e < DK) qs[lane + 32 * e] = qv[e] * iq, ks[lane + 32 * e] = kv[e] * ik;
     if (lane == 0) {
-      gb[1] = sigmoidf_(b[hv]);
-      gb[0] = delta_decay(a[hv], dt_bias[hv], a_log[hv]);
+      gb[1] = sigmoidf_(bh);
+      gb[0] = delta_decay(ah, dtb, alog);
     }
   }
-  const float vi = qkv[2 * kd + static_cast<size_t>(hv) * d.dv + i];
   __syncthreads();
   const float gt = gb[0], bt = gb[1];
   float m = 0;
@@ -2153,8 +2164,7 @@ __global__ void __launch_bounds__(512) delta_step_kernel(DeltaDims d, const floa
   float ss = 0;
   for (int c = 0; c < CG; ++c) ss += rn[c];
   const float inv = rsqrtf(ss / d.dv + eps);
-  const size_t at = static_cast<size_t>(hv) * d.dv + i;
-  const float out = o * inv * nw[i] * siluf_(z[at]);
+  const float out = o * inv * nwi * siluf_(zi);
   y[at] = out;
   if (q8.q) q8_store_warp(out, at, q8);
 }
@@ -2892,7 +2902,7 @@ void rmsnorm(float* x, const float* add, const float* w, int rows, int dim, floa
 void attn_prep(const AttnPrep& a, const float* qg, float* q, float* gate, float* k, float* v, const int32_t* pos,
                cudaStream_t s) {
   dim3 grid(a.n, a.n_heads + 2 * a.n_kv_heads);
-  launch(attn_prep_kernel, grid, threads_for(a.head_dim), (a.head_dim + 32 + a.rot_dims) * sizeof(float), s, a, qg, q,
+  launch(attn_prep_kernel, grid, threads_for(a.head_dim), (2 * a.head_dim + 32 + a.rot_dims) * sizeof(float), s, a, qg, q,
          gate, k, v, pos);
 }
 
