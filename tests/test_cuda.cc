@@ -255,7 +255,12 @@ TEST(Cuda, NormHandoffMatchesCpu) {
     int hidden, inter, group;
   };
   int handed = 0;
-  for (const Shape sh : {Shape{1024, 3072, 64}, Shape{512, 1440, 32}, Shape{4096, 12288, 64}}) {
+  // (12288 ← 1024: a hidden size wider than one launch's threads can sum — 32 columns each,
+  // at most 256 threads — which a consumer must refuse: taking it summed a quarter of Σ x²;
+  // 512 ← 59968: lin = gate·n is a launch of more than 4 waves on the H200, which the
+  // blocks that loop over units take, as the LM head)
+  for (const Shape sh : {Shape{1024, 3072, 64}, Shape{512, 1440, 32}, Shape{4096, 12288, 64}, Shape{12288, 1024, 64},
+                         Shape{512, 59968, 64}}) {
     Q4Store st[3];
     const Weight down = random_q4("down", sh.hidden, sh.inter, sh.group, rng, st[0]);
     const Weight gate = random_q4("gate", sh.inter, sh.hidden, sh.group, rng, st[1]);
@@ -286,6 +291,11 @@ TEST(Cuda, NormHandoffMatchesCpu) {
       all += s;
     }
     EXPECT_EQ(bad_ss, 0) << sh.hidden;
+    if (r.lin.empty()) {  // handed off, but gate/up could not read it
+      EXPECT_GT(sh.hidden, 32 * 256) << "a consumer refused a handed-off norm it can read";
+      continue;
+    }
+    EXPECT_LE(sh.hidden, 32 * 256) << "a consumer took a handed-off norm wider than its threads sum";
     const double inv = 1.0 / std::sqrt(all / sh.hidden + eps);
     std::vector<float> n(sh.hidden), a(sh.inter), b(sh.inter), ref(sh.inter);
     for (int i = 0; i < sh.hidden; ++i) n[i] = static_cast<float>(r.y[i] * inv * nw[i]);
@@ -522,7 +532,9 @@ TEST(Cuda, Int8DecodeWithinDerivedBound) {
   ThreadPool pool(2);
   Checkpoint q4(TQ_TEST_DATA "/trained_qwen35");
   const ModelWeights wq = load_weights(q4);
-  for (const Weight* w : {&wq.layers[0].gate, &wq.layers[0].down, &wq.embed}) {
+  Q4Store st;  // (and a vocabulary-sized weight: on the H200, blocks that loop over units)
+  const Weight head = random_q4("random head", 59968 + 3, 512, 64, rng, st);
+  for (const Weight* w : {&wq.layers[0].gate, &wq.layers[0].down, &wq.embed, &head}) {
     auto x = test::gaussian(w->cols, rng);
     std::vector<float> ref(w->rows);
     cpu::matmul(*w, x.data(), 1, ref.data(), pool);

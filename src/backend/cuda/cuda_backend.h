@@ -79,7 +79,8 @@ SwigluInt8 swiglu_int8(const Weight& gate, const Weight& up, const std::vector<f
 // A decode step's residual add with the next RMSNorm handed off (int8 path): y = y0 + W·x by
 // matmul_accumulate, which also writes y·norm_w as int8 words with their Σ y² (handed: it
 // did; the words' layout as SwigluInt8's, ss [rows / 8]); then, reading those words, g =
-// silu(gate·n) ⊙ (up·n) and lin = gate·n with n = RMSNorm(y)·norm_w (empty when not handed).
+// silu(gate·n) ⊙ (up·n) and lin = gate·n with n = RMSNorm(y)·norm_w (empty when not handed,
+// or when gate/up cannot read a handed-off norm: handoff_consumable).
 struct NormHandoff {
   bool handed = false;
   std::vector<float> y, g, lin;

@@ -969,17 +969,18 @@ NormHandoff norm_handoff(const Weight& w, const std::vector<float>& x, const std
   check(matmul_accumulate(uw.w, dy.get<float>(), nullptr, in.x, &next.x, dw.get<float>(), &r.handed, true),
         "norm_handoff: {} is not a weight of the int8 path", w.name);
   r.y = download(dy, w.rows);
-  const DevWeight* pair[2] = {&ug.w, &uu.w};
-  if (!r.handed || !handoff_consumable(pair, 2, true)) return r;
-  DevBuf dg(static_cast<size_t>(gate.rows) * sizeof(float)), dl(static_cast<size_t>(gate.rows) * sizeof(float));
-  swiglu_matmul(ug.w, uu.w, nullptr, 1, dg.get<float>(), nullptr, nullptr, &next.x);
-  matmul(ug.w, nullptr, 1, dl.get<float>(), nullptr, &next.x);
-  r.g = download(dg, gate.rows), r.lin = download(dl, gate.rows);
+  if (!r.handed) return r;
   r.q.resize(w.rows), r.d.resize(w.rows / 8), r.sum.resize(w.rows / 8), r.ss.resize(w.rows / 8);
   TQ_CUDA_CHECK(cudaMemcpy(r.q.data(), next.x.q, r.q.size(), cudaMemcpyDeviceToHost));
   TQ_CUDA_CHECK(cudaMemcpy(r.d.data(), next.x.d, r.d.size() * sizeof(float), cudaMemcpyDeviceToHost));
   TQ_CUDA_CHECK(cudaMemcpy(r.sum.data(), next.x.sum, r.sum.size() * sizeof(float), cudaMemcpyDeviceToHost));
   TQ_CUDA_CHECK(cudaMemcpy(r.ss.data(), next.x.ss, r.ss.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  const DevWeight* pair[2] = {&ug.w, &uu.w};
+  if (!handoff_consumable(pair, 2, true)) return r;  // (g and lin stay empty)
+  DevBuf dg(static_cast<size_t>(gate.rows) * sizeof(float)), dl(static_cast<size_t>(gate.rows) * sizeof(float));
+  swiglu_matmul(ug.w, uu.w, nullptr, 1, dg.get<float>(), nullptr, nullptr, &next.x);
+  matmul(ug.w, nullptr, 1, dl.get<float>(), nullptr, &next.x);
+  r.g = download(dg, gate.rows), r.lin = download(dl, gate.rows);
   return r;
 }
 

@@ -375,6 +375,19 @@ __device__ XQ8 rmsnorm_q8_shared(const RmsNormIn& n, int cols, unsigned char* sm
   return {reinterpret_cast<int4*>(q), reinterpret_cast<float4*>(d), sum};
 }
 
+// One column step b of kQ8Rows rows: 16 bytes of codes each, and their scale and bias.
+template <bool kBf16>
+__device__ __forceinline__ void q8_load_step(const uint32_t* const (&rc32)[kQ8Rows], const uint8_t* const (&sr)[kQ8Rows],
+                                             const uint8_t* const (&br)[kQ8Rows], int b, int gshift, uint4 (&wv)[kQ8Rows],
+                                             float (&sc)[kQ8Rows], float (&bi)[kQ8Rows]) {
+#pragma unroll
+  for (int r = 0; r < kQ8Rows; ++r) {
+    wv[r] = ld_stream(reinterpret_cast<const uint4*>(rc32[r]) + b);
+    sc[r] = scale_of<kBf16>(sr[r], b >> gshift);
+    bi[r] = scale_of<kBf16>(br[r], b >> gshift);
+  }
+}
+
 // kBf16: the scales' type (a branch per load otherwise); gshift: log2(group / 32); kMode (one
 // instantiation each: the kernel's registers are tight): kQ8Plain; kQ8Norm: x is built from
 // g.norm by each block (x is then unused); kQ8Handed: x's norm was handed off (x.ss); kQ8HandOff:
@@ -444,14 +457,7 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   // norm's registers and spill: its first step is only pulled into L2.
   uint4 wv[R];
   float sc[R], bi[R];
-  auto load_step = [&](int b) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      wv[r] = ld_stream(reinterpret_cast<const uint4*>(rc32[r]) + b);
-      sc[r] = scale_of<kBf16>(sr[r], b >> gshift);
-      bi[r] = scale_of<kBf16>(br[r], b >> gshift);
-    }
-  };
+  auto load_step = [&](int b) { q8_load_step<kBf16>(rc32, sr, br, b, gshift, wv, sc, bi); };
   int b = sub * 32 + lane;
   if constexpr (kNorm) {
     if (b < nb && (lane & 7) == 0)  // one lane per 128-byte line
@@ -463,9 +469,9 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   pdl_enter();
   if constexpr (kNorm) x = rmsnorm_q8_shared(g.norm, g.w[0].cols, xsm);
   // A handed-off norm (x.ss): the block adds the words' Σ x² after its dot products; they
-  // are copied to shared memory now, without registers held through the loop (one float4
-  // per thread: cols ≤ 128 · threads, host-checked). (A copy per warp, reduced without the
-  // block barrier, measured 1.8% slower: v16e.)
+  // are copied to shared memory now, without registers held through the loop (one float4,
+  // 32 columns' worth, per thread: cols ≤ 32 · threads, host-checked). (A copy per warp,
+  // reduced without the block barrier, measured 1.8% slower: v16e.)
   __shared__ float4 ssq[kSS ? kQ8Threads : 1];
   const bool has_ss = kSS && static_cast<int>(threadIdx.x) < g.w[0].cols / 32;
   if constexpr (kSS) {
@@ -552,6 +558,64 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   const int row = hand_row();
   const bool mine = hand_mine(row);
   q8_store_norm_warp(mine ? gs[lane] : 0.0f, mine ? nws[lane] : 0.0f, row, g.q8out, mine);
+}
+
+
+// A matvec of many waves of units (the LM head: ≈ 20 on the H200) with blocks that loop over
+// units, so that each block's setup — and a handed-off norm's scale (kSS), reduced once per
+// block instead of once per 8 units — is spread over many units. One weight, y = W·x, one
+// warp per unit, the int8 x in global memory; the same dot products as q4_q8_kernel.
+template <bool kBf16, bool kSS>
+__global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_loop_kernel(DevWeight w, float* __restrict__ y, XQ8 x, int gshift) {
+  constexpr int R = kQ8Rows;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpb = static_cast<int>(blockDim.x) / 32;
+  const int units = (w.rows + R - 1) / R, nb = w.cols / 32;
+  const uint32_t* rc32[R];
+  const uint8_t* sr[R];
+  const uint8_t* br[R];
+  uint4 wv[R];
+  float sc[R], bi[R];
+  auto rows_of = [&](int unit) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) q4_row_ptrs(w, min(unit * R + r, w.rows - 1), rc32[r], sr[r], br[r]);
+  };
+  auto load_step = [&](int b) { q8_load_step<kBf16>(rc32, sr, br, b, gshift, wv, sc, bi); };
+  int unit = blockIdx.x * wpb + warp;
+  if (unit < units) {  // the first unit's first step before the wait, as q4_q8_kernel
+    rows_of(unit);
+    if (lane < nb) load_step(lane);
+  }
+  pdl_enter();
+  float rn = 1.0f;
+  if constexpr (kSS) {  // Σ x² of the handed-off norm: cols / 8 words, one float4 per thread (host-checked)
+    __shared__ float ssw[kQ8Threads / 32];
+    const float4 q = static_cast<int>(threadIdx.x) < w.cols / 32 ? reinterpret_cast<const float4*>(x.ss)[threadIdx.x]
+                                                                  : make_float4(0, 0, 0, 0);
+    const float t = warp_sum((q.x + q.y) + (q.z + q.w));
+    if (lane == 0) ssw[warp] = t;
+    __syncthreads();
+    float tot = 0;
+    for (int k = 0; k < wpb; ++k) tot += ssw[k];
+    rn = rsqrtf(tot / w.cols + x.eps);
+  }
+  for (bool first = true; unit < units; unit += gridDim.x * wpb, first = false) {
+    if (!first) rows_of(unit);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0;
+    for (int b = lane; b < nb; b += 32) {
+      if (!first || b != lane) load_step(b);
+      const XBlock xv = load_xblock(x, b);
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] += q4_block_dot(wv[r], sc[r], bi[r], xv);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = warp_sum(acc[r]);
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        if (unit * R + r < w.rows) y[unit * R + r] = acc[r] * rn;
+  }
 }
 
 template <int NT>
@@ -2687,7 +2751,7 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
 // Units (kQ8Rows rows, g.wpu warps each) per block of the int8 matvec.
 int q8_per_block(const MatvecGroup& g) { return std::max(1, kQ8Threads / 32 / g.wpu); }
 // A handed-off norm's Σx² (cols / 8 floats) fit one float4 per thread of the launch.
-bool q8_handed_fits(const MatvecGroup& g) { return g.w[0].cols <= 128 * 32 * g.wpu * q8_per_block(g); }
+bool q8_handed_fits(const MatvecGroup& g) { return g.w[0].cols <= 32 * (32 * g.wpu * q8_per_block(g)); }
 
 // The int8 matvec's layout of g (w, count, swiglu set): block_end and wpu into g; returns
 // the blocks of the launch.
@@ -2716,6 +2780,20 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
     if (xq->ss && (norm || !q8_handed_fits(g))) cuda_unsupported("int8 matvec: a handed-off norm it cannot read");
     int gshift = 0;
     while ((32 << gshift) < g.w[0].group) ++gshift;
+    // One weight of many waves (the LM head), nothing fused: blocks that loop over units.
+    static const int loop_waves = [] {
+      const char* e = std::getenv("TQ_CUDA_LOOP_WAVES");
+      return e ? std::atoi(e) : 2;
+    }();
+    if (!norm && g.count == 1 && !g.swiglu && !g.accumulate && !g.conv.w && !g.q8out.q && loop_waves > 0 &&
+        blocks > 4 * q8_block_slots() && (!xq->ss || g.w[0].cols <= 32 * kQ8Threads)) {
+      const int grid = std::min(blocks, loop_waves * q8_block_slots());
+      const bool ss = xq->ss != nullptr, b16 = g.w[0].sbf16;
+      auto k = ss ? (b16 ? q4_q8_loop_kernel<true, true> : q4_q8_loop_kernel<false, true>)
+                  : (b16 ? q4_q8_loop_kernel<true, false> : q4_q8_loop_kernel<false, false>);
+      launch(k, grid, kQ8Threads, 0, s, g.w[0], g.y[0], *xq, gshift);
+      return;
+    }
     if (norm) {
       if (g.w[0].cols % 256 != 0 || g.w[0].cols / 8 > kNormPer * threads) cuda_unsupported("fused RMSNorm: unsupported width");
       g.norm = *norm;

@@ -147,7 +147,7 @@ bool swiglu_matmul(const DevWeight& gate, const DevWeight& up, const float* x, i
 bool matmul_accumulate(const DevWeight& w, float* y, cudaStream_t s, const XQ8& xq, const XQ8* next = nullptr,
                        const float* next_w = nullptr, bool* handed = nullptr, bool y_settled = false);
 // Whether the int8 matvec of these weights (one launch) can read an x whose norm was handed
-// off (XQ8::ss): 4-bit weights on the int8 path, sm_80+, cols ≤ 128 · its threads per block.
+// off (XQ8::ss): 4-bit weights on the int8 path, sm_80+, cols ≤ 32 · its threads per block (one float4 of word sums per thread).
 bool handoff_consumable(const DevWeight* const* w, int count, bool swiglu = false);
 void embed(const DevWeight& w, const int32_t* tokens, int n, float* x, cudaStream_t s);
 // *slot ← max(*slot, the key of y's largest value [n values], ties: the first); with *slot
