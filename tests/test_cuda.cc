@@ -256,11 +256,8 @@ TEST(Cuda, NormHandoffMatchesCpu) {
   };
   int handed = 0;
   // (12288 ← 1024: a hidden size wider than one launch's threads can sum — 32 columns each,
-  // at most 256 threads — which a consumer must refuse: taking it summed a quarter of Σ x²;
-  // 512 ← 59968: lin = gate·n is a launch of more than 4 waves on the H200, which the
-  // blocks that loop over units take, as the LM head)
-  for (const Shape sh : {Shape{1024, 3072, 64}, Shape{512, 1440, 32}, Shape{4096, 12288, 64}, Shape{12288, 1024, 64},
-                         Shape{512, 59968, 64}}) {
+  // at most 256 threads — which a consumer must refuse: taking it summed a quarter of Σ x²)
+  for (const Shape sh : {Shape{1024, 3072, 64}, Shape{512, 1440, 32}, Shape{4096, 12288, 64}, Shape{12288, 1024, 64}}) {
     Q4Store st[3];
     const Weight down = random_q4("down", sh.hidden, sh.inter, sh.group, rng, st[0]);
     const Weight gate = random_q4("gate", sh.inter, sh.hidden, sh.group, rng, st[1]);
@@ -306,6 +303,40 @@ TEST(Cuda, NormHandoffMatchesCpu) {
     EXPECT_LT(rel_err(r.g, ref), 2e-2) << sh.hidden;
   }
   EXPECT_GE(handed, 1) << "no shape took the handoff";
+}
+
+// One weight reading a handed-off norm (the LM head's case, and the in-projections' with
+// one weight): W·(RMSNorm(y)·w) against the CPU on the norm computed in double, within the
+// int8 bound (2%). A vocabulary-sized W (59971 rows: more than 4 waves of blocks on the
+// H200, so blocks that loop over units take it) and a small one; an x wider than a launch's
+// threads can sum must be refused.
+TEST(Cuda, HandedNormMatvecMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  struct Shape {
+    int rows, cols;
+  };
+  for (const Shape sh : {Shape{59971, 512}, Shape{1000, 1024}, Shape{64, 12288}}) {
+    Q4Store st;
+    const Weight w = random_q4("w", sh.rows, sh.cols, 64, rng, st);
+    const auto y = test::gaussian(sh.cols, rng, 3.0f), nw = test::gaussian(sh.cols, rng);
+    const float eps = 1e-6f;
+    const auto got = cuda::ops::matmul_handed(w, y, nw, eps);
+    std::printf("[cuda handed matvec] %d x %d: %s\n", sh.rows, sh.cols, got.empty() ? "refused" : "read");
+    if (got.empty()) {
+      EXPECT_GT(sh.cols, 32 * 256) << "a matvec refused a handed-off norm it can read";
+      continue;
+    }
+    EXPECT_LE(sh.cols, 32 * 256) << "a matvec took a handed-off norm wider than its threads sum";
+    double ss = 0;
+    for (float v : y) ss += static_cast<double>(v) * v;
+    const double inv = 1.0 / std::sqrt(ss / sh.cols + eps);
+    std::vector<float> n(sh.cols), ref(sh.rows);
+    for (int i = 0; i < sh.cols; ++i) n[i] = static_cast<float>(y[i] * inv * nw[i]);
+    cpu::matmul(w, n.data(), 1, ref.data(), pool);
+    EXPECT_LT(rel_err(got, ref), 2e-2) << sh.rows << " x " << sh.cols;
+  }
 }
 
 TEST(Cuda, GatedDeltaRuleMatchesCpu) {

@@ -89,6 +89,11 @@ struct NormHandoff {
 };
 NormHandoff norm_handoff(const Weight& w, const std::vector<float>& x, const std::vector<float>& y0,
                          const std::vector<float>& norm_w, float eps, const Weight& gate, const Weight& up);
+// W·(RMSNorm(y)·norm_w) on the int8 decode path with the norm handed off (XQ8::ss, as
+// a sublayer's last matvec hands it to the next): the words written by an accumulating launch
+// that adds zero to y; empty where W cannot read a handed-off norm (handoff_consumable).
+std::vector<float> matmul_handed(const Weight& w, const std::vector<float>& y, const std::vector<float>& norm_w,
+                                 float eps);
 // Index of y's largest value (the first of equal ones), found on the GPU.
 int32_t argmax(const std::vector<float>& y);
 // The k largest of y selected on the GPU (Model::forward_top's selection), in ranks_before order.

@@ -984,6 +984,32 @@ NormHandoff norm_handoff(const Weight& w, const std::vector<float>& x, const std
   return r;
 }
 
+std::vector<float> matmul_handed(const Weight& w, const std::vector<float>& y, const std::vector<float>& norm_w, float eps) {
+  ensure_device();
+  check(y.size() == static_cast<size_t>(w.cols) && norm_w.size() == y.size() && w.cols % 8 == 0,
+        "matmul_handed: shapes do not chain");
+  // The producer: a zero 4-bit weight of one 32-column block added into y, so y stays as it
+  // is and its norm is handed off (a launch of whole 8-row words: one warp per unit).
+  const std::vector<uint32_t> zc(static_cast<size_t>(w.cols) * 4, 0);
+  const std::vector<uint16_t> zs(static_cast<size_t>(w.cols), 0);
+  Weight z;
+  z.name = "zero", z.rows = w.cols, z.cols = 32, z.bits = 4, z.group = 32;
+  z.data = reinterpret_cast<const uint8_t*>(zc.data());
+  z.scales = reinterpret_cast<const uint8_t*>(zs.data()), z.biases = reinterpret_cast<const uint8_t*>(zs.data());
+  Uploaded uz = upload_weight(z), uw = upload_weight(w);
+  DevBuf dx = upload(std::vector<float>(32, 0.0f)), dy = upload(y), dn = upload(norm_w);
+  Q8Buf in(32), next(w.cols, true, eps);
+  quantize_q8(dx.get<float>(), 32, in.x, nullptr);
+  bool handed = false;
+  check(matmul_accumulate(uz.w, dy.get<float>(), nullptr, in.x, &next.x, dn.get<float>(), &handed, true) && handed,
+        "matmul_handed: the norm of {} values was not handed off", w.cols);
+  const DevWeight* one[1] = {&uw.w};
+  if (!handoff_consumable(one, 1)) return {};
+  DevBuf out(static_cast<size_t>(w.rows) * sizeof(float));
+  matmul(uw.w, nullptr, 1, out.get<float>(), nullptr, &next.x);
+  return download(out, w.rows);
+}
+
 }  // namespace ops
 
 }  // namespace tq::cuda
