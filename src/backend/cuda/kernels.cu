@@ -560,7 +560,6 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   q8_store_norm_warp(mine ? gs[lane] : 0.0f, mine ? nws[lane] : 0.0f, row, g.q8out, mine);
 }
 
-
 // A matvec of many waves of units (the LM head: ≈ 20 on the H200) with blocks that loop over
 // units, so that each block's setup — and a handed-off norm's scale (kSS), reduced once per
 // block instead of once per 8 units — is spread over many units. One weight, y = W·x, one
@@ -2748,6 +2747,11 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
 
+// An int8 matvec launch of more than 4 waves of blocks (the LM head: ≈ 20 on the H200): it
+// takes no fused norm (a norm kernel ahead costs less than one per block) and runs as
+// blocks that loop over units.
+bool many_waves(int blocks) { return blocks > 4 * q8_block_slots(); }
+
 // Units (kQ8Rows rows, g.wpu warps each) per block of the int8 matvec.
 int q8_per_block(const MatvecGroup& g) { return std::max(1, kQ8Threads / 32 / g.wpu); }
 // A handed-off norm's Σx² (cols / 8 floats) fit one float4 per thread of the launch.
@@ -2786,7 +2790,7 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
       return e ? std::atoi(e) : 2;
     }();
     if (!norm && g.count == 1 && !g.swiglu && !g.accumulate && !g.conv.w && !g.q8out.q && loop_waves > 0 &&
-        blocks > 4 * q8_block_slots() && (!xq->ss || g.w[0].cols <= 32 * kQ8Threads)) {
+        many_waves(blocks) && (!xq->ss || g.w[0].cols <= 32 * kQ8Threads)) {
       const int grid = std::min(blocks, loop_waves * q8_block_slots());
       const bool ss = xq->ss != nullptr, b16 = g.w[0].sbf16;
       auto k = ss ? (b16 ? q4_q8_loop_kernel<true, true> : q4_q8_loop_kernel<false, true>)
@@ -2860,7 +2864,7 @@ bool norm_fusable(const DevWeight* const* w, int count, bool swiglu) {
   if (!q8_group(w, count, swiglu, g) || w[0]->cols % 256 != 0 || w[0]->cols > 8 * kNormPer * 160) return false;
   // Every block builds the norm before its first dot product: past a few waves of blocks
   // (the LM head: ≈ 20 on the H200) one norm kernel ahead of the matvec costs less.
-  return q8_layout(g) <= 4 * q8_block_slots();
+  return !many_waves(q8_layout(g));
 }
 
 bool matmul_many(const DevWeight* const* w, float* const* y, int count, const float* x, int n, cudaStream_t s,
