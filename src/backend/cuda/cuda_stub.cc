@@ -34,6 +34,9 @@ NormHandoff norm_handoff(const Weight&, const std::vector<float>&, const std::ve
                          float, const Weight&, const Weight&) {
   fail("{}", kWhy);
 }
+std::vector<float> matmul_handed(const Weight&, const std::vector<float>&, const std::vector<float>&, float) {
+  fail("{}", kWhy);
+}
 int32_t argmax(const std::vector<float>&) { fail("{}", kWhy); }
 std::vector<Candidate> top_k(const std::vector<float>&, int) { fail("{}", kWhy); }
 }  // namespace ops
