@@ -388,6 +388,18 @@ __device__ __forceinline__ void q8_load_step(const uint32_t* const (&rc32)[kQ8Ro
   }
 }
 
+// A handed-off norm's scale 1/rms over the block: q is this thread's float4 of word sums Σ x²
+// (zeros past cols / 32 threads), ssw a shared array of the block's warps; a block barrier.
+__device__ __forceinline__ float handed_norm_scale(float4 q, int cols, float eps, float* ssw, int lane, int warp,
+                                                   int warps) {
+  const float t = warp_sum((q.x + q.y) + (q.z + q.w));
+  if (lane == 0) ssw[warp] = t;
+  __syncthreads();
+  float tot = 0;
+  for (int k = 0; k < warps; ++k) tot += ssw[k];
+  return rsqrtf(tot / cols + eps);
+}
+
 // kBf16: the scales' type (a branch per load otherwise); gshift: log2(group / 32); kMode (one
 // instantiation each: the kernel's registers are tight): kQ8Plain; kQ8Norm: x is built from
 // g.norm by each block (x is then unused); kQ8Handed: x's norm was handed off (x.ss); kQ8HandOff:
@@ -493,13 +505,8 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   if constexpr (kSS) {
     __shared__ float ssw[kQ8Threads / 32];  // Σ x² per warp
     cp_async_wait<0>();
-    const float4 q = has_ss ? ssq[threadIdx.x] : make_float4(0, 0, 0, 0);
-    const float t = warp_sum((q.x + q.y) + (q.z + q.w));
-    if (lane == 0) ssw[warp] = t;
-    __syncthreads();
-    float tot = 0;
-    for (int k = 0; k < static_cast<int>(blockDim.x) / 32; ++k) tot += ssw[k];
-    const float rn = rsqrtf(tot / g.w[0].cols + x.eps);
+    const float rn = handed_norm_scale(has_ss ? ssq[threadIdx.x] : make_float4(0, 0, 0, 0), g.w[0].cols, x.eps, ssw, lane,
+                                       warp, static_cast<int>(blockDim.x) / 32);
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] *= rn;
   }
@@ -588,14 +595,9 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_loop_kernel(DevWeight w, 
   float rn = 1.0f;
   if constexpr (kSS) {  // Σ x² of the handed-off norm: cols / 8 words, one float4 per thread (host-checked)
     __shared__ float ssw[kQ8Threads / 32];
-    const float4 q = static_cast<int>(threadIdx.x) < w.cols / 32 ? reinterpret_cast<const float4*>(x.ss)[threadIdx.x]
-                                                                  : make_float4(0, 0, 0, 0);
-    const float t = warp_sum((q.x + q.y) + (q.z + q.w));
-    if (lane == 0) ssw[warp] = t;
-    __syncthreads();
-    float tot = 0;
-    for (int k = 0; k < wpb; ++k) tot += ssw[k];
-    rn = rsqrtf(tot / w.cols + x.eps);
+    rn = handed_norm_scale(static_cast<int>(threadIdx.x) < w.cols / 32 ? reinterpret_cast<const float4*>(x.ss)[threadIdx.x]
+                                                                      : make_float4(0, 0, 0, 0),
+                           w.cols, x.eps, ssw, lane, warp, wpb);
   }
   for (bool first = true; unit < units; unit += gridDim.x * wpb, first = false) {
     if (!first) rows_of(unit);
@@ -2790,7 +2792,7 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
       return e ? std::atoi(e) : 2;
     }();
     if (!norm && g.count == 1 && !g.swiglu && !g.accumulate && !g.conv.w && !g.q8out.q && loop_waves > 0 &&
-        many_waves(blocks) && (!xq->ss || g.w[0].cols <= 32 * kQ8Threads)) {
+        many_waves(blocks)) {  // (a handed-off norm fits: checked above)
       const int grid = std::min(blocks, loop_waves * q8_block_slots());
       const bool ss = xq->ss != nullptr, b16 = g.w[0].sbf16;
       auto k = ss ? (b16 ? q4_q8_loop_kernel<true, true> : q4_q8_loop_kernel<false, true>)
