@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA backend's evidence on a GPU machine, in one call: parity tests (GPU vs CPU),
 # then speed on the Qwen3.5-9B preset (random MLX 4-bit weights, real shapes): decode at
-# depths 0..128K and prefill per cache policy, copy bandwidth, resident GPU memory.
-# usage: scripts/cuda-device-run.sh BIN_DIR [tests|bench|all] [DEPTHS] [POLICIES]
+# depths 0..128K and prefill per cache policy, copy bandwidth, resident GPU memory; then
+# `tq serve --device cuda` (sessions on the GPU): a repeated greedy request, resumed from
+# its session, must give the same text, and a multi-turn load test must complete.
+# usage: scripts/cuda-device-run.sh BIN_DIR [tests|bench|serve|all] [DEPTHS] [POLICIES]
 #   BIN_DIR holds tq, tq_tests and lib/ (shared libraries the machine may lack).
 # Logs go to $OUT (default ./cuda-out).
 set -uo pipefail
@@ -26,4 +28,35 @@ if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
   [ -f "$M/config.json" ] || (time "$BIN/tq" make-model --preset 9b --dtype mlx4 --out "$M") 2>&1 | tail -4
   "$BIN/tq" bench-depth -m "$M" --device cuda --kv "$KV" --depths "$DEPTHS" --gen ${GEN:-64} --prefill 512,8192 \
     --json "$OUT/bench_depth.json" 2>&1 | tee "$OUT/bench_depth.log"
+fi
+if [ "$WHAT" = serve ] || [ "$WHAT" = all ]; then
+  for kv in fp16 tq3; do
+    "$BIN/tq" serve --device cuda -m tests/data/trained_qwen35 --kv "$kv" --port 0 --parallel 4 \
+      >"$OUT/serve_$kv.out" 2>"$OUT/serve_$kv.err" &
+    PID=$!
+    for _ in $(seq 1 600); do grep -q "ready" "$OUT/serve_$kv.out" 2>/dev/null && break; sleep 0.1; done
+    PORT=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$OUT/serve_$kv.out" | head -1)
+    python3 - "$PORT" "$kv" <<'PY' 2>&1 | tee "$OUT/serve_$kv.log"
+import json, sys, urllib.request
+port, kv = sys.argv[1], sys.argv[2]
+def post(body):
+    r = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
+                               {"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(r))
+msg = [{"role": "user", "content": "Tell me about the history of the river and the town beside it."}]
+a = post({"messages": msg, "max_tokens": 48, "temperature": 0})
+b = post({"messages": msg, "max_tokens": 48, "temperature": 0})
+ta, tb = a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"]
+cached = b["usage"]["prompt_tokens_details"]["cached_tokens"]
+ok = ta == tb and cached > 0
+print(f"[serve] {kv}: repeated greedy request: same text {ta == tb}, resumed {cached} of "
+      f"{b['usage']['prompt_tokens']} prompt tokens: {'PASS' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
+    "$BIN/tq" load-test --url "http://127.0.0.1:$PORT" --clients 4 --requests 16 --turns 4 --max-tokens 24 \
+      2>&1 | tee -a "$OUT/serve_$kv.log"
+    kill -TERM "$PID"
+    wait "$PID"
+    echo "[serve] $kv: server exit $?" | tee -a "$OUT/serve_$kv.log"
+  done
 fi

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <sstream>
 #include <string>
 
 #include "backend/cpu/ops.h"
@@ -14,12 +15,14 @@
 #if TQ_HAVE_CUDA
 #include "backend/cuda/kernels.cuh"
 #endif
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "io/writer.h"
 #include "kv/kv_slot.h"
 #include "model/deltanet.h"
 #include "model/weights.h"
 #include "runtime/generate.h"
+#include "runtime/session.h"
 #include "test_util.h"
 
 namespace tq {
@@ -665,6 +668,105 @@ TEST(Cuda, TopKOnGpuEqualsHostSelection) {
       for (size_t r = 0; r < want.size(); ++r) ASSERT_EQ(got[r].id, want[r].id) << dir << " step " << i << " rank " << r;
       t = want[rng() % want.size()].id;
     }
+  }
+}
+
+// Server sessions on the GPU (prefix reuse): a fork copies the device sequence, a rewind
+// restores a DeltaNet checkpoint or truncates the KV caches, and either continues exactly as
+// a session that ran the same chunks from the start (bit for bit: the same kernels on the
+// same values), while the forked-from session stays as it was. A rewind to a position
+// inside a chunk (attention-only) matches a one-pass run to the rounding of other chunking.
+TEST(Cuda, SessionsForkAndRewindOnGpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  for (const char* kv : {"fp16", "tq3"}) {
+    const CachePolicy p = CachePolicy::parse(kv);
+    auto gpu = cuda::load_model(TQ_TEST_DATA "/trained_qwen35");
+    const int V = gpu->config().vocab;
+    auto tokens = [&](size_t n) {
+      std::vector<int32_t> t(n);
+      for (auto& x : t) x = static_cast<int32_t>(3 + rng() % (V - 3));
+      return t;
+    };
+    // (chunks of 32 with a checkpoint after each, as Generation makes them; returns the last logits)
+    auto run = [&](Session& s, const std::vector<int32_t>& t, size_t from) {
+      std::vector<float> lg(V);
+      for (size_t i = from; i < t.size();) {
+        const size_t n = std::min(t.size() - i, (s.pos() / 32 + 1) * 32 - s.pos());
+        s.forward(t.data() + i, static_cast<int>(n), lg.data(), false, pool);
+        i += n;
+        s.checkpoint();
+      }
+      return lg;
+    };
+    auto decode = [&](Session& s, int steps) {  // greedy steps: every step's logits
+      std::vector<float> all, lg(V);
+      int32_t t = 5;
+      for (int i = 0; i < steps; ++i) {
+        s.forward(&t, 1, lg.data(), false, pool);
+        all.insert(all.end(), lg.begin(), lg.end());
+        t = static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin());
+      }
+      return all;
+    };
+    Session a(*gpu, p);
+    ASSERT_TRUE(a.recurrent());
+    const auto ta = tokens(100);
+    std::vector<float> first(V);
+    a.forward(ta.data(), 32, first.data(), false, pool);
+    a.checkpoint();
+    const auto la = run(a, ta, 32);
+    EXPECT_EQ(a.checkpoint_positions(), (std::vector<size_t>{32, 64, 96, 100}));
+    EXPECT_GT(a.bytes(), a.kv_bytes() + 4 * a.state().state_bytes()) << "checkpoints on the device are counted";
+    // b shares 70 tokens with a: resumes from the checkpoint at 64.
+    auto tb = ta;
+    tb.resize(70);
+    const auto tail = tokens(30);
+    tb.insert(tb.end(), tail.begin(), tail.end());
+    ASSERT_EQ(a.reusable_prefix(tb), 64u);
+    Session ref(*gpu, p);
+    const auto lref = run(ref, tb, 0);
+    const auto dref = decode(ref, 6);
+    auto f = a.fork(64);
+    EXPECT_EQ(a.pos(), 100u);
+    EXPECT_EQ(run(*f, tb, 64), lref) << kv << ": fork at 64";
+    EXPECT_EQ(decode(*f, 6), dref) << kv << ": fork at 64, decode steps";
+    // The original is intact: it continues as a session that ran a and then the same steps.
+    Session ra(*gpu, p);
+    EXPECT_EQ(run(ra, ta, 0), la);
+    EXPECT_EQ(decode(a, 4), decode(ra, 4)) << kv << ": the forked-from session";
+    // Rewinds of the session itself: to a checkpoint, and to 0.
+    a.rewind(64);
+    EXPECT_EQ(run(a, tb, 64), lref) << kv << ": rewind to 64";
+    a.rewind(0);
+    std::vector<float> again(V);
+    a.forward(ta.data(), 32, again.data(), false, pool);
+    EXPECT_EQ(again, first) << kv << ": rewind to 0";
+    EXPECT_THROW(a.rewind(20), Error) << "no checkpoint at 20";
+    std::ostringstream os;
+    EXPECT_THROW(a.save(os, 0), Error) << "device sessions are not saved to files";
+
+    // Attention-only: a rewind anywhere (a position inside the first chunk).
+    auto st = cuda::load_model(TQ_SOURCE_DIR "/models/stories260K");
+    const int Vs = st->config().vocab;
+    Session s(*st, p);
+    EXPECT_FALSE(s.recurrent());
+    std::vector<int32_t> t80(80);
+    for (auto& x : t80) x = static_cast<int32_t>(3 + rng() % (Vs - 3));
+    std::vector<float> ls(Vs), lo(Vs);
+    s.forward(t80.data(), 80, ls.data(), false, pool);
+    auto t55 = t80;
+    t55.resize(53);
+    t55.push_back(7), t55.push_back(9);
+    ASSERT_EQ(s.reusable_prefix(t55), 53u);
+    s.rewind(53);
+    s.forward(t55.data() + 53, 2, ls.data(), false, pool);
+    auto one = st->new_state(p);
+    st->forward(*one, t55.data(), 55, lo.data(), false, pool);
+    const double e = rel_err(ls, lo);
+    std::printf("[cuda] stories260K %s: rewind to 53 vs one pass, logits rel. error %.2e\n", kv, e);
+    EXPECT_LT(e, kFp16Tol) << kv;
   }
 }
 

@@ -22,6 +22,12 @@ struct DeltaState {
   size_t bytes() const { return (conv.capacity() + s.capacity()) * sizeof(float); }
 };
 
+// A copy of a device sequence's DeltaNet states (a session checkpoint), opaque to the host.
+struct DeviceStates {
+  virtual ~DeviceStates() = default;
+  virtual size_t bytes() const = 0;
+};
+
 // A sequence's state held by another device (the CUDA backend keeps KV caches and
 // DeltaNet states in GPU memory; the CPU-side vectors of SequenceState stay empty).
 struct DeviceSequence {
@@ -29,6 +35,13 @@ struct DeviceSequence {
   virtual size_t kv_bytes() const = 0;     // resident bytes of the KV caches
   virtual size_t state_bytes() const = 0;  // DeltaNet states
   virtual void truncate(size_t n) = 0;     // KV only
+  virtual bool recurrent() const = 0;      // holds DeltaNet states
+  // A deep copy on the same device: KV caches and DeltaNet states (a session fork).
+  virtual std::unique_ptr<DeviceSequence> clone() const = 0;
+  // The DeltaNet states copied (a checkpoint), put back, or zeroed (position 0).
+  virtual std::shared_ptr<const DeviceStates> save_states() const = 0;
+  virtual void restore_states(const DeviceStates& from) = 0;
+  virtual void reset_states() = 0;
 };
 
 struct SequenceState {

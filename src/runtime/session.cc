@@ -86,10 +86,11 @@ std::string read_verified(std::istream& is, const std::string& what) {
 }
 }  // namespace
 
-Session::Session(const Model& model, const CachePolicy& policy)
-    : model_(model), policy_(policy), state_(model.new_state(policy)) {
-  check(!state_->device, "sessions (server prefix reuse, prompt cache) are not supported on the {} backend yet",
-        model.device());
+Session::Session(const Model& model, const CachePolicy& policy) : Session(model, policy, model.new_state(policy)) {}
+
+Session::Session(const Model& model, const CachePolicy& policy, std::unique_ptr<SequenceState> state)
+    : model_(model), policy_(policy), state_(std::move(state)) {
+  recurrent_ = state_->device && state_->device->recurrent();
   for (const auto& d : state_->delta) recurrent_ = recurrent_ || !d.s.empty();
 }
 
@@ -123,10 +124,12 @@ void Session::rewind(size_t pos) {
         std::fill(d.conv.begin(), d.conv.end(), 0.0f);
         std::fill(d.s.begin(), d.s.end(), 0.0f);
       }
+      if (state_->device) state_->device->reset_states();
     } else {
       auto it = std::find_if(checkpoints_.begin(), checkpoints_.end(), [&](const Checkpoint& c) { return c.pos == pos; });
       check(it != checkpoints_.end(), "session rewind: no DeltaNet checkpoint at position {}", pos);
       state_->delta = it->delta;
+      if (state_->device) state_->device->restore_states(*it->device);
     }
   }
   std::erase_if(checkpoints_, [&](const Checkpoint& c) { return c.pos > pos; });
@@ -154,7 +157,7 @@ void Session::forward_batch(const std::vector<Session*>& sessions, const int32_t
 void Session::checkpoint() {
   if (!recurrent_ || tokens_.empty()) return;
   if (!checkpoints_.empty() && checkpoints_.back().pos == tokens_.size()) return;
-  checkpoints_.push_back({tokens_.size(), state_->delta});
+  checkpoints_.push_back({tokens_.size(), state_->delta, state_->device ? state_->device->save_states() : nullptr});
   if (checkpoints_.size() <= static_cast<size_t>(kMaxCheckpoints)) return;
   // Drop the checkpoint closest to its predecessor (never the newest).
   size_t drop = 0, gap = SIZE_MAX;
@@ -166,6 +169,16 @@ void Session::checkpoint() {
 }
 
 std::unique_ptr<Session> Session::fork(size_t pos) const {
+  if (state_->device) {  // a copy on the device (checkpoints are immutable: shared)
+    auto st = std::make_unique<SequenceState>();
+    st->device = state_->device->clone();
+    st->pos = state_->pos;
+    auto s = std::unique_ptr<Session>(new Session(model_, policy_, std::move(st)));
+    s->tokens_ = tokens_;
+    s->checkpoints_ = checkpoints_;
+    s->rewind(pos);
+    return s;
+  }
   std::stringstream buf;
   save(buf, 0);
   auto s = load(buf, model_, policy_, 0, "session fork");
@@ -175,12 +188,16 @@ std::unique_ptr<Session> Session::fork(size_t pos) const {
 
 size_t Session::bytes() const {
   size_t b = state_->kv_bytes() + state_->state_bytes();
-  for (const auto& c : checkpoints_)
+  for (const auto& c : checkpoints_) {
     for (const auto& d : c.delta) b += d.bytes();
+    if (c.device) b += c.device->bytes();
+  }
   return b;
 }
 
 SessionFileStats Session::save(std::ostream& os, uint64_t model_id, int max_checkpoints) const {
+  check(!state_->device, "session save (--prompt-cache): not supported for sessions on the {} backend yet",
+        model_.device());
   const size_t first_ck =
       checkpoints_.size() > static_cast<size_t>(std::max(0, max_checkpoints)) ? checkpoints_.size() - max_checkpoints : 0;
   std::ostringstream body;
@@ -217,6 +234,8 @@ SessionFileStats Session::save(std::ostream& os, uint64_t model_id, int max_chec
 
 std::unique_ptr<Session> Session::load(std::istream& is, const Model& model, const CachePolicy& policy,
                                        uint64_t model_id, const std::string& what) {
+  check(model.device() == "cpu", "{}: session load (--prompt-cache): not supported on the {} backend yet", what,
+        model.device());
   const std::string all = read_verified(is, what);
   std::istringstream in(all);
   auto s = std::make_unique<Session>(model, policy);
@@ -224,7 +243,7 @@ std::unique_ptr<Session> Session::load(std::istream& is, const Model& model, con
   s->tokens_ = std::move(h.tokens);
   get_delta(in, s->state_->delta, what);
   for (size_t pos : h.checkpoints) {
-    Checkpoint c{pos, s->state_->delta};  // right sizes
+    Checkpoint c{pos, s->state_->delta, nullptr};  // right sizes
     get_delta(in, c.delta, what);
     s->checkpoints_.push_back(std::move(c));
   }

@@ -74,7 +74,7 @@ class Session {
   size_t kv_bytes() const { return state_->kv_bytes(); }
   size_t bytes() const;  // KV + DeltaNet states + checkpoints
 
-  // File form: "TQPC" | u32 version | u64 model id | policy | tokens | checkpoint
+  // File form (CPU sessions only: a device backend's sessions live in its memory): "TQPC" | u32 version | u64 model id | policy | tokens | checkpoint
   // positions | live DeltaNet states | checkpoint states | KV slots (each its own checksummed TQKV record) | u64 FNV-1a.
   // max_checkpoints: keep only the newest ones in the file.
   SessionFileStats save(std::ostream& os, uint64_t model_id, int max_checkpoints = kMaxCheckpoints) const;
@@ -92,7 +92,9 @@ class Session {
   struct Checkpoint {
     size_t pos = 0;
     std::vector<DeltaState> delta;
+    std::shared_ptr<const DeviceStates> device;  // a device backend's copy instead of delta
   };
+  Session(const Model& model, const CachePolicy& policy, std::unique_ptr<SequenceState> state);
   const Model& model_;
   CachePolicy policy_;
   std::unique_ptr<SequenceState> state_;

@@ -31,6 +31,7 @@ struct ServeOptions {
   std::string alias;
   int http_threads = 16;
   int checkpoint_every = 512;
+  std::string device = "cpu";
 };
 
 int run_serve(const ServeOptions& o) {
@@ -44,6 +45,9 @@ int run_serve(const ServeOptions& o) {
 
   const std::string dir = o.model.empty() ? builtin_model_dir() : o.model;
   const CachePolicy policy = CachePolicy::parse(o.kv);
+  check(o.device == "cpu" || o.prompt_cache.empty(),
+        "--prompt-cache: not supported with --device {} yet (sessions stay in GPU memory; evicted ones are dropped)",
+        o.device);
   server::ServerOptions so;
   so.host = o.host;
   so.port = o.port;
@@ -66,7 +70,7 @@ int run_serve(const ServeOptions& o) {
   fmt::print("tq serve: listening on http://{}:{}\n", o.host, port);
   std::fflush(stdout);
 
-  auto model = Model::load(dir);
+  auto model = load_model(dir, o.device);
   Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
   const auto stops = stop_tokens_for(dir, model->config(), tok);
   const size_t model_ctx = model->config().max_position > 0 ? model->config().max_position : 32768;
@@ -74,8 +78,9 @@ int run_serve(const ServeOptions& o) {
   eo.model_id = model_fingerprint(dir);
   server::Engine engine(*model, tok, eo);
   http.ready(*model, tok, engine, stops, o.ctx > 0 ? std::min<size_t>(o.ctx, model_ctx) : model_ctx);
-  fmt::print("tq serve: ready: model {} ({}), kv {}, context {}, parallel {}, kv budget {} bytes{}\n",
-             so.model_name, model->config().model_type, policy.name(), http.context(), o.parallel, eo.kv_budget,
+  fmt::print("tq serve: ready: model {} ({}) on {}, kv {}, context {}, parallel {}, kv budget {} bytes{}\n",
+             so.model_name, model->config().model_type, model->device(), policy.name(), http.context(), o.parallel,
+             eo.kv_budget,
              o.prompt_cache.empty() ? "" : ", prompt cache " + o.prompt_cache);
   std::fflush(stdout);
 
@@ -116,6 +121,7 @@ Runner add_serve(CLI::App& app) {
   c->add_option("--http-threads", o->http_threads, "HTTP worker threads")->capture_default_str();
   c->add_option("--checkpoint-every", o->checkpoint_every, "DeltaNet state checkpoint interval, tokens")
       ->capture_default_str();
+  c->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   return [o] { return run_serve(*o); };
 }
 

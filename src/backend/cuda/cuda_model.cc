@@ -178,6 +178,14 @@ Uploaded upload_weight(const Weight& w) {
   return u;
 }
 
+// A copy of a device buffer (cudaMemcpy on the legacy stream: ordered after the model's
+// blocking stream's work).
+DevBuf copy_of(const DevBuf& b) {
+  DevBuf c(b.bytes());
+  if (b.bytes()) TQ_CUDA_CHECK(cudaMemcpy(c.get(), b.get(), b.bytes(), cudaMemcpyDeviceToDevice));
+  return c;
+}
+
 // One attention layer's cache on the device (grows in 1024-token steps).
 class DevKV {
  public:
@@ -207,6 +215,23 @@ class DevKV {
     // graph capture (a one-token prompt's first forward is a captured decode step).
     splits_for(L_, 1, 1);
   }
+  // A deep copy (a session fork): every buffer copied, the layer's pointers set to the copies.
+  DevKV(const DevKV& o)
+      : L_(o.L_), n_(o.n_), ring_lo_(o.ring_lo_), ring_lo_dev_(copy_of(o.ring_lo_dev_)), k_rows_(copy_of(o.k_rows_)),
+        k_norms_(copy_of(o.k_norms_)), v_rows_(copy_of(o.v_rows_)), v_norms_(copy_of(o.v_norms_)) {
+    for (const auto& b : o.ring_) ring_.push_back(copy_of(b));
+    for (const auto& b : o.k_tables_) k_tables_.push_back(copy_of(b));
+    for (const auto& b : o.v_tables_) v_tables_.push_back(copy_of(b));
+    L_.ring_lo = ring_lo_dev_.get<unsigned long long>();
+    L_.k.rows = k_rows_.get<uint8_t>(), L_.k.norms = k_norms_.get<uint16_t>();
+    L_.v.rows = v_rows_.get<uint8_t>(), L_.v.norms = v_norms_.get<uint16_t>();
+    size_t r = 0;  // the constructor's order: K's ring, then V's (each only for a code side)
+    for (DevKVSide* sd : {&L_.k, &L_.v})
+      if (sd->ring) sd->ring = ring_[r++].get<__half>();
+    for (auto [sd, t] : {std::pair{&L_.k, &k_tables_}, std::pair{&L_.v, &v_tables_}})
+      if (!t->empty()) sd->signs = (*t)[0].get<float>(), sd->centroids = (*t)[1].get<float>(), sd->boundaries = (*t)[2].get<float>();
+  }
+  DevKV& operator=(const DevKV&) = delete;
   DevKVLayer& layer() { return L_; }
   size_t tokens() const { return n_; }
   void reserve(size_t need, cudaStream_t s) {
@@ -381,11 +406,53 @@ class StepGraph {
   std::vector<uintptr_t> key_;
 };
 
+// A sequence's DeltaNet conv and rule states, copied (CudaSequence::save_states).
+struct CudaStates final : DeviceStates {
+  std::vector<DevBuf> conv, state;  // per layer (empty for attention layers)
+  size_t bytes() const override {
+    size_t b = 0;
+    for (const auto* v : {&conv, &state})
+      for (const auto& d : *v) b += d.bytes();
+    return b;
+  }
+};
+
 class CudaSequence final : public DeviceSequence {
  public:
   std::vector<std::unique_ptr<DevKV>> kv;  // per layer (null for DeltaNet layers)
   std::vector<DevBuf> conv, state;         // per layer (empty for attention layers)
-  StepGraph decode_graph;
+  StepGraph decode_graph;                  // (not copied: a clone captures its own)
+  bool recurrent() const override {
+    return std::any_of(state.begin(), state.end(), [](const DevBuf& b) { return b.bytes() > 0; });
+  }
+  std::unique_ptr<DeviceSequence> clone() const override {
+    auto c = std::make_unique<CudaSequence>();
+    for (const auto& k : kv) c->kv.push_back(k ? std::make_unique<DevKV>(*k) : nullptr);
+    for (const auto& b : conv) c->conv.push_back(copy_of(b));
+    for (const auto& b : state) c->state.push_back(copy_of(b));
+    return c;
+  }
+  std::shared_ptr<const DeviceStates> save_states() const override {
+    auto c = std::make_shared<CudaStates>();
+    for (const auto& b : conv) c->conv.push_back(copy_of(b));
+    for (const auto& b : state) c->state.push_back(copy_of(b));
+    return c;
+  }
+  void restore_states(const DeviceStates& from) override {
+    const auto& f = dynamic_cast<const CudaStates&>(from);
+    check(f.conv.size() == conv.size() && f.state.size() == state.size(), "restore_states: states of another model");
+    for (auto [to, src] : {std::pair{&conv, &f.conv}, std::pair{&state, &f.state}})
+      for (size_t l = 0; l < to->size(); ++l) {
+        check((*to)[l].bytes() == (*src)[l].bytes(), "restore_states: layer {} sizes differ", l);
+        if ((*to)[l].bytes())
+          TQ_CUDA_CHECK(cudaMemcpy((*to)[l].get(), (*src)[l].get(), (*to)[l].bytes(), cudaMemcpyDeviceToDevice));
+      }
+  }
+  void reset_states() override {
+    for (auto* v : {&conv, &state})
+      for (auto& b : *v)
+        if (b.bytes()) TQ_CUDA_CHECK(cudaMemset(b.get(), 0, b.bytes()));
+  }
   size_t kv_bytes() const override {
     size_t b = 0;
     for (const auto& k : kv)
