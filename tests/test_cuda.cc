@@ -770,6 +770,36 @@ TEST(Cuda, SessionsForkAndRewindOnGpu) {
   }
 }
 
+// A generation through a GPU session (the server's path) fetches the argmax or the sampler's
+// candidates from the GPU as a plain one does, and gives the same tokens: greedy, and sampled
+// with and without a repetition penalty, on the hybrid model's tq3 cache.
+TEST(Cuda, GenerationThroughSessionEqualsPlain) {
+  SKIP_WITHOUT_GPU();
+  const std::string dir = TQ_TEST_DATA "/trained_qwen35";
+  auto gpu = cuda::load_model(dir);
+  Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
+  ThreadPool pool(2);
+  std::mt19937_64 rng(test::fresh_seed());
+  const auto prompt = tok.encode("The river ran past the old mill, and");
+  for (float temp : {0.0f, 1.1f, 1.1f}) {
+    GenerateOptions opt;
+    opt.max_tokens = 48;
+    opt.checkpoint_every = 0;  // (the same prefill chunks as the plain run)
+    opt.sampler.temperature = temp, opt.sampler.top_k = 20, opt.sampler.top_p = 0.95f, opt.sampler.seed = rng();
+    if (temp > 0 && (rng() & 1)) opt.sampler.repetition_penalty = 1.3f;
+    auto st = gpu->new_state(CachePolicy::parse("tq3"));
+    Generation plain(*gpu, *st, tok, prompt, opt);
+    Session s(*gpu, CachePolicy::parse("tq3"));
+    Generation through(*gpu, s.state(), tok, prompt, opt, &s);
+    while (!plain.done()) plain.step(pool);
+    while (!through.done()) through.step(pool);
+    EXPECT_EQ(plain.result().tokens, through.result().tokens) << "temperature " << temp;
+    EXPECT_GT(plain.result().tokens.size(), 10u);
+    EXPECT_EQ(s.pos(), st->pos) << "the session records every token run";
+    EXPECT_EQ(s.state().pos, st->pos);
+  }
+}
+
 TEST(Cuda, Stories260KGreedyTextIdentical) {
   SKIP_WITHOUT_GPU();
   const std::string dir = TQ_SOURCE_DIR "/models/stories260K";

@@ -128,8 +128,9 @@ Generation::Generation(const Model& model, SequenceState& state, const Tokenizer
       session_(session),
       logits_(model.config().vocab),
       sampler_(opt.sampler),
-      argmax_only_(!session && opt.sampler.temperature <= 0 && opt.sampler.repetition_penalty == 1.0f),
-      top_fetch_(session ? 0 : sampler_.candidates_needed(model.config().vocab)) {
+      argmax_only_(!(session && model.device() == "cpu") && opt.sampler.temperature <= 0 &&
+                   opt.sampler.repetition_penalty == 1.0f),
+      top_fetch_(session && model.device() == "cpu" ? 0 : sampler_.candidates_needed(model.config().vocab)) {
   const ModelConfig& c = model.config();
   ctx_ = opt.context > 0 ? opt.context : (c.max_position > 0 ? c.max_position : SIZE_MAX);
   check(!prompt_.empty(), "generate: empty prompt (no tokens; the model has no BOS token to start from)");
@@ -177,10 +178,11 @@ void Generation::prefill_chunk(ThreadPool& pool) {
                     std::find(opt_.checkpoint_at.begin(), opt_.checkpoint_at.end(), next) != opt_.checkpoint_at.end();
   }
   const int32_t* t = prompt_.data() + prefilled_;
-  if (session_) session_->forward(t, static_cast<int>(n), logits_.data(), false, pool);
-  else if (argmax_only_ && prefilled_ + n == prompt_.size()) next_ = model_.forward_argmax(st_, t, static_cast<int>(n), pool);
-  else if (top_fetch_ && prefilled_ + n == prompt_.size()) fetch_top(t, static_cast<int>(n), pool);
-  else model_.forward(st_, t, static_cast<int>(n), logits_.data(), false, pool);
+  const bool last = prefilled_ + n == prompt_.size();
+  if (argmax_only_ && last) next_ = session_ ? session_->forward_argmax(t, static_cast<int>(n), pool)
+                                              : model_.forward_argmax(st_, t, static_cast<int>(n), pool);
+  else if (top_fetch_ && last) fetch_top(t, static_cast<int>(n), pool);
+  else forward(t, static_cast<int>(n), pool);
   prefilled_ += n;
   if (session_ && (at_checkpoint || !prefilling())) session_->checkpoint();
 }
@@ -214,6 +216,7 @@ int32_t Generation::decode_begin(std::string& text) {
 }
 
 std::string Generation::decode_end(const float* logits, double seconds) {
+  check(!argmax_only_ && top_fetch_ == 0, "decode_end: this generation fetches only the largest logits (use step)");
   std::copy(logits, logits + logits_.size(), logits_.begin());
   r_.decode_seconds += seconds;
   return release_text(false);
@@ -223,15 +226,19 @@ std::string Generation::decode_one(ThreadPool& pool) {
   std::string text;
   const int32_t next = decode_begin(text);
   if (next < 0) return text;
-  if (session_) session_->forward(&next, 1, logits_.data(), false, pool);
-  else if (argmax_only_) next_ = model_.forward_argmax(st_, &next, 1, pool);
+  if (argmax_only_) next_ = session_ ? session_->forward_argmax(&next, 1, pool) : model_.forward_argmax(st_, &next, 1, pool);
   else if (top_fetch_) fetch_top(&next, 1, pool);
-  else model_.forward(st_, &next, 1, logits_.data(), false, pool);
+  else forward(&next, 1, pool);
   return text + release_text(false);
 }
 
 void Generation::fetch_top(const int32_t* tokens, int n, ThreadPool& pool) {
-  top_ = model_.forward_top(st_, tokens, n, top_fetch_, pool);
+  top_ = session_ ? session_->forward_top(tokens, n, top_fetch_, pool) : model_.forward_top(st_, tokens, n, top_fetch_, pool);
+}
+
+void Generation::forward(const int32_t* tokens, int n, ThreadPool& pool) {
+  if (session_) session_->forward(tokens, n, logits_.data(), false, pool);
+  else model_.forward(st_, tokens, n, logits_.data(), false, pool);
 }
 
 // Text up to where a stop string could still begin (all of it when none can).

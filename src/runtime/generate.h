@@ -84,7 +84,8 @@ class Generation {
   // Decode in two halves, so a caller can run several generations' tokens in one batched
   // forward: decode_begin samples the next token and returns it (the text that became
   // final goes to `text`), or −1 when generation ended; decode_end takes the logits the
-  // forward of that token produced. Only while !prefilling().
+  // forward of that token produced. Only while !prefilling(), and only for a session on
+  // the CPU (elsewhere the generation fetches only the largest logits: use step).
   int32_t decode_begin(std::string& text);
   std::string decode_end(const float* logits, double seconds);
   Session* session() const { return session_; }
@@ -93,7 +94,8 @@ class Generation {
  private:
   void prefill_chunk(ThreadPool& pool);
   std::string decode_one(ThreadPool& pool);
-  void fetch_top(const int32_t* tokens, int n, ThreadPool& pool);  // model_.forward_top into top_
+  void fetch_top(const int32_t* tokens, int n, ThreadPool& pool);  // forward_top into top_
+  void forward(const int32_t* tokens, int n, ThreadPool& pool);    // whole logits into logits_
   std::string finish(const std::string& reason, bool cut_by_stop_string);
   bool cut_at_stop_string();
   std::string release_text(bool all);
@@ -108,11 +110,12 @@ class Generation {
   size_t prefilled_ = 0;
   std::vector<float> logits_;
   Sampler sampler_;
-  // Greedy without a penalty and without a session: the model returns only the argmax
+  // Greedy without a penalty (and not in a CPU session, whose caller may batch decode steps
+  // over whole rows of logits: decode_end): the model returns only the argmax
   // (Model::forward_argmax; on the GPU the logits stay there) into next_, not logits_.
   bool argmax_only_ = false;
   int32_t next_ = -1;
-  // Top-k sampling without a session: only the top_fetch_ largest logits come back
+  // Top-k sampling (likewise): only the top_fetch_ largest logits come back
   // (Model::forward_top: on the GPU the logits stay there) into top_ (non-empty until
   // sampled), not logits_.
   int top_fetch_ = 0;

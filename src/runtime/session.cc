@@ -142,6 +142,18 @@ void Session::forward(const int32_t* tokens, int n, float* logits, bool all_logi
   tokens_.insert(tokens_.end(), tokens, tokens + n);
 }
 
+int32_t Session::forward_argmax(const int32_t* tokens, int n, ThreadPool& pool) {
+  const int32_t best = model_.forward_argmax(*state_, tokens, n, pool);
+  tokens_.insert(tokens_.end(), tokens, tokens + n);
+  return best;
+}
+
+std::vector<Candidate> Session::forward_top(const int32_t* tokens, int n, int k, ThreadPool& pool) {
+  auto top = model_.forward_top(*state_, tokens, n, k, pool);
+  tokens_.insert(tokens_.end(), tokens, tokens + n);
+  return top;
+}
+
 void Session::forward_batch(const std::vector<Session*>& sessions, const int32_t* tokens, float* logits,
                             ThreadPool& pool) {
   if (sessions.empty()) return;

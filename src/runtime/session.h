@@ -60,6 +60,10 @@ class Session {
   void rewind(size_t pos);
   // Runs tokens at the end of the session (see Model::forward) and records them.
   void forward(const int32_t* tokens, int n, float* logits, bool all_logits, ThreadPool& pool);
+  // The same, returning only the last token's argmax or k largest logits (Model::forward_argmax,
+  // Model::forward_top: on a GPU the logits stay there).
+  int32_t forward_argmax(const int32_t* tokens, int n, ThreadPool& pool);
+  std::vector<Candidate> forward_top(const int32_t* tokens, int n, int k, ThreadPool& pool);
   // One token at the end of each session, batched (Model::forward_batch); logits [n][vocab].
   static void forward_batch(const std::vector<Session*>& sessions, const int32_t* tokens, float* logits,
                             ThreadPool& pool);

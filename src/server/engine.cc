@@ -118,14 +118,17 @@ void Engine::loop() {
     std::lock_guard sessions(sessions_m_);
     for (auto& j : admit) start(j);
     // One step of every running job: prefill chunks one job at a time, then the next token
-    // of every decoding job in one batched forward (the weights read once for all).
+    // of every decoding job in one batched forward (the weights read once for all) on the
+    // CPU; on a GPU each job's own step (its logits stay there: only the argmax or the
+    // sampler's candidates come back; a GPU forward has no batched form yet).
     std::vector<Running*> decoding;
+    const bool batched = model_.device() == "cpu";
     for (auto& r : running_) {
       if (r.job->cancelled()) {
         complete(r, "cancelled");
         continue;
       }
-      if (!r.gen->prefilling() && !r.gen->done()) {
+      if (batched && !r.gen->prefilling() && !r.gen->done()) {
         decoding.push_back(&r);
         continue;
       }
