@@ -671,6 +671,63 @@ TEST(Cuda, TopKOnGpuEqualsHostSelection) {
   }
 }
 
+// Sampling over the whole vocabulary on the GPU is the inverse CDF at u: the pick's
+// cumulative weight interval (in double) holds u · Σ w, up to the float sums' rounding
+// (δ = 1e-5 of the total: the GPU adds ≤ 1024 values per range by tree and scan, ≈ 20
+// roundings of 2^-24 each, and the weights' expf error is ~1e-7 relative); a pick never has
+// zero weight. u = 0 takes the first index of nonzero weight. Through the model,
+// forward_sample draws from forward's logits.
+TEST(Cuda, SampleOnGpuIsTheInverseCdf) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(test::fresh_seed());
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  for (size_t n : {1u, 7u, 1000u, 248320u, 300001u}) {
+    auto y = test::gaussian(n, rng);
+    for (size_t i = 0; i < n; ++i) y[i] = y[i] * (i % 5 == 0 ? 30.0f : 3.0f);  // some far below the max: zero weight
+    for (float temp : {0.4f, 1.0f, 1.7f}) {
+      const float mx = *std::max_element(y.begin(), y.end());
+      std::vector<double> cum(n + 1, 0.0);
+      for (size_t i = 0; i < n; ++i) cum[i + 1] = cum[i] + std::exp((static_cast<double>(y[i]) - mx) / temp);
+      const double total = cum[n];
+      int exact = 0, draws = 0;
+      for (int d = 0; d < 60; ++d) {
+        const double u = d == 0 ? 0.0 : d == 1 ? 1.0 - 1e-12 : U(rng);
+        const int32_t got = cuda::ops::sample(y, temp, u);
+        ASSERT_GE(got, 0);
+        ASSERT_LT(static_cast<size_t>(got), n);
+        ASSERT_GT(expf((y[got] - mx) / temp), 0.0f) << "picked a token of zero weight";
+        const double target = u * total, tol = 1e-5 * total;
+        EXPECT_LE(cum[got], target + tol) << n << " T=" << temp << " u=" << u;
+        EXPECT_GE(cum[got + 1], target - tol) << n << " T=" << temp << " u=" << u;
+        exact += got == sample_at(y.data(), static_cast<int>(n), temp, u);
+        ++draws;
+      }
+      EXPECT_GE(exact, draws - 3) << n << " T=" << temp << ": picks off the double inverse CDF beyond rounding";
+    }
+  }
+  ThreadPool pool(2);
+  auto gpu = cuda::load_model(TQ_TEST_DATA "/trained_qwen35");
+  const int V = gpu->config().vocab;
+  auto a = gpu->new_state(CachePolicy::parse("tq3")), b = gpu->new_state(CachePolicy::parse("tq3"));
+  std::vector<float> logits(V);
+  int32_t t = 1;
+  for (int i = 0; i < 16; ++i) {
+    const double u = U(rng);
+    gpu->forward(*a, &t, 1, logits.data(), false, pool);
+    const int32_t got = gpu->forward_sample(*b, &t, 1, 0.9f, u, pool);
+    const int32_t want = sample_at(logits.data(), V, 0.9f, u);
+    if (got != want) {  // only at a rounding boundary
+      std::vector<float> w(logits);
+      const float mx = *std::max_element(w.begin(), w.end());
+      double c = 0, total = 0;
+      for (int j = 0; j < V; ++j) total += std::exp((static_cast<double>(w[j]) - mx) / 0.9);
+      for (int j = 0; j < std::min(got, want); ++j) c += std::exp((static_cast<double>(w[j]) - mx) / 0.9);
+      EXPECT_NEAR(c, u * total, 1e-5 * total) << "step " << i;
+    }
+    t = got;
+  }
+}
+
 // Server sessions on the GPU (prefix reuse): a fork copies the device sequence, a rewind
 // restores a DeltaNet checkpoint or truncates the KV caches, and either continues exactly as
 // a session that ran the same chunks from the start (bit for bit: the same kernels on the
@@ -770,9 +827,10 @@ TEST(Cuda, SessionsForkAndRewindOnGpu) {
   }
 }
 
-// A generation through a GPU session (the server's path) fetches the argmax or the sampler's
-// candidates from the GPU as a plain one does, and gives the same tokens: greedy, and sampled
-// with and without a repetition penalty, on the hybrid model's tq3 cache.
+// A generation through a GPU session (the server's path) fetches the argmax, the sampler's
+// candidates or the draw from the GPU as a plain one does, and gives the same tokens: greedy,
+// sampled with top-k / top-p with and without a repetition penalty, and over the whole row,
+// on the hybrid model's tq3 cache.
 TEST(Cuda, GenerationThroughSessionEqualsPlain) {
   SKIP_WITHOUT_GPU();
   const std::string dir = TQ_TEST_DATA "/trained_qwen35";
@@ -781,19 +839,21 @@ TEST(Cuda, GenerationThroughSessionEqualsPlain) {
   ThreadPool pool(2);
   std::mt19937_64 rng(test::fresh_seed());
   const auto prompt = tok.encode("The river ran past the old mill, and");
-  for (float temp : {0.0f, 1.1f, 1.1f}) {
+  for (int mode = 0; mode < 4; ++mode) {  // greedy; top-k and top-p; with a penalty; the whole row
+    const float temp = mode == 0 ? 0.0f : 1.1f;
     GenerateOptions opt;
     opt.max_tokens = 48;
     opt.checkpoint_every = 0;  // (the same prefill chunks as the plain run)
     opt.sampler.temperature = temp, opt.sampler.top_k = 20, opt.sampler.top_p = 0.95f, opt.sampler.seed = rng();
-    if (temp > 0 && (rng() & 1)) opt.sampler.repetition_penalty = 1.3f;
+    if (mode == 2) opt.sampler.repetition_penalty = 1.3f;
+    if (mode == 3) opt.sampler.top_k = 0, opt.sampler.top_p = 1.0f;
     auto st = gpu->new_state(CachePolicy::parse("tq3"));
     Generation plain(*gpu, *st, tok, prompt, opt);
     Session s(*gpu, CachePolicy::parse("tq3"));
     Generation through(*gpu, s.state(), tok, prompt, opt, &s);
     while (!plain.done()) plain.step(pool);
     while (!through.done()) through.step(pool);
-    EXPECT_EQ(plain.result().tokens, through.result().tokens) << "temperature " << temp;
+    EXPECT_EQ(plain.result().tokens, through.result().tokens) << "mode " << mode;
     EXPECT_GT(plain.result().tokens.size(), 10u);
     EXPECT_EQ(s.pos(), st->pos) << "the session records every token run";
     EXPECT_EQ(s.state().pos, st->pos);

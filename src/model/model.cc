@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "backend/cpu/ops.h"
 #include "core/error.h"
@@ -107,6 +108,27 @@ std::vector<Candidate> top_logits(const float* logits, int n, int k) {
 std::vector<Candidate> Model::forward_top(SequenceState& state, const int32_t* tokens, int n, int k,
                                           ThreadPool& pool) const {
   return top_logits(last_logits(state, tokens, n, pool).data(), config().vocab, k);
+}
+
+int32_t sample_at(const float* logits, int n, float temperature, double u) {
+  const float mx = *std::max_element(logits, logits + n);
+  std::vector<double> w(n);
+  double total = 0;
+  for (int i = 0; i < n; ++i) total += (w[i] = std::exp((static_cast<double>(logits[i]) - mx) / temperature));
+  const double target = u * total;
+  double c = 0;
+  int last = 0;
+  for (int i = 0; i < n; ++i) {
+    if (w[i] <= 0) continue;
+    if ((c += w[i]) > target) return i;
+    last = i;
+  }
+  return last;  // (u · total rounded past the sum)
+}
+
+int32_t Model::forward_sample(SequenceState& state, const int32_t* tokens, int n, float temperature, double u,
+                              ThreadPool& pool) const {
+  return sample_at(last_logits(state, tokens, n, pool).data(), config().vocab, temperature, u);
 }
 
 void CpuModel::forward(SequenceState& st, const int32_t* tokens, int n, float* logits, bool all_logits,

@@ -65,6 +65,9 @@ inline bool ranks_before(const Candidate& a, const Candidate& b) {
 }
 // The k largest of logits[n] in that order.
 std::vector<Candidate> top_logits(const float* logits, int n, int k);
+// The first index at which the cumulative softmax(logits / temperature) weight exceeds u
+// times the total (u in [0, 1)), in double: a draw from the distribution for uniform u.
+int32_t sample_at(const float* logits, int n, float temperature, double u);
 
 class Model {
  public:
@@ -88,6 +91,12 @@ class Model {
   // logits; the default runs forward and selects on the host.
   virtual std::vector<Candidate> forward_top(SequenceState& state, const int32_t* tokens, int n, int k,
                                              ThreadPool& pool) const;
+  // forward for the last token's logits, returning a draw from softmax(logits / temperature)
+  // over the whole vocabulary at u in [0, 1) (sample_at: the inverse CDF) — sampling with no
+  // top-k, top-p, min-p or penalty. The CUDA backend draws on the GPU and copies 4 bytes; the
+  // default runs forward and draws on the host.
+  virtual int32_t forward_sample(SequenceState& state, const int32_t* tokens, int n, float temperature, double u,
+                                 ThreadPool& pool) const;
   // Batched decode: one token for each of several sequences (tokens[i] at states[i]->pos),
   // the weights read once for all of them; logits [states.size()][vocab]. The default
   // runs forward per sequence.

@@ -55,6 +55,11 @@ int Sampler::candidates_needed(int vocab) const {
   return std::min(vocab, cfg_.top_k + (cfg_.repetition_penalty != 1.0f ? static_cast<int>(kPenaltyWindow) : 0));
 }
 
+bool Sampler::whole_row(int vocab) const {
+  return cfg_.temperature > 0 && (cfg_.top_k <= 0 || cfg_.top_k >= vocab) && cfg_.top_p >= 1.0f && cfg_.min_p <= 0 &&
+         cfg_.repetition_penalty == 1.0f;
+}
+
 int32_t Sampler::sample_top(std::vector<Candidate> top, const std::vector<int32_t>& history) {
   penalize(history, [&](int32_t id) -> float* {
     for (auto& c : top)
@@ -130,7 +135,9 @@ Generation::Generation(const Model& model, SequenceState& state, const Tokenizer
       sampler_(opt.sampler),
       argmax_only_(!(session && model.device() == "cpu") && opt.sampler.temperature <= 0 &&
                    opt.sampler.repetition_penalty == 1.0f),
-      top_fetch_(session && model.device() == "cpu" ? 0 : sampler_.candidates_needed(model.config().vocab)) {
+      top_fetch_(session && model.device() == "cpu" ? 0 : sampler_.candidates_needed(model.config().vocab)),
+      draw_on_device_(model.device() != "cpu" && sampler_.whole_row(model.config().vocab)) {
+  if (draw_on_device_) top_fetch_ = 0;
   const ModelConfig& c = model.config();
   ctx_ = opt.context > 0 ? opt.context : (c.max_position > 0 ? c.max_position : SIZE_MAX);
   check(!prompt_.empty(), "generate: empty prompt (no tokens; the model has no BOS token to start from)");
@@ -181,6 +188,7 @@ void Generation::prefill_chunk(ThreadPool& pool) {
   const bool last = prefilled_ + n == prompt_.size();
   if (argmax_only_ && last) next_ = session_ ? session_->forward_argmax(t, static_cast<int>(n), pool)
                                               : model_.forward_argmax(st_, t, static_cast<int>(n), pool);
+  else if (draw_on_device_ && last) draw(t, static_cast<int>(n), pool);
   else if (top_fetch_ && last) fetch_top(t, static_cast<int>(n), pool);
   else forward(t, static_cast<int>(n), pool);
   prefilled_ += n;
@@ -216,7 +224,8 @@ int32_t Generation::decode_begin(std::string& text) {
 }
 
 std::string Generation::decode_end(const float* logits, double seconds) {
-  check(!argmax_only_ && top_fetch_ == 0, "decode_end: this generation fetches only the largest logits (use step)");
+  check(!argmax_only_ && !draw_on_device_ && top_fetch_ == 0,
+        "decode_end: this generation fetches only the largest logits or the draw (use step)");
   std::copy(logits, logits + logits_.size(), logits_.begin());
   r_.decode_seconds += seconds;
   return release_text(false);
@@ -227,6 +236,7 @@ std::string Generation::decode_one(ThreadPool& pool) {
   const int32_t next = decode_begin(text);
   if (next < 0) return text;
   if (argmax_only_) next_ = session_ ? session_->forward_argmax(&next, 1, pool) : model_.forward_argmax(st_, &next, 1, pool);
+  else if (draw_on_device_) draw(&next, 1, pool);
   else if (top_fetch_) fetch_top(&next, 1, pool);
   else forward(&next, 1, pool);
   return text + release_text(false);
@@ -234,6 +244,12 @@ std::string Generation::decode_one(ThreadPool& pool) {
 
 void Generation::fetch_top(const int32_t* tokens, int n, ThreadPool& pool) {
   top_ = session_ ? session_->forward_top(tokens, n, top_fetch_, pool) : model_.forward_top(st_, tokens, n, top_fetch_, pool);
+}
+
+void Generation::draw(const int32_t* tokens, int n, ThreadPool& pool) {
+  const float t = sampler_.temperature();
+  const double u = sampler_.uniform();
+  next_ = session_ ? session_->forward_sample(tokens, n, t, u, pool) : model_.forward_sample(st_, tokens, n, t, u, pool);
 }
 
 void Generation::forward(const int32_t* tokens, int n, ThreadPool& pool) {

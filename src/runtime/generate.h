@@ -34,6 +34,11 @@ class Sampler {
   int candidates_needed(int vocab) const;
   // The same draw as sample from the candidates_needed largest logits (Model::forward_top).
   int32_t sample_top(std::vector<Candidate> top, const std::vector<int32_t>& history);
+  // Temperature alone decides the draw (no top-k below the vocabulary, top-p, min-p or
+  // penalty): Model::forward_sample can draw it at uniform() where the logits are.
+  bool whole_row(int vocab) const;
+  double uniform() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng_); }
+  float temperature() const { return cfg_.temperature; }
 
  private:
   // Applies fn(logit) once per occurrence of a token in the penalty window.
@@ -96,6 +101,7 @@ class Generation {
   std::string decode_one(ThreadPool& pool);
   void fetch_top(const int32_t* tokens, int n, ThreadPool& pool);  // forward_top into top_
   void forward(const int32_t* tokens, int n, ThreadPool& pool);    // whole logits into logits_
+  void draw(const int32_t* tokens, int n, ThreadPool& pool);       // forward_sample into next_
   std::string finish(const std::string& reason, bool cut_by_stop_string);
   bool cut_at_stop_string();
   std::string release_text(bool all);
@@ -119,6 +125,9 @@ class Generation {
   // (Model::forward_top: on the GPU the logits stay there) into top_ (non-empty until
   // sampled), not logits_.
   int top_fetch_ = 0;
+  // Sampling over the whole row on a device (Sampler::whole_row): the model draws the token
+  // where the logits are (Model::forward_sample) into next_.
+  bool draw_on_device_ = false;
   std::vector<Candidate> top_;
   std::vector<int32_t> history_;
   std::unique_ptr<StreamDecoder> stream_;

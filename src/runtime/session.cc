@@ -154,6 +154,12 @@ std::vector<Candidate> Session::forward_top(const int32_t* tokens, int n, int k,
   return top;
 }
 
+int32_t Session::forward_sample(const int32_t* tokens, int n, float temperature, double u, ThreadPool& pool) {
+  const int32_t t = model_.forward_sample(*state_, tokens, n, temperature, u, pool);
+  tokens_.insert(tokens_.end(), tokens, tokens + n);
+  return t;
+}
+
 void Session::forward_batch(const std::vector<Session*>& sessions, const int32_t* tokens, float* logits,
                             ThreadPool& pool) {
   if (sessions.empty()) return;

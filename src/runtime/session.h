@@ -60,10 +60,11 @@ class Session {
   void rewind(size_t pos);
   // Runs tokens at the end of the session (see Model::forward) and records them.
   void forward(const int32_t* tokens, int n, float* logits, bool all_logits, ThreadPool& pool);
-  // The same, returning only the last token's argmax or k largest logits (Model::forward_argmax,
-  // Model::forward_top: on a GPU the logits stay there).
+  // The same, returning only the last token's argmax, k largest logits or a draw
+  // (Model::forward_argmax, forward_top, forward_sample: on a GPU the logits stay there).
   int32_t forward_argmax(const int32_t* tokens, int n, ThreadPool& pool);
   std::vector<Candidate> forward_top(const int32_t* tokens, int n, int k, ThreadPool& pool);
+  int32_t forward_sample(const int32_t* tokens, int n, float temperature, double u, ThreadPool& pool);
   // One token at the end of each session, batched (Model::forward_batch); logits [n][vocab].
   static void forward_batch(const std::vector<Session*>& sessions, const int32_t* tokens, float* logits,
                             ThreadPool& pool);

@@ -98,6 +98,8 @@ std::vector<float> matmul_handed(const Weight& w, const std::vector<float>& y, c
 int32_t argmax(const std::vector<float>& y);
 // The k largest of y selected on the GPU (Model::forward_top's selection), in ranks_before order.
 std::vector<Candidate> top_k(const std::vector<float>& y, int k);
+// A draw from softmax(y / temperature) at u on the GPU (Model::forward_sample's draw).
+int32_t sample(const std::vector<float>& y, float temperature, double u);
 }  // namespace ops
 
 }  // namespace tq::cuda

@@ -588,6 +588,12 @@ class CudaModel final : public Model {
     return top_.select(logits_, config().vocab, k, stream_);
   }
 
+  int32_t forward_sample(SequenceState& st, const int32_t* tokens, int n, float temperature, double u,
+                         ThreadPool&) const override {
+    run_chunks(st, tokens, n, nullptr, true);
+    return draw(logits_, config().vocab, temperature, u, stream_);
+  }
+
   int32_t forward_argmax(SequenceState& st, const int32_t* tokens, int n, ThreadPool&) const override {
     int32_t best = -1;
     run_chunks(st, tokens, n, &best, false);
@@ -837,7 +843,16 @@ class CudaModel final : public Model {
   bool tied_ = false;
   DevBuf final_norm_;
   std::vector<DevLayer> layers_;
+  // A draw from softmax(y / temperature) at u on the GPU (sample_row), copied back.
+  int32_t draw(const float* y, int n, float temperature, double u, cudaStream_t s) const {
+    sample_row(y, n, temperature, u, sample_scr_.get<float>(), best_dev_.get<int32_t>(), s);
+    TQ_CUDA_CHECK(cudaMemcpyAsync(best_pin_.p, best_dev_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+    TQ_CUDA_CHECK(cudaStreamSynchronize(s));
+    return *reinterpret_cast<const int32_t*>(best_pin_.p);
+  }
+
   DevBuf arena_, tok_dev_, pos_dev_, best_dev_{sizeof(unsigned long long)};
+  DevBuf sample_scr_{2 * 256 * sizeof(float)};
   mutable DevBuf head_rows_;  // kHeadRows rows of logits (allocated by the first all-rows forward)
   PinnedKey best_pin_;  // the host end of best_dev_
   mutable TopKOnDevice top_;
@@ -929,6 +944,16 @@ int32_t argmax(const std::vector<float>& y) {
   unsigned long long key = 0;
   TQ_CUDA_CHECK(cudaMemcpy(&key, slot.get(), sizeof key, cudaMemcpyDeviceToHost));
   return argmax_index(key);
+}
+
+int32_t sample(const std::vector<float>& y, float temperature, double u) {
+  ensure_device();
+  DevBuf dy = upload(y), scr(2 * 256 * sizeof(float)), out(sizeof(int32_t));
+  cuda::sample_row(dy.get<float>(), static_cast<int>(y.size()), temperature, u, scr.get<float>(), out.get<int32_t>(),
+                   nullptr);
+  int32_t id = -1;
+  TQ_CUDA_CHECK(cudaMemcpy(&id, out.get(), sizeof id, cudaMemcpyDeviceToHost));
+  return id;
 }
 
 // A DeltaNet state between the CPU's [hv][dv][dk] and the GPU's [hv][dk][dv].

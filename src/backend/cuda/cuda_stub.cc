@@ -39,6 +39,7 @@ std::vector<float> matmul_handed(const Weight&, const std::vector<float>&, const
 }
 int32_t argmax(const std::vector<float>&) { fail("{}", kWhy); }
 std::vector<Candidate> top_k(const std::vector<float>&, int) { fail("{}", kWhy); }
+int32_t sample(const std::vector<float>&, float, double) { fail("{}", kWhy); }
 }  // namespace ops
 
 }  // namespace tq::cuda

@@ -2561,6 +2561,94 @@ __global__ void argmax_kernel(const float* __restrict__ y, int n, unsigned long 
   if ((threadIdx.x & 31) == 0 && best) atomicMax(slot, best);
 }
 
+constexpr int kSampleParts = 256;
+// Sampling from softmax(y / T) over the whole row (no top-k, top-p or min-p) on the GPU:
+// the row in `parts` ranges of `per` values, each range's max, then each range's Σ w_i
+// with w_i = exp((y_i − M) / T) and M the row's max, then one block walks the ranges'
+// sums in order to the one where the cumulative sum passes u · Σ w and scans its w_i for
+// the first index that does (the inverse CDF at u; an index whose cumulative sum rounds
+// past the range's total falls back to the range's last nonzero weight).
+__device__ float block_max(float v, float* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float m = -INFINITY;
+  for (int i = 0; i < static_cast<int>((blockDim.x + 31) >> 5); ++i) m = fmaxf(m, red[i]);
+  return m;
+}
+__device__ float row_max(const float* part_max, int parts, float* red) {
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < parts; i += blockDim.x) m = fmaxf(m, part_max[i]);
+  return block_max(m, red);
+}
+__global__ void sample_max_kernel(const float* __restrict__ y, int n, int per, float* part_max) {
+  pdl_enter();
+  __shared__ float red[32];
+  const int lo = blockIdx.x * per, hi = min(n, lo + per);
+  float m = -INFINITY;
+  for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) m = fmaxf(m, y[i]);
+  m = block_max(m, red);
+  if (threadIdx.x == 0) part_max[blockIdx.x] = m;
+}
+__global__ void sample_sum_kernel(const float* __restrict__ y, int n, int per, float inv_t, const float* part_max,
+                                  float* part_sum) {
+  pdl_enter();
+  __shared__ float red[32];
+  const float M = row_max(part_max, gridDim.x, red);
+  const int lo = blockIdx.x * per, hi = min(n, lo + per);
+  float t = 0;
+  for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) t += expf((y[i] - M) * inv_t);
+  t = block_sum(t, red);
+  if (threadIdx.x == 0) part_sum[blockIdx.x] = t;
+}
+__global__ void sample_pick_kernel(const float* __restrict__ y, int n, int per, int parts, float inv_t, double u,
+                                   const float* part_max, const float* part_sum, int32_t* out) {
+  pdl_enter();
+  __shared__ float red[32], wsum[32];
+  __shared__ int sel_part, found, last;
+  __shared__ double rem;
+  const float M = row_max(part_max, parts, red);
+  if (threadIdx.x == 0) {
+    double total = 0;
+    for (int p = 0; p < parts; ++p) total += part_sum[p];
+    double left = u * total;
+    int p = 0;
+    while (p + 1 < parts && left >= part_sum[p]) left -= part_sum[p++];
+    while (p > 0 && part_sum[p] == 0) left = part_sum[--p];  // (u · total rounded past the last weight)
+    sel_part = p, rem = left, found = INT_MAX, last = -1;
+  }
+  __syncthreads();
+  const int lo = sel_part * per, hi = min(n, lo + per), lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+  double before = 0;  // the weights of the range's earlier tiles
+  for (int t0 = lo; t0 < hi; t0 += blockDim.x) {
+    const int i = t0 + threadIdx.x;
+    const float w = i < hi ? expf((y[i] - M) * inv_t) : 0.0f;
+    float c = w;  // inclusive scan: within the warp, then over the warps' totals
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const float v = __shfl_up_sync(0xffffffffu, c, o);
+      if (lane >= o) c += v;
+    }
+    if (lane == 31) wsum[wid] = c;
+    __syncthreads();
+    float off = 0, tile = 0;
+    for (int k = 0; k < static_cast<int>(blockDim.x >> 5); ++k) {
+      if (k < wid) off += wsum[k];
+      tile += wsum[k];
+    }
+    c += off;
+    if (w > 0 && before + c > rem && before + (c - w) <= rem) atomicMin(&found, i);
+    if (w > 0) atomicMax(&last, i);
+    __syncthreads();
+    if (found != INT_MAX) break;
+    before += tile;
+    __syncthreads();  // (wsum is rewritten)
+  }
+  if (threadIdx.x == 0) *out = found != INT_MAX ? found : last >= 0 ? last : lo;
+}
+
 // Top-k sampling on the GPU: the k-th largest key by a radix select, 8 bits per pass from
 // the top (a histogram of the next 8 bits among keys with the bits fixed so far, then the
 // bin holding the k-th), then every value with a key at or above it gathered.
@@ -2959,6 +3047,15 @@ int row_scan_blocks(int n) { return std::max(1, std::min(264, (n + 1023) / 1024)
 
 void argmax(const float* y, int n, unsigned long long* slot, cudaStream_t s) {
   launch(argmax_kernel, row_scan_blocks(n), 256, 0, s, y, n, slot);
+}
+
+void sample_row(const float* y, int n, float temperature, double u, float* scratch, int32_t* out, cudaStream_t s) {
+  const int parts = std::min(kSampleParts, std::max(1, (n + 1023) / 1024)), per = (n + parts - 1) / parts;
+  const float inv_t = 1.0f / temperature;
+  launch(sample_max_kernel, parts, 256, 0, s, y, n, per, scratch);
+  launch(sample_sum_kernel, parts, 256, 0, s, y, n, per, inv_t, static_cast<const float*>(scratch), scratch + parts);
+  launch(sample_pick_kernel, 1, 1024, 0, s, y, n, per, parts, inv_t, u, static_cast<const float*>(scratch),
+         static_cast<const float*>(scratch + parts), out);
 }
 
 void top_k(const float* y, int n, int k, TopKSelect* sel, float* vals, int32_t* ids, int cap, cudaStream_t s) {
