@@ -132,13 +132,15 @@ Generation::Generation(const Model& model, SequenceState& state, const Tokenizer
       opt_(opt),
       session_(session),
       logits_(model.config().vocab),
-      sampler_(opt.sampler),
-      argmax_only_(!(session && model.device() == "cpu") && opt.sampler.temperature <= 0 &&
-                   opt.sampler.repetition_penalty == 1.0f),
-      top_fetch_(session && model.device() == "cpu" ? 0 : sampler_.candidates_needed(model.config().vocab)),
-      draw_on_device_(model.device() != "cpu" && sampler_.whole_row(model.config().vocab)) {
-  if (draw_on_device_) top_fetch_ = 0;
+      sampler_(opt.sampler) {
   const ModelConfig& c = model.config();
+  // What comes back from a forward: whole rows of logits in a CPU session (its caller may
+  // batch decode steps: decode_end); otherwise the argmax, the draw (on a device) or the
+  // sampler's candidates, where the model can give them without the row.
+  const bool rows = session && model.device() == "cpu";
+  argmax_only_ = !rows && opt.sampler.temperature <= 0 && opt.sampler.repetition_penalty == 1.0f;
+  draw_on_device_ = model.device() != "cpu" && sampler_.whole_row(c.vocab);
+  top_fetch_ = rows || draw_on_device_ ? 0 : sampler_.candidates_needed(c.vocab);
   ctx_ = opt.context > 0 ? opt.context : (c.max_position > 0 ? c.max_position : SIZE_MAX);
   check(!prompt_.empty(), "generate: empty prompt (no tokens; the model has no BOS token to start from)");
   check(st_.pos + prompt_.size() <= ctx_, "generate: prompt of {} tokens does not fit the context of {} tokens",

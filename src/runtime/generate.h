@@ -90,7 +90,7 @@ class Generation {
   // forward: decode_begin samples the next token and returns it (the text that became
   // final goes to `text`), or −1 when generation ended; decode_end takes the logits the
   // forward of that token produced. Only while !prefilling(), and only for a session on
-  // the CPU (elsewhere the generation fetches only the largest logits: use step).
+  // the CPU (elsewhere a forward gives the argmax, the draw or the candidates: use step).
   int32_t decode_begin(std::string& text);
   std::string decode_end(const float* logits, double seconds);
   Session* session() const { return session_; }
@@ -116,8 +116,7 @@ class Generation {
   size_t prefilled_ = 0;
   std::vector<float> logits_;
   Sampler sampler_;
-  // Greedy without a penalty (and not in a CPU session, whose caller may batch decode steps
-  // over whole rows of logits: decode_end): the model returns only the argmax
+  // Greedy without a penalty (not in a CPU session): the model returns only the argmax
   // (Model::forward_argmax; on the GPU the logits stay there) into next_, not logits_.
   bool argmax_only_ = false;
   int32_t next_ = -1;

@@ -139,24 +139,24 @@ void Session::rewind(size_t pos) {
 
 void Session::forward(const int32_t* tokens, int n, float* logits, bool all_logits, ThreadPool& pool) {
   model_.forward(*state_, tokens, n, logits, all_logits, pool);
-  tokens_.insert(tokens_.end(), tokens, tokens + n);
+  record(tokens, n);
 }
 
 int32_t Session::forward_argmax(const int32_t* tokens, int n, ThreadPool& pool) {
   const int32_t best = model_.forward_argmax(*state_, tokens, n, pool);
-  tokens_.insert(tokens_.end(), tokens, tokens + n);
+  record(tokens, n);
   return best;
 }
 
 std::vector<Candidate> Session::forward_top(const int32_t* tokens, int n, int k, ThreadPool& pool) {
   auto top = model_.forward_top(*state_, tokens, n, k, pool);
-  tokens_.insert(tokens_.end(), tokens, tokens + n);
+  record(tokens, n);
   return top;
 }
 
 int32_t Session::forward_sample(const int32_t* tokens, int n, float temperature, double u, ThreadPool& pool) {
   const int32_t t = model_.forward_sample(*state_, tokens, n, temperature, u, pool);
-  tokens_.insert(tokens_.end(), tokens, tokens + n);
+  record(tokens, n);
   return t;
 }
 

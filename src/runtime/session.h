@@ -79,9 +79,10 @@ class Session {
   size_t kv_bytes() const { return state_->kv_bytes(); }
   size_t bytes() const;  // KV + DeltaNet states + checkpoints
 
-  // File form (CPU sessions only: a device backend's sessions live in its memory): "TQPC" | u32 version | u64 model id | policy | tokens | checkpoint
+  // File form: "TQPC" | u32 version | u64 model id | policy | tokens | checkpoint
   // positions | live DeltaNet states | checkpoint states | KV slots (each its own checksummed TQKV record) | u64 FNV-1a.
-  // max_checkpoints: keep only the newest ones in the file.
+  // max_checkpoints: keep only the newest ones in the file. CPU sessions only (a device
+  // backend's sessions stay in its memory: save and load refuse them).
   SessionFileStats save(std::ostream& os, uint64_t model_id, int max_checkpoints = kMaxCheckpoints) const;
   // Reads a session saved for the same model (model_id) and policy; `what` names the file.
   static std::unique_ptr<Session> load(std::istream& is, const Model& model, const CachePolicy& policy,
@@ -100,6 +101,7 @@ class Session {
     std::shared_ptr<const DeviceStates> device;  // a device backend's copy instead of delta
   };
   Session(const Model& model, const CachePolicy& policy, std::unique_ptr<SequenceState> state);
+  void record(const int32_t* tokens, int n) { tokens_.insert(tokens_.end(), tokens, tokens + n); }
   const Model& model_;
   CachePolicy policy_;
   std::unique_ptr<SequenceState> state_;
