@@ -85,6 +85,19 @@ void KVSlot::save(std::ostream& os) const {
   check(os.good(), "KV slot save: write failed");
 }
 
+std::string KVSlot::state() const {
+  std::ostringstream os;
+  write_state(os);
+  return os.str();
+}
+
+void KVSlot::restore(const std::string& state, size_t n_tokens, const std::string& what) {
+  std::istringstream in(state);
+  read_state(in, n_tokens);
+  check(in.good() && static_cast<size_t>(in.tellg()) == state.size(), "{}: {} bytes of KV state do not hold {} tokens",
+        what, state.size(), n_tokens);
+}
+
 std::unique_ptr<KVSlot> KVSlot::load(std::istream& is, const std::string& what) {
   std::string all((std::istreambuf_iterator<char>(is)), std::istreambuf_iterator<char>());
   check(all.size() >= 4 + 4 + 8, "{}: {} bytes is too short for a KV slot", what, all.size());

@@ -53,6 +53,11 @@ class KVSlot : protected attn::Source {
 
   // Versioned, checksummed binary form (see kv_slot.cc for the layout).
   void save(std::ostream& os) const;
+  // The raw state alone (the record's body after its header: the slot type's own layout),
+  // and a slot of this policy and geometry set from one for n tokens (a device backend's
+  // caches convert to and from it).
+  std::string state() const;
+  void restore(const std::string& state, size_t n_tokens, const std::string& what);
   static std::unique_ptr<KVSlot> load(std::istream& is, const std::string& what = "KV slot stream");
 
  protected:

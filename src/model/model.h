@@ -42,6 +42,14 @@ struct DeviceSequence {
   virtual std::shared_ptr<const DeviceStates> save_states() const = 0;
   virtual void restore_states(const DeviceStates& from) = 0;
   virtual void reset_states() = 0;
+  // Conversions to and from the CPU's forms, for session files: layer l's KV cache as
+  // KVSlot::state bytes of its n tokens; the DeltaNet states (live, or a checkpoint's) as
+  // DeltaStates shaped as the CPU model's (Model::new_state's).
+  virtual std::string kv_state(int layer) const = 0;
+  virtual void load_kv_state(int layer, const std::string& state, size_t n_tokens) = 0;
+  virtual void get_delta(std::vector<DeltaState>& out, const DeviceStates* from = nullptr) const = 0;
+  virtual void set_delta(const std::vector<DeltaState>& in) = 0;
+  virtual std::shared_ptr<const DeviceStates> states_from(const std::vector<DeltaState>& in) const = 0;
 };
 
 struct SequenceState {

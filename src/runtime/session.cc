@@ -214,8 +214,21 @@ size_t Session::bytes() const {
 }
 
 SessionFileStats Session::save(std::ostream& os, uint64_t model_id, int max_checkpoints) const {
-  check(!state_->device, "session save (--prompt-cache): not supported for sessions on the {} backend yet",
-        model_.device());
+  // A device session is written in the CPU's form: its caches and states downloaded into a
+  // state of the CPU model's shapes (Model::new_state), so files move between backends.
+  std::unique_ptr<SequenceState> host;
+  std::vector<std::vector<DeltaState>> host_ck(checkpoints_.size());
+  if (state_->device) {
+    host = model_.Model::new_state(policy_);
+    state_->device->get_delta(host->delta);
+    for (size_t i = 0; i < checkpoints_.size(); ++i) {
+      host_ck[i] = host->delta;  // (shapes)
+      state_->device->get_delta(host_ck[i], checkpoints_[i].device.get());
+    }
+    for (size_t l = 0; l < host->kv.size(); ++l)
+      if (host->kv[l]) host->kv[l]->restore(state_->device->kv_state(static_cast<int>(l)), tokens_.size(), "session save");
+  }
+  const SequenceState& sq = host ? *host : *state_;
   const size_t first_ck =
       checkpoints_.size() > static_cast<size_t>(std::max(0, max_checkpoints)) ? checkpoints_.size() - max_checkpoints : 0;
   std::ostringstream body;
@@ -231,10 +244,10 @@ SessionFileStats Session::save(std::ostream& os, uint64_t model_id, int max_chec
   put<uint32_t>(body, static_cast<uint32_t>(checkpoints_.size() - first_ck));
   for (size_t i = first_ck; i < checkpoints_.size(); ++i) put<uint64_t>(body, checkpoints_[i].pos);
   const auto before_state = body.tellp();
-  put_delta(body, state_->delta);
-  for (size_t i = first_ck; i < checkpoints_.size(); ++i) put_delta(body, checkpoints_[i].delta);
+  put_delta(body, sq.delta);
+  for (size_t i = first_ck; i < checkpoints_.size(); ++i) put_delta(body, host ? host_ck[i] : checkpoints_[i].delta);
   const auto after_state = body.tellp();
-  for (const auto& k : state_->kv) {
+  for (const auto& k : sq.kv) {
     if (!k) continue;
     std::ostringstream slot;
     k->save(slot);
@@ -252,21 +265,24 @@ SessionFileStats Session::save(std::ostream& os, uint64_t model_id, int max_chec
 
 std::unique_ptr<Session> Session::load(std::istream& is, const Model& model, const CachePolicy& policy,
                                        uint64_t model_id, const std::string& what) {
-  check(model.device() == "cpu", "{}: session load (--prompt-cache): not supported on the {} backend yet", what,
-        model.device());
   const std::string all = read_verified(is, what);
   std::istringstream in(all);
   auto s = std::make_unique<Session>(model, policy);
+  // A device session reads into the CPU's form first (as save writes it), then uploads.
+  DeviceSequence* dev = s->state_->device.get();
+  std::unique_ptr<SequenceState> host = dev ? model.Model::new_state(policy) : nullptr;
+  SequenceState& sq = host ? *host : *s->state_;
   Head h = read_header(in, model_id, policy, all.size(), what);
   s->tokens_ = std::move(h.tokens);
-  get_delta(in, s->state_->delta, what);
+  get_delta(in, sq.delta, what);
   for (size_t pos : h.checkpoints) {
-    Checkpoint c{pos, s->state_->delta, nullptr};  // right sizes
+    Checkpoint c{pos, sq.delta, nullptr};  // right sizes
     get_delta(in, c.delta, what);
+    if (dev) c.device = dev->states_from(c.delta), c.delta.clear();
     s->checkpoints_.push_back(std::move(c));
   }
-  for (size_t l = 0; l < s->state_->kv.size(); ++l) {
-    auto& k = s->state_->kv[l];
+  for (size_t l = 0; l < sq.kv.size(); ++l) {
+    auto& k = sq.kv[l];
     if (!k) continue;
     const size_t remain = all.size() - static_cast<size_t>(in.tellg());
     std::istringstream slot(binio::get_blob(in, remain, what, "KV slot"));
@@ -277,10 +293,12 @@ std::unique_ptr<Session> Session::load(std::istream& is, const Model& model, con
           "{}: layer {} KV slot does not match this model and policy", what, l);
     check(loaded->size() == s->tokens_.size(), "{}: layer {} KV slot holds {} tokens, the session {}", what, l,
           loaded->size(), s->tokens_.size());
-    k = std::move(loaded);
+    if (dev) dev->load_kv_state(static_cast<int>(l), loaded->state(), s->tokens_.size());
+    else k = std::move(loaded);
   }
   check(static_cast<size_t>(in.tellg()) == all.size(), "{}: {} unexpected bytes after the last KV slot", what,
         all.size() - static_cast<size_t>(in.tellg()));
+  if (dev) dev->set_delta(sq.delta);
   s->state_->pos = s->tokens_.size();
   return s;
 }

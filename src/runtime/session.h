@@ -81,8 +81,8 @@ class Session {
 
   // File form: "TQPC" | u32 version | u64 model id | policy | tokens | checkpoint
   // positions | live DeltaNet states | checkpoint states | KV slots (each its own checksummed TQKV record) | u64 FNV-1a.
-  // max_checkpoints: keep only the newest ones in the file. CPU sessions only (a device
-  // backend's sessions stay in its memory: save and load refuse them).
+  // max_checkpoints: keep only the newest ones in the file. A device backend's session is
+  // written in the CPU's form (its caches and states downloaded), so a file loads on either.
   SessionFileStats save(std::ostream& os, uint64_t model_id, int max_checkpoints = kMaxCheckpoints) const;
   // Reads a session saved for the same model (model_id) and policy; `what` names the file.
   static std::unique_ptr<Session> load(std::istream& is, const Model& model, const CachePolicy& policy,

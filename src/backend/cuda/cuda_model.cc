@@ -17,6 +17,7 @@
 #include "core/rng.h"
 #include "model/weights.h"
 #include "quant/codebook.h"
+#include "quant/packing.h"
 #include "quant/rotation.h"
 
 namespace tq::cuda {
@@ -186,6 +187,24 @@ DevBuf copy_of(const DevBuf& b) {
   return c;
 }
 
+// A DeltaNet state between the CPU's [hv][dv][dk] and the GPU's [hv][dk][dv].
+std::vector<float> transpose_state(const std::vector<float>& a, int hv, int dk, int dv, bool to_gpu) {
+  std::vector<float> b(a.size());
+  for (int h = 0; h < hv; ++h)
+    for (int i = 0; i < dv; ++i)
+      for (int j = 0; j < dk; ++j) {
+        const size_t cpu = (static_cast<size_t>(h) * dv + i) * dk + j, gpu = (static_cast<size_t>(h) * dk + j) * dv + i;
+        (to_gpu ? b[gpu] : b[cpu]) = to_gpu ? a[cpu] : a[gpu];
+      }
+  return b;
+}
+
+std::vector<float> download(const DevBuf& b, size_t n) {
+  std::vector<float> v(n);
+  TQ_CUDA_CHECK(cudaMemcpy(v.data(), b.get(), n * sizeof(float), cudaMemcpyDeviceToHost));
+  return v;
+}
+
 // One attention layer's cache on the device (grows in 1024-token steps).
 class DevKV {
  public:
@@ -232,6 +251,145 @@ class DevKV {
       if (!t->empty()) sd->signs = (*t)[0].get<float>(), sd->centroids = (*t)[1].get<float>(), sd->boundaries = (*t)[2].get<float>();
   }
   DevKV& operator=(const DevKV&) = delete;
+
+  // This cache as the CPU slot's state bytes (KVSlot::state of a TurboQuantKV or DenseKV of
+  // the same policy: per token and KV head the K and V rows, with each code row's fp16 norm;
+  // then for codes the ring size, the window row count and those rows), so sessions on the
+  // GPU save to and load from the CPU's session files. 3-bit codes are repacked between the
+  // GPU's nibble layout and the CPU's bit stream; the rest is stored alike.
+  std::string host_state() const {
+    const Layout f = layout();
+    const size_t n = n_, G = L_.n_kv_heads;
+    std::vector<std::vector<uint8_t>> rows[2];
+    std::vector<std::vector<uint16_t>> norms[2];
+    for (int side = 0; side < 2; ++side) {
+      const DevKVSide& S = side ? L_.v : L_.k;
+      for (size_t g = 0; g < G; ++g) {
+        rows[side].emplace_back(n * S.row_bytes);
+        TQ_CUDA_CHECK(cudaMemcpy(rows[side][g].data(), S.rows + g * L_.cap * S.row_bytes, n * S.row_bytes,
+                                 cudaMemcpyDeviceToHost));
+        if (!f.codes) continue;
+        norms[side].emplace_back(n);
+        TQ_CUDA_CHECK(cudaMemcpy(norms[side][g].data(), S.norms + g * L_.cap, n * 2, cudaMemcpyDeviceToHost));
+      }
+    }
+    std::string out;
+    std::vector<uint8_t> codes(f.D), packed(packed_bytes(f.D, 8));
+    for (size_t t = 0; t < n; ++t)
+      for (size_t g = 0; g < G; ++g)
+        for (int side = 0; side < 2; ++side) {
+          const DevKVSide& S = side ? L_.v : L_.k;
+          const uint8_t* row = rows[side][g].data() + t * S.row_bytes;
+          if (!f.codes) {
+            out.append(reinterpret_cast<const char*>(row), S.row_bytes);
+            continue;
+          }
+          const uint8_t* src = row;
+          if (S.nib3) {
+            for (int d = 0; d < f.D; ++d)
+              codes[d] = static_cast<uint8_t>((nib3_codes8(reinterpret_cast<const uint32_t*>(row), d / 32, d % 32 / 8) >>
+                                               (4 * (d % 8))) & 7u);
+            pack_codes(codes.data(), f.D, 3, packed.data());
+            src = packed.data();
+          }
+          out.append(reinterpret_cast<const char*>(src), packed_bytes(f.D, S.bits));
+          out.append(reinterpret_cast<const char*>(&norms[side][g][t]), 2);
+        }
+    if (!f.codes) return out;
+    const size_t W = L_.window;
+    const uint64_t rows_out = W == 0 ? 0 : std::clamp<size_t>(L_.ring_rows, W, W + n);
+    const size_t from = W == 0 ? n : std::max(ring_lo_, n > W ? n - W : 0);
+    const uint64_t count = n - from;
+    out.append(reinterpret_cast<const char*>(&rows_out), 8);
+    out.append(reinterpret_cast<const char*>(&count), 8);
+    if (count == 0) return out;
+    std::vector<__half> ring[2];
+    for (int side = 0; side < 2; ++side) {
+      ring[side].resize(G * L_.ring_rows * f.D);
+      TQ_CUDA_CHECK(cudaMemcpy(ring[side].data(), (side ? L_.v : L_.k).ring, ring[side].size() * 2, cudaMemcpyDeviceToHost));
+    }
+    for (size_t t = from; t < n; ++t)
+      for (size_t g = 0; g < G; ++g)
+        for (int side = 0; side < 2; ++side)
+          out.append(reinterpret_cast<const char*>(ring[side].data() + (g * L_.ring_rows + t % L_.ring_rows) * f.D),
+                     2 * f.D);
+    return out;
+  }
+  // The reverse, into this empty cache (st: KVSlot::state bytes of n tokens).
+  void load_host_state(const std::string& st, size_t n, cudaStream_t s) {
+    check(n_ == 0, "load_host_state: the cache is not empty");
+    const Layout f = layout();
+    const size_t G = L_.n_kv_heads;
+    const size_t per_token =
+        G * (f.codes ? packed_bytes(f.D, L_.k.bits) + packed_bytes(f.D, L_.v.bits) + 4 : L_.k.row_bytes + L_.v.row_bytes);
+    check(st.size() >= n * per_token + (f.codes ? 16 : 0), "KV state: {} bytes for {} tokens, expected at least {}",
+          st.size(), n, n * per_token + (f.codes ? 16 : 0));
+    reserve(std::max<size_t>(n, 1), s);
+    std::vector<std::vector<uint8_t>> rows[2];
+    std::vector<std::vector<uint16_t>> norms[2];
+    for (int side = 0; side < 2; ++side) {
+      const DevKVSide& S = side ? L_.v : L_.k;
+      rows[side].assign(G, std::vector<uint8_t>(n * S.row_bytes, 0));
+      norms[side].assign(G, std::vector<uint16_t>(f.codes ? n : 0));
+    }
+    const char* p = st.data();
+    std::vector<uint8_t> codes(f.D);
+    for (size_t t = 0; t < n; ++t)
+      for (size_t g = 0; g < G; ++g)
+        for (int side = 0; side < 2; ++side) {
+          const DevKVSide& S = side ? L_.v : L_.k;
+          uint8_t* row = rows[side][g].data() + t * S.row_bytes;
+          if (!f.codes) {
+            std::memcpy(row, p, S.row_bytes), p += S.row_bytes;
+            continue;
+          }
+          if (S.nib3) {
+            unpack_codes(reinterpret_cast<const uint8_t*>(p), f.D, 3, codes.data());
+            for (int w = 0; w < 3 * f.D / 32; ++w) {
+              const uint32_t word = nib3_word(codes.data() + 32 * (w / 3), w % 3);
+              std::memcpy(row + 4 * w, &word, 4);
+            }
+          } else {
+            std::memcpy(row, p, packed_bytes(f.D, S.bits));
+          }
+          p += packed_bytes(f.D, S.bits);
+          std::memcpy(&norms[side][g][t], p, 2), p += 2;
+        }
+    for (int side = 0; side < 2; ++side) {
+      const DevKVSide& S = side ? L_.v : L_.k;
+      for (size_t g = 0; g < G; ++g) {
+        TQ_CUDA_CHECK(cudaMemcpy(S.rows + g * L_.cap * S.row_bytes, rows[side][g].data(), n * S.row_bytes,
+                                 cudaMemcpyHostToDevice));
+        if (f.codes)
+          TQ_CUDA_CHECK(cudaMemcpy(S.norms + g * L_.cap, norms[side][g].data(), n * 2, cudaMemcpyHostToDevice));
+      }
+    }
+    size_t from = n;
+    if (f.codes) {
+      uint64_t rows_in = 0, count = 0;
+      std::memcpy(&rows_in, p, 8), std::memcpy(&count, p + 8, 8), p += 16;
+      const size_t W = L_.window;
+      check(count <= n && count <= W, "KV state: window row count {} is inconsistent with {} tokens and window {}", count,
+            n, W);
+      check(static_cast<size_t>(st.data() + st.size() - p) == count * G * 4 * f.D,
+            "KV state: {} bytes after the codes, expected {} window rows", st.data() + st.size() - p, count);
+      from = n - count;
+      for (int side = 0; side < 2 && count > 0; ++side) {
+        std::vector<__half> ring(G * L_.ring_rows * f.D);
+        for (size_t t = from; t < n; ++t)
+          for (size_t g = 0; g < G; ++g)
+            std::memcpy(ring.data() + (g * L_.ring_rows + t % L_.ring_rows) * f.D,
+                        p + ((t - from) * G * 2 + 2 * g + side) * 2 * f.D, 2 * f.D);
+        TQ_CUDA_CHECK(cudaMemcpy((side ? L_.v : L_.k).ring, ring.data(), ring.size() * 2, cudaMemcpyHostToDevice));
+      }
+    } else {
+      check(p == st.data() + st.size(), "KV state: {} bytes for {} tokens, expected {}", st.size(), n, n * per_token);
+    }
+    n_ = n;
+    ring_lo_ = L_.ring_rows > 0 ? from : 0;
+    const unsigned long long lo = ring_lo_;
+    TQ_CUDA_CHECK(cudaMemcpy(L_.ring_lo, &lo, sizeof lo, cudaMemcpyHostToDevice));
+  }
   DevKVLayer& layer() { return L_; }
   size_t tokens() const { return n_; }
   void reserve(size_t need, cudaStream_t s) {
@@ -312,6 +470,19 @@ class DevKV {
     norms = std::move(nn);
     s.rows = rows.get<uint8_t>();
     s.norms = norms.get<uint16_t>();
+  }
+
+  // What the CPU's slot stores: both sides codes (D of them per row, packed_bytes(D, bits)
+  // bytes), or both dense rows; a cache with one dense side has no CPU slot form here.
+  struct Layout {
+    bool codes;
+    int D;
+  };
+  Layout layout() const {
+    const bool kc = L_.k.bits < 16, vc = L_.v.bits < 16;
+    check(kc == vc && L_.k.dim == L_.v.dim,
+          "session files on the GPU: a cache with one dense side is not supported yet");
+    return {kc, L_.k.dim};
   }
 
   DevKVLayer L_;
@@ -427,6 +598,7 @@ class CudaSequence final : public DeviceSequence {
   }
   std::unique_ptr<DeviceSequence> clone() const override {
     auto c = std::make_unique<CudaSequence>();
+    c->hv = hv, c->dk = dk, c->dv = dv;
     for (const auto& k : kv) c->kv.push_back(k ? std::make_unique<DevKV>(*k) : nullptr);
     for (const auto& b : conv) c->conv.push_back(copy_of(b));
     for (const auto& b : state) c->state.push_back(copy_of(b));
@@ -452,6 +624,48 @@ class CudaSequence final : public DeviceSequence {
     for (auto* v : {&conv, &state})
       for (auto& b : *v)
         if (b.bytes()) TQ_CUDA_CHECK(cudaMemset(b.get(), 0, b.bytes()));
+  }
+  std::string kv_state(int layer) const override { return kv_at(layer).host_state(); }
+  void load_kv_state(int layer, const std::string& st, size_t n) override {
+    kv_at(layer).load_host_state(st, n, nullptr);
+  }
+  void get_delta(std::vector<DeltaState>& out, const DeviceStates* from) const override {
+    const auto* f = from ? &dynamic_cast<const CudaStates&>(*from) : nullptr;
+    check(out.size() == conv.size(), "get_delta: {} layers, this sequence has {}", out.size(), conv.size());
+    for (size_t l = 0; l < conv.size(); ++l) {
+      const DevBuf& c = f ? f->conv[l] : conv[l];
+      const DevBuf& st = f ? f->state[l] : state[l];
+      check(out[l].conv.size() * sizeof(float) == c.bytes() && out[l].s.size() * sizeof(float) == st.bytes(),
+            "get_delta: layer {} shapes differ", l);
+      if (!c.bytes()) continue;
+      out[l].conv = download(c, out[l].conv.size());
+      out[l].s = transpose_state(download(st, out[l].s.size()), hv, dk, dv, false);
+    }
+  }
+  void set_delta(const std::vector<DeltaState>& in) override { upload_delta(in, conv, state); }
+  std::shared_ptr<const DeviceStates> states_from(const std::vector<DeltaState>& in) const override {
+    auto c = std::make_shared<CudaStates>();
+    for (size_t l = 0; l < conv.size(); ++l) c->conv.emplace_back(conv[l].bytes()), c->state.emplace_back(state[l].bytes());
+    upload_delta(in, c->conv, c->state);
+    return c;
+  }
+  int hv = 0, dk = 0, dv = 0;  // DeltaNet dims (the GPU's state is [hv][dk][dv], the CPU's [hv][dv][dk])
+
+ private:
+  DevKV& kv_at(int layer) const {
+    check(layer >= 0 && static_cast<size_t>(layer) < kv.size() && kv[layer], "layer {} has no KV cache", layer);
+    return *kv[layer];
+  }
+  void upload_delta(const std::vector<DeltaState>& in, std::vector<DevBuf>& c, std::vector<DevBuf>& st) const {
+    check(in.size() == c.size(), "DeltaNet states for {} layers, this sequence has {}", in.size(), c.size());
+    for (size_t l = 0; l < c.size(); ++l) {
+      check(in[l].conv.size() * sizeof(float) == c[l].bytes() && in[l].s.size() * sizeof(float) == st[l].bytes(),
+            "DeltaNet states: layer {} shapes differ", l);
+      if (!c[l].bytes()) continue;
+      TQ_CUDA_CHECK(cudaMemcpy(c[l].get(), in[l].conv.data(), c[l].bytes(), cudaMemcpyHostToDevice));
+      const auto t = transpose_state(in[l].s, hv, dk, dv, true);
+      TQ_CUDA_CHECK(cudaMemcpy(st[l].get(), t.data(), st[l].bytes(), cudaMemcpyHostToDevice));
+    }
   }
   size_t kv_bytes() const override {
     size_t b = 0;
@@ -530,6 +744,7 @@ class CudaModel final : public Model {
     const ModelConfig& m = config();
     auto st = std::make_unique<SequenceState>();
     auto ds = std::make_unique<CudaSequence>();
+    ds->hv = m.lin_v_heads, ds->dk = m.lin_k_dim, ds->dv = m.lin_v_dim;
     ds->kv.resize(m.n_layers);
     ds->conv.resize(m.n_layers);
     ds->state.resize(m.n_layers);
@@ -954,24 +1169,6 @@ int32_t sample(const std::vector<float>& y, float temperature, double u) {
   int32_t id = -1;
   TQ_CUDA_CHECK(cudaMemcpy(&id, out.get(), sizeof id, cudaMemcpyDeviceToHost));
   return id;
-}
-
-// A DeltaNet state between the CPU's [hv][dv][dk] and the GPU's [hv][dk][dv].
-std::vector<float> transpose_state(const std::vector<float>& a, int hv, int dk, int dv, bool to_gpu) {
-  std::vector<float> b(a.size());
-  for (int h = 0; h < hv; ++h)
-    for (int i = 0; i < dv; ++i)
-      for (int j = 0; j < dk; ++j) {
-        const size_t cpu = (static_cast<size_t>(h) * dv + i) * dk + j, gpu = (static_cast<size_t>(h) * dk + j) * dv + i;
-        (to_gpu ? b[gpu] : b[cpu]) = to_gpu ? a[cpu] : a[gpu];
-      }
-  return b;
-}
-
-std::vector<float> download(const DevBuf& b, size_t n) {
-  std::vector<float> v(n);
-  TQ_CUDA_CHECK(cudaMemcpy(v.data(), b.get(), n * sizeof(float), cudaMemcpyDeviceToHost));
-  return v;
 }
 
 void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y) {
