@@ -19,6 +19,8 @@ expect_fail("bad tokenizer" "tokenizer.json: not valid JSON" ${TQ} generate -m $
 expect_fail("prompt too long" "does not fit the context" ${TQ} generate -p "a b c d e f g h i j k l m n o p" -c 8)
 expect_fail("bad policy" "valid forms" ${TQ} generate -p hi --kv q8)
 expect_fail("bad device" "--device: expected cpu or cuda" ${TQ} serve --port 0 --device tpu)
+# (the model is loaded after the server listens: its failure must stop the listener and exit)
+expect_fail("serve missing model" "not a directory" ${TQ} serve --port 0 -m ${tmp}/nope)
 # A good run: stdout is only the continuation; --json has the agreed fields.
 execute_process(COMMAND ${TQ} generate -p "Once upon a time" -n 16 --temp 0 --kv fp16 --json
                 OUTPUT_VARIABLE out RESULT_VARIABLE rc)

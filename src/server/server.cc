@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <random>
+#include <thread>
 
 #include "core/error.h"
 
@@ -58,6 +59,9 @@ int HttpServer::listen() {
   check(port_ > 0, "tq serve: cannot listen on {}:{} (address in use, or not an address of this machine)", opt_.host,
         opt_.port);
   thread_ = std::thread([this] { http_->listen_after_bind(); });
+  // httplib's stop() acts only on a server whose loop has started: wait for it, so that a stop
+  // right after this (a model that fails to load) cannot miss it and leave the join hanging.
+  for (int i = 0; i < 5000 && !http_->is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   return port_;
 }
 

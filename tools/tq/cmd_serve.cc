@@ -45,9 +45,7 @@ int run_serve(const ServeOptions& o) {
 
   const std::string dir = o.model.empty() ? builtin_model_dir() : o.model;
   const CachePolicy policy = CachePolicy::parse(o.kv);
-  check(o.device == "cpu" || o.prompt_cache.empty(),
-        "--prompt-cache: not supported with --device {} yet (sessions stay in GPU memory; evicted ones are dropped)",
-        o.device);
+  check(o.device == "cpu" || o.device == "cuda", "--device: expected cpu or cuda, got '{}'", o.device);
   server::ServerOptions so;
   so.host = o.host;
   so.port = o.port;
