@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/json_text.h"
 #include "tokenizer/tokenizer.h"
 
 namespace tq {
@@ -82,6 +83,22 @@ TEST(Tokenizer, SpecialTokensAndStreaming) {
   }
   out += sd.flush();
   EXPECT_EQ(out, text);
+}
+
+// A byte token alone decodes to a byte that is not UTF-8 (0xE6 leads a 3-byte character);
+// JSON output of such text (generate --json, tokenize --jsonl, the server) holds U+FFFD there
+// instead of failing, and the valid text around it is kept.
+TEST(Tokenizer, TextThatIsNotUtf8StillMakesJson) {
+  Tokenizer t = Tokenizer::load(TQ_TEST_DATA "/tokenizers/qwen3_tokenizer.json");
+  const int32_t lead = t.id_of("\u00e6");  // (byte-level BPE: byte 0xE6 is the token "æ")
+  ASSERT_GE(lead, 0);
+  auto ids = t.encode("ok ");
+  ids.push_back(lead);
+  const std::string text = t.decode(ids);
+  ASSERT_EQ(text, std::string("ok \xE6"));
+  EXPECT_THROW((void)nlohmann::json(text).dump(), nlohmann::json::exception);
+  const std::string out = json_text(nlohmann::json{{"text", text}});
+  EXPECT_EQ(nlohmann::json::parse(out)["text"], "ok \xEF\xBF\xBD");
 }
 
 TEST(Tokenizer, BadFilesAreClearErrors) {

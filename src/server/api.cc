@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "core/json_text.h"
+
 namespace tq::server {
 
 using nlohmann::json;
@@ -14,7 +16,7 @@ json error_body(const std::string& message, const std::string& type, const std::
   return {{"error", e}};
 }
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& j) { return json_text(j); }
 
 json parse_body(const std::string& text) {
   json j;

@@ -10,6 +10,7 @@
 #include "commands.h"
 #include "common.h"
 #include "core/error.h"
+#include "core/json_text.h"
 #include "core/thread_pool.h"
 #include "runtime/generate.h"
 
@@ -122,7 +123,7 @@ int run_generate(const GenOptions& o) {
                         {"peak_rss_bytes", peak_rss_bytes()},
                         {"kv", policy.name()},
                         {"finish_reason", r.finish_reason}};
-    fmt::print("{}\n", j.dump());
+    fmt::print("{}\n", json_text(j));
   } else {
     fmt::print("\n");
   }

@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "core/json_text.h"
 #include "io/llama2c.h"
 #include "tokenizer/tokenizer.h"
 
@@ -76,7 +77,7 @@ Runner add_detokenize(CLI::App& app) {
         check(ids.back() >= 0 && static_cast<size_t>(ids.back()) < t.vocab_size(),
               "stdin line {}: id {} out of range [0, {})", n, ids.back(), t.vocab_size());
       }
-      if (o->jsonl) fmt::print("{}\n", nlohmann::json(t.decode(ids)).dump());
+      if (o->jsonl) fmt::print("{}\n", json_text(nlohmann::json(t.decode(ids))));
       else all += t.decode(ids);
     }
     if (!o->jsonl) fmt::print("{}", all);
