@@ -45,7 +45,7 @@ int run_serve(const ServeOptions& o) {
 
   const std::string dir = o.model.empty() ? builtin_model_dir() : o.model;
   const CachePolicy policy = CachePolicy::parse(o.kv);
-  check(o.device == "cpu" || o.device == "cuda", "--device: expected cpu or cuda, got '{}'", o.device);
+  check_device(o.device);  // (before listening)
   server::ServerOptions so;
   so.host = o.host;
   so.port = o.port;

@@ -46,10 +46,13 @@ size_t parse_bytes(const std::string& text, const char* flag) {
   return static_cast<size_t>(std::stoull(text.substr(0, i))) << shift;
 }
 
+void check_device(const std::string& device) {
+  check(device == "cpu" || device == "cuda", "--device: expected cpu or cuda, got '{}'", device);
+}
+
 std::unique_ptr<Model> load_model(const std::string& dir, const std::string& device) {
-  if (device == "cpu") return Model::load(dir);
-  if (device == "cuda") return cuda::load_model(dir);
-  fail("--device: expected cpu or cuda, got '{}'", device);
+  check_device(device);
+  return device == "cpu" ? Model::load(dir) : cuda::load_model(dir);
 }
 
 }  // namespace tq::cli

@@ -16,5 +16,7 @@ size_t parse_bytes(const std::string& text, const char* flag);
 // --device cpu|cuda: the checkpoint loaded for that backend (a clear error when CUDA is
 // not built in or no GPU is present).
 std::unique_ptr<Model> load_model(const std::string& dir, const std::string& device);
+// The --device value's check alone (for commands that must refuse it before other work).
+void check_device(const std::string& device);
 
 }  // namespace tq::cli

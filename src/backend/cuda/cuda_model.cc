@@ -1067,7 +1067,7 @@ class CudaModel final : public Model {
   }
 
   DevBuf arena_, tok_dev_, pos_dev_, best_dev_{sizeof(unsigned long long)};
-  DevBuf sample_scr_{2 * 256 * sizeof(float)};
+  DevBuf sample_scr_{kSampleScratch * sizeof(float)};
   mutable DevBuf head_rows_;  // kHeadRows rows of logits (allocated by the first all-rows forward)
   PinnedKey best_pin_;  // the host end of best_dev_
   mutable TopKOnDevice top_;
@@ -1163,7 +1163,7 @@ int32_t argmax(const std::vector<float>& y) {
 
 int32_t sample(const std::vector<float>& y, float temperature, double u) {
   ensure_device();
-  DevBuf dy = upload(y), scr(2 * 256 * sizeof(float)), out(sizeof(int32_t));
+  DevBuf dy = upload(y), scr(kSampleScratch * sizeof(float)), out(sizeof(int32_t));
   cuda::sample_row(dy.get<float>(), static_cast<int>(y.size()), temperature, u, scr.get<float>(), out.get<int32_t>(),
                    nullptr);
   int32_t id = -1;

@@ -2561,7 +2561,6 @@ __global__ void argmax_kernel(const float* __restrict__ y, int n, unsigned long 
   if ((threadIdx.x & 31) == 0 && best) atomicMax(slot, best);
 }
 
-constexpr int kSampleParts = 256;
 // Sampling from softmax(y / T) over the whole row (no top-k, top-p or min-p) on the GPU:
 // the row in `parts` ranges of `per` values, each range's max, then each range's Σ w_i
 // with w_i = exp((y_i − M) / T) and M the row's max, then one block walks the ranges'

@@ -167,7 +167,9 @@ struct TopKSelect {
 void top_k(const float* y, int n, int k, TopKSelect* sel, float* vals, int32_t* ids, int cap, cudaStream_t s);
 // A draw from softmax(y / temperature) over all n values (sampling with no top-k, top-p or
 // min-p, without copying the logits): the index at which the cumulative weight passes
-// u · Σ (u in [0, 1): the inverse CDF) into *out. scratch: 512 floats.
+// u · Σ (u in [0, 1): the inverse CDF) into *out. scratch: kSampleScratch floats (a max and a
+// weight sum per range of the row, at most kSampleParts ranges).
+constexpr int kSampleParts = 256, kSampleScratch = 2 * kSampleParts;
 void sample_row(const float* y, int n, float temperature, double u, float* scratch, int32_t* out, cudaStream_t s);
 // out = rmsnorm(x (+= add when add != nullptr)) · w, rows × dim; also as int8 into q8 when
 // given (and g_decode_int8, dim % 32 == 0).
