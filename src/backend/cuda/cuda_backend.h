@@ -47,8 +47,9 @@ double copy_bandwidth_gbs(size_t bytes = size_t(2) << 30);
 namespace ops {
 // y[n][rows] = W · x[n][cols].
 std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n);
-// The gated delta rule over in.n tokens (recurrent form); s updated in place.
-void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y);
+// The gated delta rule over in.n tokens; s updated in place. chunked: the chunked form
+// where it applies (≥ 16 tokens, supported dims: as a prefill), else the recurrent kernel.
+void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y, bool chunked = true);
 // One decode step of a DeltaNet mixer after its conv (the GPU's fused delta_step): qkv
 // [2·hk·dk + hv·dv] (the conv's output), b, a, a_log, dt_bias [hv], z [hv·dv], norm_w [dv];
 // s [hv][dv][dk] (the CPU's layout) updated; returns y [hv·dv] after the gated norm.

@@ -836,6 +836,10 @@ class CudaModel final : public Model {
                               {&b_, n * m.lin_v_heads}, {&a_, n * m.lin_v_heads}, {&beta_, n * m.lin_v_heads},
                               {&gd_, n * m.lin_v_heads}, {&dq_, n * kd}, {&dk_, n * kd}, {&dv_, n * vd}, {&y_, n * vd},
                               {&logits_, static_cast<size_t>(m.vocab)}};
+    if (m.lin_v_heads > 0) {  // the chunked delta rule's per-chunk products (prefill)
+      dscr_n_ = delta_chunk_scratch_floats(static_cast<int>(n), m.lin_v_heads, m.lin_k_dim, m.lin_v_dim);
+      want.push_back({&dscr_, dscr_n_});
+    }
     size_t total = 0;
     std::vector<size_t> at;
     for (const auto& w : want) {
@@ -1047,7 +1051,7 @@ class CudaModel final : public Model {
       delta_conv_prep(d, qkv_, conv_state, L.conv.get<float>(), b_, a_, L.a_log.get<float>(), L.dt_bias.get<float>(), dq_,
                     dk_, dv_, beta_, gd_, s);
     prof_.mark("dn conv+prep", s);
-    if (!skip_("dn_rule")) delta_rule(d, dq_, dk_, dv_, beta_, gd_, state, y_, s);
+    if (!skip_("dn_rule")) delta_rule(d, dq_, dk_, dv_, beta_, gd_, state, y_, s, dscr_, dscr_n_);
     prof_.mark("dn rule", s);
     if (!skip_("dn_norm")) gated_norm(d, y_, z_, L.norm.get<float>(), static_cast<float>(m.rms_eps), s, xq);
     prof_.mark("dn norm", s);
@@ -1078,7 +1082,8 @@ class CudaModel final : public Model {
   mutable StageProfile prof_;
   StageSkip skip_;
   float *x_, *xb_, *o_, *g_, *u_, *qg_, *q_, *gt_, *att_, *k_, *v_, *att_scr_, *qkv_, *z_, *b_, *a_, *beta_, *gd_,
-      *dq_, *dk_, *dv_, *y_, *logits_;
+      *dq_, *dk_, *dv_, *y_, *logits_, *dscr_ = nullptr;
+  size_t dscr_n_ = 0;
 };
 
 }  // namespace
@@ -1171,7 +1176,7 @@ int32_t sample(const std::vector<float>& y, float temperature, double u) {
   return id;
 }
 
-void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y) {
+void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y, bool chunked) {
   ensure_device();
   const size_t n = in.n;
   DevBuf q = upload(in.q, n * in.hk * in.dk), k = upload(in.k, n * in.hk * in.dk), v = upload(in.v, n * in.hv * in.dv);
@@ -1179,8 +1184,10 @@ void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float
   DevBuf ds = upload(transpose_state(s, in.hv, in.dk, in.dv, true));
   DevBuf dy(n * in.hv * in.dv * sizeof(float));
   DeltaDims d{in.n, in.hk, in.hv, in.dk, in.dv, 0};
+  const size_t scr_n = chunked ? delta_chunk_scratch_floats(in.n, in.hv, in.dk, in.dv) : 0;
+  DevBuf scr(std::max<size_t>(scr_n, 1) * sizeof(float));
   delta_rule(d, q.get<float>(), k.get<float>(), v.get<float>(), beta.get<float>(), g.get<float>(), ds.get<float>(),
-             dy.get<float>(), nullptr);
+             dy.get<float>(), nullptr, chunked ? scr.get<float>() : nullptr, scr_n);
   y = download(dy, n * in.hv * in.dv);
   s = transpose_state(download(ds, s.size()), in.hv, in.dk, in.dv, false);
 }

@@ -20,7 +20,7 @@ double copy_bandwidth_gbs(size_t) { fail("{}", kWhy); }
 
 namespace ops {
 std::vector<float> matmul(const Weight&, const std::vector<float>&, int) { fail("{}", kWhy); }
-void gated_delta(const DeltaInputs&, std::vector<float>&, std::vector<float>&) { fail("{}", kWhy); }
+void gated_delta(const DeltaInputs&, std::vector<float>&, std::vector<float>&, bool) { fail("{}", kWhy); }
 std::vector<float> delta_step(const DeltaStepIn&, std::vector<float>&) { fail("{}", kWhy); }
 std::vector<float> attention(const CachePolicy&, const KVGeometry&, int, const std::vector<float>&,
                              const std::vector<float>&, size_t, size_t, const std::vector<float>&,

@@ -2156,6 +2156,244 @@ __global__ void delta_conv_kernel(DeltaDims d, float* qkv, float* conv_state, co
   if (ch < C) qkv[ch] = conv_token(conv_w, conv_state, d.conv_k, ch, C, qkv[ch]);
 }
 
+// The chunked form of the rule for prefill (deltanet.cc's gated_delta_chunked, in float):
+// chunks of kDeltaC tokens; per chunk and value head, with γ_i = Σ_{t≤i} log g_t,
+//   T = (I + strict_lower(β_i ⟨k_i, k_j⟩ e^{γ_i − γ_j}))⁻¹,  U = T·(β⊙V),  W = T·(β⊙K⊙e^{γ}),
+//   M = lower_incl(⟨q_i, k_j⟩ e^{γ_i − γ_j}),
+// which do not depend on the state (delta_chunk_prep_kernel, every chunk at once); then in
+// order over the chunks (delta_chunk_state_kernel, a block per value head and 32 value
+// columns, S[dk][32 columns] in shared memory):
+//   V' = U − W·S,  O = e^{γ}⊙(Q·S) + M·V',  S ← e^{γ_last}·S + (K⊙e^{γ_last − γ})ᵀ·V'.
+// Rows past the last token are zeros (β = 0, g = 1), so a short last chunk needs no case.
+// e^{γ} alone may underflow (a small decay over 64 tokens): only to 0, where its terms are
+// that small; nothing divides by it.
+constexpr int kDeltaC = 64, kDeltaChunkMin = 16;
+__host__ __device__ constexpr int delta_chunk_floats(int dk, int dv) { return kDeltaC * (dv + dk + kDeltaC + 1); }
+// Per (chunk, value head): U [C][dv], W [C][dk], M [C][C], γ [C].
+struct DeltaChunkBufs {
+  float* base;
+  int dk, dv, hv;
+  __device__ float* at(int c, int h) const { return base + (static_cast<size_t>(c) * hv + h) * delta_chunk_floats(dk, dv); }
+};
+template <int DK>
+__global__ void __launch_bounds__(256) delta_chunk_prep_kernel(DeltaDims d, const float* q, const float* k, const float* v,
+                                                               const float* beta, const float* g, DeltaChunkBufs out) {
+  constexpr int C = kDeltaC, P = DK + 1;  // (rows padded: threads on different rows, one column, other banks)
+  extern __shared__ __align__(16) unsigned char dsm_raw[];
+  float* sm = reinterpret_cast<float*>(dsm_raw);
+  float* Ks = sm;                          // [C][P]
+  float* Qs = Ks + C * P;                  // [C][P]
+  float* Vs = Qs + C * P;                  // [C][dv]
+  float* A = Vs + C * d.dv;                // [C][C + 1]
+  float* T = A + C * (C + 1);              // [C][C + 1]
+  float* gam = T + C * (C + 1);            // [C]
+  float* bs = gam + C;                     // [C]: β
+  float* be = bs + C;                      // [C]: β·e^{γ}
+  const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, c0 = c * C, cn = min(C, d.n - c0);
+  const int hk = h / (d.hv / d.hk), dv = d.dv;
+  pdl_enter();
+  // The chunk's rows by 4-byte asynchronous copies, every one in flight at once (plain loads
+  // in a loop went out a few at a time: a DRAM round trip each); rows past the end zeroed.
+  for (int e = tid; e < C * DK; e += blockDim.x) {
+    const int i = e / DK, x = e % DK;
+    const size_t at = (static_cast<size_t>(c0 + i) * d.hk + hk) * DK + x;
+    if (i < cn) cp_async4(Ks + i * P + x, k + at), cp_async4(Qs + i * P + x, q + at);
+    else Ks[i * P + x] = 0, Qs[i * P + x] = 0;
+  }
+  for (int e = tid; e < C * dv; e += blockDim.x) {
+    const int i = e / dv;
+    if (i < cn) cp_async4(Vs + e, v + (static_cast<size_t>(c0 + i) * d.hv + h) * dv + e % dv);
+    else Vs[e] = 0;
+  }
+  cp_async_commit();
+  if (tid < 32) {  // γ: a warp's inclusive scan of log g over the chunk, two tokens per lane
+    const int i0 = 2 * tid;
+    const float l0 = i0 < cn ? logf(g[static_cast<size_t>(c0 + i0) * d.hv + h]) : 0.0f;
+    const float l1 = i0 + 1 < cn ? logf(g[static_cast<size_t>(c0 + i0 + 1) * d.hv + h]) : 0.0f;
+    const float sum = l0 + l1;
+    float x = sum;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const float y = __shfl_up_sync(0xffffffffu, x, o);
+      if (tid >= o) x += y;
+    }
+    gam[i0] = x - sum + l0, gam[i0 + 1] = x;
+    const float b0 = i0 < cn ? beta[static_cast<size_t>(c0 + i0) * d.hv + h] : 0.0f;
+    const float b1 = i0 + 1 < cn ? beta[static_cast<size_t>(c0 + i0 + 1) * d.hv + h] : 0.0f;
+    bs[i0] = b0, bs[i0 + 1] = b1;
+    be[i0] = b0 * expf(x - sum + l0), be[i0 + 1] = b1 * expf(x);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  float* U = out.at(c, h);
+  float* W = U + C * dv;
+  float* M = W + C * DK;
+  // A (strictly lower) and M (lower with the diagonal), a 4×4 tile of each per thread: rows
+  // 4·ib …, columns 4·jb … (every product of the tile from one load of its 12 rows' values).
+  {
+    const int ib = tid >> 4, jb = tid & 15;
+    float kk[4][4] = {}, qk[4][4] = {};
+    if (jb <= ib) {
+#pragma unroll 4
+      for (int x = 0; x < DK; ++x) {
+        float ki[4], kj[4], qi[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) ki[r] = Ks[(4 * ib + r) * P + x], qi[r] = Qs[(4 * ib + r) * P + x], kj[r] = Ks[(4 * jb + r) * P + x];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+          for (int u = 0; u < 4; ++u) kk[r][u] += ki[r] * kj[u], qk[r][u] += qi[r] * kj[u];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = 4 * ib + r, j = 4 * jb + u;
+        const float decay = j <= i ? expf(gam[i] - gam[j]) : 0.0f;
+        A[i * (C + 1) + j] = j < i ? bs[i] * kk[r][u] * decay : 0.0f;
+        M[i * C + j] = qk[r][u] * decay;
+      }
+  }
+  __syncthreads();
+  // T = (I + A)⁻¹ by forward substitution, column j by thread j, the column in registers:
+  // t_i = [i = j] − Σ_{m<i} A[i][m]·t_m (zero above row j by itself), the same instructions on
+  // every lane (A's rows broadcast), two partial sums per row.
+  if (tid < C) {
+    float t[C];
+#pragma unroll
+    for (int i = 0; i < C; ++i) {
+      float s0 = 0, s1 = 0;
+#pragma unroll
+      for (int m = 0; m + 1 < i; m += 2) s0 += A[i * (C + 1) + m] * t[m], s1 += A[i * (C + 1) + m + 1] * t[m + 1];
+      if (i & 1) s0 += A[i * (C + 1) + i - 1] * t[i - 1];
+      t[i] = (i == tid ? 1.0f : 0.0f) - (s0 + s1);
+      T[i * (C + 1) + tid] = t[i];
+    }
+  }
+  __syncthreads();
+  // U = T·(β⊙V), W = T·(β⊙e^{γ}⊙K): thread (column group of 4, row group of 8) keeps its 32
+  // sums; each source row m adds to all of them (T[i][m] = 0 for i < m).
+  {
+    const int cg = tid & 31, rg = tid >> 5;
+    for (int side = 0; side < 2; ++side) {
+      const int width = side ? DK : dv;
+      if (4 * cg >= width) continue;
+      float acc[8][4] = {};
+      for (int m = 0; m < C; ++m) {
+        float src[4], tt[8];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) src[u] = side ? be[m] * Ks[m * P + 4 * cg + u] : bs[m] * Vs[m * dv + 4 * cg + u];
+#pragma unroll
+        for (int r = 0; r < 8; ++r) tt[r] = T[(8 * rg + r) * (C + 1) + m];
+#pragma unroll
+        for (int r = 0; r < 8; ++r)
+#pragma unroll
+          for (int u = 0; u < 4; ++u) acc[r][u] += tt[r] * src[u];
+      }
+      float* dst = side ? W : U;
+#pragma unroll
+      for (int r = 0; r < 8; ++r)
+        *reinterpret_cast<float4*>(dst + (8 * rg + r) * width + 4 * cg) = make_float4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+    }
+  }
+  if (tid < C) M[C * C + tid] = gam[tid];
+}
+
+// Grid (hv, dv / 32), 256 threads: thread (warp w, lane) owns value column 32·blockIdx.y + lane
+// and rows w, w + 8, … of each product, their sums side by side (one load of the shared
+// operand per step for all of them). A chunk's W, M and Q arrive by asynchronous copies
+// issued together, K's while O is computed.
+template <int DK>
+__global__ void __launch_bounds__(256) delta_chunk_state_kernel(DeltaDims d, const float* q, const float* k,
+                                                                DeltaChunkBufs bufs, float* state, float* y) {
+  constexpr int C = kDeltaC, NW = 8, RI = C / NW, RJ = DK / NW;
+  extern __shared__ __align__(16) unsigned char dsm_raw[];
+  float* sm = reinterpret_cast<float*>(dsm_raw);
+  float* S = sm;                 // [DK][32]
+  float* X0 = S + DK * 32;       // [C][DK]: W, then K
+  float* X1 = X0 + C * DK;       // [C][DK]: Q
+  float* Vp = X1 + C * DK;       // [C][32]
+  float* Mc = Vp + C * 32;       // [C][C], then γ [C]
+  float* ek = Mc + C * C + C;    // [C]: e^{γ_last − γ_i}
+  const int h = blockIdx.x, col0 = blockIdx.y * 32, lane = threadIdx.x & 31, w = threadIdx.x >> 5, tid = threadIdx.x;
+  const int hk = h / (d.hv / d.hk), dv = d.dv, col = col0 + lane;
+  pdl_enter();
+  for (int j = w; j < DK; j += NW) S[j * 32 + lane] = state[(static_cast<size_t>(h) * DK + j) * dv + col];
+  // rows [c0, c0 + C) of q or k (key head hk) into dst [C][DK], zeros past the end
+  auto rows = [&](float* dst, const float* src, int c0, int cn) {
+    for (int e = tid; e < C * DK / 4; e += blockDim.x) {
+      const int i = 4 * e / DK;
+      cp_async16(dst + 4 * e, src + ((static_cast<size_t>(c0 + min(i, cn - 1))) * d.hk + hk) * DK + 4 * e % DK, i < cn);
+    }
+  };
+  const int nc = (d.n + C - 1) / C;
+  for (int c = 0; c < nc; ++c) {
+    const int c0 = c * C, cn = min(C, d.n - c0);
+    const float* U = bufs.at(c, h);
+    const float* W = U + C * dv;
+    const float* M = W + C * DK;
+    for (int e = tid; e < C * DK / 4; e += blockDim.x) cp_async16(X0 + 4 * e, W + 4 * e, true);
+    for (int e = tid; e < (C * C + C) / 4; e += blockDim.x) cp_async16(Mc + 4 * e, M + 4 * e, true);
+    cp_async_commit();
+    rows(X1, q, c0, cn);
+    cp_async_commit();
+    float a[RI];
+#pragma unroll
+    for (int r = 0; r < RI; ++r) a[r] = U[(w + NW * r) * dv + col];
+    cp_async_wait<1>();
+    __syncthreads();
+    const float* gam = Mc + C * C;
+    if (tid < C) ek[tid] = expf(gam[C - 1] - gam[tid]);
+    // V' = U − W·S
+    for (int j = 0; j < DK; ++j) {
+      const float sj = S[j * 32 + lane];
+#pragma unroll
+      for (int r = 0; r < RI; ++r) a[r] -= X0[(w + NW * r) * DK + j] * sj;
+    }
+#pragma unroll
+    for (int r = 0; r < RI; ++r) Vp[(w + NW * r) * 32 + lane] = a[r];
+    __syncthreads();  // (V' complete; X0 free)
+    rows(X0, k, c0, cn);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();  // (Q landed)
+    // O = e^{γ}⊙(Q·S) + M·V'
+    float o[RI] = {}, b[RI] = {};
+    for (int j = 0; j < DK; ++j) {
+      const float sj = S[j * 32 + lane];
+#pragma unroll
+      for (int r = 0; r < RI; ++r) o[r] += X1[(w + NW * r) * DK + j] * sj;
+    }
+    for (int j = 0; j < C; ++j) {
+      const float vj = Vp[j * 32 + lane];
+#pragma unroll
+      for (int r = 0; r < RI; ++r) b[r] += Mc[(w + NW * r) * C + j] * vj;  // (M is 0 above the diagonal)
+    }
+#pragma unroll
+    for (int r = 0; r < RI; ++r) {
+      const int i = w + NW * r;
+      if (i < cn) y[(static_cast<size_t>(c0 + i) * d.hv + h) * dv + col] = o[r] * expf(gam[i]) + b[r];
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // (K landed; every reader of S for this chunk done)
+    // S ← e^{γ_last}·S + (K⊙e^{γ_last − γ})ᵀ·V'
+    const float eC = expf(gam[C - 1]);
+    float sn[RJ];
+#pragma unroll
+    for (int r = 0; r < RJ; ++r) sn[r] = S[(w + NW * r) * 32 + lane] * eC;
+    for (int i = 0; i < C; ++i) {
+      const float vi = Vp[i * 32 + lane] * ek[i];
+#pragma unroll
+      for (int r = 0; r < RJ; ++r) sn[r] += X0[i * DK + w + NW * r] * vi;
+    }
+#pragma unroll
+    for (int r = 0; r < RJ; ++r) S[(w + NW * r) * 32 + lane] = sn[r];
+    __syncthreads();  // (S complete; X0, X1, Mc, Vp free for the next chunk)
+  }
+  for (int j = w; j < DK; j += NW) state[(static_cast<size_t>(h) * DK + j) * dv + col] = S[j * 32 + lane];
+}
+
 // A decode step of the mixer after the conv, one block per value head hv: warps as CG column
 // groups (lane: value column i = 32·cg + lane) × 4 quarters of the key dims (the state's
 // [dk][dv] slice in registers, as delta_rule_kernel); q and k of the key head normalized by
@@ -3225,8 +3463,44 @@ void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const fl
   launch(delta_conv_state_kernel, (C + 255) / 256, 256, 0, s, d, static_cast<const float*>(qkv), conv_state);
 }
 
+bool delta_chunked_ok(const DeltaDims& d) {
+  static const bool on = !(std::getenv("TQ_CUDA_DELTA_CHUNKED") && std::getenv("TQ_CUDA_DELTA_CHUNKED")[0] == '0');
+  return on && d.n >= kDeltaChunkMin && (d.dk == 32 || d.dk == 64 || d.dk == 128) && d.dv % 32 == 0 && d.dv <= 128 &&
+         d.hk > 0 && d.hv % d.hk == 0;
+}
+size_t delta_chunk_scratch_floats(int n, int hv, int dk, int dv) {
+  return static_cast<size_t>((n + kDeltaC - 1) / kDeltaC) * hv * delta_chunk_floats(dk, dv);
+}
+namespace {
+template <int DK>
+void delta_chunked(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta, const float* g,
+                   float* state, float* y, float* scratch, cudaStream_t s) {
+  constexpr int C = kDeltaC;
+  const size_t prep = (2 * C * (DK + 1) + C * d.dv + 2 * C * (C + 1) + 3 * C) * sizeof(float);
+  const size_t pass = (DK * 32 + 2 * C * DK + C * 32 + C * C + 2 * C) * sizeof(float);
+  static size_t prep_ok = 48 << 10, pass_ok = 48 << 10;  // dynamic shared memory opted into so far
+  if (prep > prep_ok) {
+    TQ_CUDA_CHECK(cudaFuncSetAttribute(delta_chunk_prep_kernel<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, prep));
+    prep_ok = prep;
+  }
+  if (pass > pass_ok) {
+    TQ_CUDA_CHECK(cudaFuncSetAttribute(delta_chunk_state_kernel<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, pass));
+    pass_ok = pass;
+  }
+  const DeltaChunkBufs bufs{scratch, d.dk, d.dv, d.hv};
+  launch(delta_chunk_prep_kernel<DK>, dim3((d.n + C - 1) / C, d.hv), 256, prep, s, d, q, k, v, beta, g, bufs);
+  launch(delta_chunk_state_kernel<DK>, dim3(d.hv, d.dv / 32), 256, pass, s, d, q, k, bufs, state, y);
+}
+}  // namespace
+
 void delta_rule(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta, const float* g,
-                float* state, float* y, cudaStream_t s) {
+                float* state, float* y, cudaStream_t s, float* scratch, size_t scratch_floats) {
+  if (scratch && delta_chunked_ok(d) && scratch_floats >= delta_chunk_scratch_floats(d.n, d.hv, d.dk, d.dv)) {
+    if (d.dk == 128) delta_chunked<128>(d, q, k, v, beta, g, state, y, scratch, s);
+    else if (d.dk == 64) delta_chunked<64>(d, q, k, v, beta, g, state, y, scratch, s);
+    else delta_chunked<32>(d, q, k, v, beta, g, state, y, scratch, s);
+    return;
+  }
   dim3 grid(d.hv, (d.dv + 31) / 32);
   if (d.dk == 128) launch(delta_rule_kernel<128>, grid, 128, 0, s, d, q, k, v, beta, g, state, y);
   else if (d.dk == 64) launch(delta_rule_kernel<64>, grid, 128, 0, s, d, q, k, v, beta, g, state, y);

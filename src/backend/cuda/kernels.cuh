@@ -211,8 +211,14 @@ void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const fl
                      const float* a, const float* a_log, const float* dt_bias, float* q, float* k, float* v, float* beta,
                      float* g, cudaStream_t s);
 // state: [hv][dk][dv] on the GPU (the CPU's S[hv][dv][dk] transposed per head).
+// Chunks of at least 16 tokens (delta_chunked_ok) take the chunked form when scratch holds
+// delta_chunk_scratch_floats(n, …) floats; otherwise (and TQ_CUDA_DELTA_CHUNKED=0) the
+// recurrent one in batches of 8 tokens.
 void delta_rule(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta,
-                const float* g, float* state, float* y, cudaStream_t s);
+                const float* g, float* state, float* y, cudaStream_t s, float* scratch = nullptr,
+                size_t scratch_floats = 0);
+bool delta_chunked_ok(const DeltaDims& d);
+size_t delta_chunk_scratch_floats(int n, int hv, int dk, int dv);
 // A decode step (one token) of the linear-attention mixer after its in-projections, as one
 // kernel per value head: the conv's output in qkv (matmul_many with DeltaConvIn, or
 // delta_conv), q and k l2-normalized, β and the decay from b and a, the delta rule, then the
