@@ -343,15 +343,15 @@ TEST(Cuda, HandedNormMatvecMatchesCpu) {
 }
 
 // The recurrent kernel against the CPU's recurrent form (the same float operations in the
-// same order), and the chunked form (prefill: chunks of 64 tokens, a short last one) against
-// the CPU's chunked form, which works in float64. Decays down to 0.05 make e^{γ} underflow
+// same order), and with `chunked` (the chunked form from 128 tokens: chunks of 64, a short
+// last one) against the CPU's chunked form, which works in float64. Decays down to 0.05 make e^{γ} underflow
 // in float within a chunk (the GPU never divides by it).
 TEST(Cuda, GatedDeltaRuleMatchesCpu) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(test::fresh_seed());
   for (const bool chunked : {false, true})
   for (int dk : {64, 128})
-    for (int n : {1, 37, 64, 200}) {
+    for (int n : {1, 37, 64, 150, 200}) {
       DeltaInputs in;
       in.n = n, in.hk = 2, in.hv = 4, in.dk = dk, in.dv = dk;
       auto unit = [&](size_t rows, int d, float scale) {

@@ -48,7 +48,7 @@ namespace ops {
 // y[n][rows] = W · x[n][cols].
 std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n);
 // The gated delta rule over in.n tokens; s updated in place. chunked: the chunked form
-// where it applies (≥ 16 tokens, supported dims: as a prefill), else the recurrent kernel.
+// where it applies (≥ 128 tokens, supported dims: as a prefill), else the recurrent kernel.
 void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y, bool chunked = true);
 // One decode step of a DeltaNet mixer after its conv (the GPU's fused delta_step): qkv
 // [2·hk·dk + hv·dv] (the conv's output), b, a, a_log, dt_bias [hv], z [hv·dv], norm_w [dv];

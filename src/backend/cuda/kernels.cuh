@@ -211,7 +211,7 @@ void delta_conv_prep(const DeltaDims& d, float* qkv, float* conv_state, const fl
                      const float* a, const float* a_log, const float* dt_bias, float* q, float* k, float* v, float* beta,
                      float* g, cudaStream_t s);
 // state: [hv][dk][dv] on the GPU (the CPU's S[hv][dv][dk] transposed per head).
-// Chunks of at least 16 tokens (delta_chunked_ok) take the chunked form when scratch holds
+// Passes of at least 128 tokens (delta_chunked_ok) take the chunked form when scratch holds
 // delta_chunk_scratch_floats(n, …) floats; otherwise (and TQ_CUDA_DELTA_CHUNKED=0) the
 // recurrent one in batches of 8 tokens.
 void delta_rule(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta,
