@@ -3363,14 +3363,19 @@ struct TcKernel {
   TcKernelFn fn = nullptr;
   int bytes = 0;  // dynamic shared memory
 };
+// Opts kernel into `bytes` of dynamic shared memory when more than it was allowed so far
+// (`allowed`: one per kernel, starting at the default 48 KB).
+template <typename... A>
+void allow_smem(void (*kernel)(A...), size_t bytes, size_t& allowed) {
+  if (bytes <= allowed) return;
+  TQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  allowed = bytes;
+}
 template <int D, int KB, int VB, bool DIRECT = false>
 TcKernel tc_kernel(const DevKVLayer& L) {
   TcKernel k{attention_tc_kernel<D, KB, VB, DIRECT>, TcLayout(L, D, DIRECT).bytes()};
-  static int allowed = 48 << 10;  // per instantiation: dynamic shared memory opted into so far
-  if (k.bytes > allowed) {
-    TQ_CUDA_CHECK(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, k.bytes));
-    allowed = k.bytes;
-  }
+  static size_t allowed = 48 << 10;  // (per instantiation)
+  allow_smem(k.fn, k.bytes, allowed);
   return k;
 }
 template <int D>
@@ -3480,15 +3485,9 @@ void delta_chunked(const DeltaDims& d, const float* q, const float* k, const flo
   constexpr int C = kDeltaC;
   const size_t prep = (2 * C * (DK + 1) + C * d.dv + 2 * C * (C + 1) + 3 * C) * sizeof(float);
   const size_t pass = (DK * 32 + 2 * C * DK + C * 32 + C * C + 2 * C) * sizeof(float);
-  static size_t prep_ok = 48 << 10, pass_ok = 48 << 10;  // dynamic shared memory opted into so far
-  if (prep > prep_ok) {
-    TQ_CUDA_CHECK(cudaFuncSetAttribute(delta_chunk_prep_kernel<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, prep));
-    prep_ok = prep;
-  }
-  if (pass > pass_ok) {
-    TQ_CUDA_CHECK(cudaFuncSetAttribute(delta_chunk_state_kernel<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, pass));
-    pass_ok = pass;
-  }
+  static size_t prep_ok = 48 << 10, pass_ok = 48 << 10;
+  allow_smem(delta_chunk_prep_kernel<DK>, prep, prep_ok);
+  allow_smem(delta_chunk_state_kernel<DK>, pass, pass_ok);
   const DeltaChunkBufs bufs{scratch, d.dk, d.dv, d.hv};
   launch(delta_chunk_prep_kernel<DK>, dim3((d.n + C - 1) / C, d.hv), 256, prep, s, d, q, k, v, beta, g, bufs);
   launch(delta_chunk_state_kernel<DK>, dim3(d.hv, d.dv / 32), 256, pass, s, d, q, k, bufs, state, y);
