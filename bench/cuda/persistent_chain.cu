@@ -341,7 +341,8 @@ __global__ void __launch_bounds__(32 * (kConsumers + 1), 1) persistent_chain(Cha
 }
 
 // (a) one launch per op: a block per unit, a warp per row, codes read straight from global
-// memory (the first chunk before the dependency wait, as the backend's matvecs do).
+// memory (the whole row before the dependency wait; the backend's matvecs load their first
+// column step there).
 __global__ void __launch_bounds__(32 * kConsumers) op_kernel(Chain ch, int k) {
   __shared__ __align__(16) int8_t xs[kMaxCols];
   const Op op = ch.ops[k];
