@@ -2171,6 +2171,11 @@ __global__ void delta_conv_kernel(DeltaDims d, float* qkv, float* conv_state, co
 // the chunked form's 45 + 21 µs on the H200, ncu; over 512, 375 µs against ≈ 250.)
 constexpr int kDeltaC = 64, kDeltaChunkMin = 2 * kDeltaC;
 __host__ __device__ constexpr int delta_chunk_floats(int dk, int dv) { return kDeltaC * (dv + dk + kDeltaC + 1); }
+// The two kernels' shared memory, in floats (their layouts are listed where they start).
+constexpr size_t delta_prep_smem_floats(int dk, int dv) {
+  return 2 * kDeltaC * (dk + 1) + kDeltaC * dv + 2 * kDeltaC * (kDeltaC + 1) + 3 * kDeltaC;
+}
+constexpr size_t delta_state_smem_floats(int dk) { return dk * 32 + 2 * kDeltaC * dk + kDeltaC * 32 + kDeltaC * kDeltaC + 2 * kDeltaC; }
 // Per (chunk, value head): U [C][dv], W [C][dk], M [C][C], γ [C].
 struct DeltaChunkBufs {
   float* base;
@@ -3483,8 +3488,7 @@ template <int DK>
 void delta_chunked(const DeltaDims& d, const float* q, const float* k, const float* v, const float* beta, const float* g,
                    float* state, float* y, float* scratch, cudaStream_t s) {
   constexpr int C = kDeltaC;
-  const size_t prep = (2 * C * (DK + 1) + C * d.dv + 2 * C * (C + 1) + 3 * C) * sizeof(float);
-  const size_t pass = (DK * 32 + 2 * C * DK + C * 32 + C * C + 2 * C) * sizeof(float);
+  const size_t prep = delta_prep_smem_floats(DK, d.dv) * sizeof(float), pass = delta_state_smem_floats(DK) * sizeof(float);
   static size_t prep_ok = 48 << 10, pass_ok = 48 << 10;
   allow_smem(delta_chunk_prep_kernel<DK>, prep, prep_ok);
   allow_smem(delta_chunk_state_kernel<DK>, pass, pass_ok);
