@@ -26,9 +26,11 @@ std::unique_ptr<Model> load_model(const std::string& dir);
 
 // Decode-step 4-bit matvecs quantize their input to int8 (a scale per 8 values, codes
 // centred on 8, the exact sum kept for the bias) and use dp4a, as llama.cpp's MMVQ does:
-// ≈ 0.4% relative error per product, measured (tests/test_cuda.cc). On by default;
-// set_decode_int8(false) or TQ_CUDA_EXACT=1: float activations, equal to the CPU up to
-// rounding (2.1× slower decode).
+// ≈ 0.4% relative error per product, measured (tests/test_cuda.cc); prefill's 4-bit
+// matmuls take x as fp16 (each value within 2^-11 of itself, the bias term exact). On by
+// default; set_decode_int8(false) or TQ_CUDA_EXACT=1: float activations (prefill's x as
+// fp16 hi + lo, twice the tensor-core products), equal to the CPU up to rounding (2.1×
+// slower decode).
 void set_decode_int8(bool on);
 bool decode_int8();
 // Attention on tensor cores (mma.sync; queries and weights as fp16 hi + lo pairs, so fp16

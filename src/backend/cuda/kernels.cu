@@ -2522,11 +2522,13 @@ __global__ void fill_random_kernel(float* x, size_t n, uint64_t seed) {
 // ---- prefill matmul on tensor cores (mma.sync m16n8k16, fp16 in, f32 accumulate) ----
 // y[t][r] = Σ_g scale[r][g] · Σ_{k∈g} q[r][k] · x[t][k] + bias[r][g] · Σ_{k∈g} x[t][k], the
 // MLX affine form taken apart so that nothing is rounded to fp16 but x: the 4-bit codes are
-// exact fp16 integers (A), x enters as fp16 hi + lo (≈ 22 significant bits) after a power-of-2
-// scale per token (its largest |x| below 2^14: no fp16 overflow, no subnormals in the
-// parts that matter), and each 32-column piece's code sums are folded into f32 accumulators
-// with its group's scale and bias (the bias times the piece's float sum of x). The CPU's
-// float32 result up to rounding.
+// exact fp16 integers (A), x enters as fp16 after a power-of-2 scale per token (its largest
+// |x| below 2^14: no fp16 overflow, no subnormals in the parts that matter), and each
+// 32-column piece's code sums are folded into f32 accumulators with its group's scale and
+// bias (the bias times the piece's float sum of x, exact). x as fp16 hi + lo (≈ 22
+// significant bits, twice the products: kLo, the exact mode) gives the CPU's float32 result
+// up to rounding; hi alone (the default, with the decode's int8 x) moves each product by at
+// most 2^-11 of Σ|scale·code·x| (x's fp16 rounding; the bias term stays exact).
 //
 // The products may take the columns of a k-step in any order A and B share. A tile is 64
 // columns, two pieces of 32 (one MLX group of 32, or part of a larger one); piece p is two
@@ -2535,15 +2537,21 @@ __global__ void fill_random_kernel(float* x, size_t n, uint64_t seed) {
 // each pair one half2 by a mask. x is stored with each 8-column group permuted to that
 // order (gemm_prep_kernel), so one 16-byte shared load gives a thread the B fragments of
 // both k-steps of a piece.
-constexpr int kGemmBM = 128, kGemmBN = 64, kGemmBK = 64, kGemmStages = 4, kGemmThreads = 256;
+constexpr int kGemmBM = 128, kGemmBN = 64, kGemmBK = 64, kGemmThreads = 256;
 constexpr int kGemmCodeRow = 48;  // bytes per row of codes in shared memory (32 + 16: conflict-free word loads)
+// A stage holds one column tile; kLo: x's lo parts too (4 stages), else hi only: smaller
+// stages, 5 of them (measured on the H200 against 4 and 6, PERF v21: +3–4% over both at 512
+// and 8192 tokens; 6 leave two blocks 203 KB of shared memory and L1 little).
+constexpr int kGemmStagesHi = 5;
+template <bool kLo>
 struct GemmLayout {
   static constexpr int part = kGemmBN * kGemmBK * 2;          // hi or lo tile: 128-byte rows, 16-byte pieces swizzled
-  static constexpr int sums = 2 * part;                       // x sums per 32 columns [BN][2] floats
+  static constexpr int sums = (kLo ? 2 : 1) * part;           // x sums per 32 columns [BN][2] floats
   static constexpr int codes = sums + kGemmBN * 2 * 4;        // [BM][kGemmCodeRow] bytes
   static constexpr int scales = codes + kGemmBM * kGemmCodeRow;  // [BM][2 pieces] (scale, bias) floats
   static constexpr int stage = scales + kGemmBM * 2 * 8;
-  static constexpr int bytes = kGemmStages * stage;
+  static constexpr int stages = kLo ? 4 : kGemmStagesHi;
+  static constexpr int bytes = stages * stage;
 };
 // Position of column i (0-7) of a group of 8 in the stored order 0,4,2,6,1,5,3,7.
 __device__ __forceinline__ int gemm_perm8(int i) { return ((i & 1) << 2) | ((i >> 2) & 1) | (i & 2); }
@@ -2552,8 +2560,8 @@ __device__ __forceinline__ int gemm_perm8(int i) { return ((i & 1) << 2) | ((i >
 // distinct banks.
 __device__ __forceinline__ int gemm_b_at(int t, int c) { return t * 128 + 16 * (c ^ ((t & 1) << 2)); }
 
-// grid n tokens, one block each: x (cols floats per token) → scaled fp16 hi, lo in the
-// permuted order, the scaled float sum of every 32 columns, and the inverse scale.
+// grid n tokens, one block each: x (cols floats per token) → scaled fp16 hi, lo (when xl) in
+// the permuted order, the scaled float sum of every 32 columns, and the inverse scale.
 __global__ void gemm_prep_kernel(const float* __restrict__ x, int cols, __half* xh, __half* xl, float* xs, float* inv) {
   pdl_enter();
   __shared__ float red[32];
@@ -2577,7 +2585,8 @@ __global__ void gemm_prep_kernel(const float* __restrict__ x, int cols, __half* 
     __half hi, lo;
     split_f16(v, hi, lo);
     const size_t at = static_cast<size_t>(blockIdx.x) * cols + 32 * c + (lane & ~7) + gemm_perm8(lane & 7);
-    xh[at] = hi, xl[at] = lo;
+    xh[at] = hi;
+    if (xl) xl[at] = lo;
     const float s = warp_sum(v);
     if (lane == 0) xs[static_cast<size_t>(blockIdx.x) * (cols / 32) + c] = s;
   }
@@ -2623,18 +2632,22 @@ struct GemmGroup {
   const uint8_t* codes[4];
   const void* scales[4];
   const void* biases[4];
-  float* y[4];
+  float* y[4];        // [n][rows] each; split: [splits][n][rows] partial sums (gemm_reduce_kernel)
+  int split_tiles = 0;  // column tiles per grid.z slice (all of them: no split)
 };
 
-// grid (token blocks of kGemmBN, row blocks of the group's weights); 8 warps as 4 (rows) × 2 (tokens),
-// each 32 rows × 32 tokens (2 × 4 mma tiles). Codes and x (hi, lo, sums) stream through
-// kGemmStages cp.async stages; each tile's scales and biases are loaded one tile ahead by
-// the threads of the block's first 128 (one row each) and stored into its stage. kGroup32:
-// MLX groups of 32 (a fold per piece), else ≥ 64 (one fold per tile).
-template <bool kBf16, bool kGroup32>
+// grid (token blocks of kGemmBN, row blocks of the group's weights, column slices of
+// split_tiles tiles); 8 warps as 4 (rows) × 2 (tokens), each 32 rows × 32 tokens (2 × 4 mma
+// tiles). Codes and x (hi, lo, sums) stream through cp.async stages (GemmLayout); each tile's
+// scales and biases are loaded into registers three tiles ahead by one half of the block
+// (even tiles the first 128 threads, odd the others; one row each) and stored into its stage
+// one tile ahead: two iterations for the loads to land. kGroup32: MLX groups of 32 (a fold
+// per piece), else ≥ 64 (one fold per tile). kLo: x's lo parts too (the exact mode).
+template <bool kBf16, bool kGroup32, bool kLo>
 __global__ void __launch_bounds__(kGemmThreads, 2)
     q4_gemm_kernel(GemmGroup gg, const __half* __restrict__ xh, const __half* __restrict__ xl,
                    const float* __restrict__ xs, const float* __restrict__ inv, int n) {
+  using Lay = GemmLayout<kLo>;
   pdl_enter();
   extern __shared__ __align__(16) unsigned char gsm[];
   int j = 0;
@@ -2642,7 +2655,8 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gid = lane >> 2, tig = lane & 3;
   const int wm = warp & 3, wn = warp >> 2;
   const int t0 = blockIdx.x * kGemmBN, rb = (blockIdx.y - (j ? gg.end[j - 1] : 0)) * kGemmBM, rows = gg.rows[j];
-  const int cols = gg.cols, tiles = cols / kGemmBK, gpr = cols / gg.group, gshift = 31 - __clz(gg.group);
+  const int cols = gg.cols, gpr = cols / gg.group, gshift = 31 - __clz(gg.group);
+  const int kt0 = blockIdx.z * gg.split_tiles, tiles = min(cols / kGemmBK, kt0 + gg.split_tiles);  // this slice: [kt0, tiles)
   // This thread's cp.async pieces, as offsets fixed for every tile: 4 of x (16 tokens apart;
   // hi or lo, piece p), one of codes (row tid / 2, half tid % 2), one of sums (tid < 64).
   const int bpart = (tid >> 3) & 1, bp = tid & 7, bt = tid >> 4;
@@ -2655,45 +2669,47 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
     boff[i] = min(t0 + t, n - 1) * cols + 8 * bp;
     if (t0 + t < n) bvalid |= 1u << i;
   }
-  const int bdst = bpart * GemmLayout::part + gemm_b_at(bt, bp);  // + 2048·i (16 tokens of 128 bytes)
+  const int bdst = bpart * Lay::part + gemm_b_at(bt, bp);  // + 2048·i (16 tokens of 128 bytes)
   const unsigned char* csrc = gg.codes[j] + static_cast<size_t>(min(rb + (tid >> 1), rows - 1)) * (cols / 2) + 16 * (tid & 1);
-  const int cdst = GemmLayout::codes + (tid >> 1) * kGemmCodeRow + 16 * (tid & 1);
+  const int cdst = Lay::codes + (tid >> 1) * kGemmCodeRow + 16 * (tid & 1);
   const float* ssrc = xs + static_cast<size_t>(min(t0 + (tid & 63), n - 1)) * (cols / 32);
   const bool svalid = t0 + (tid & 63) < n;
   auto load_tile = [&](int kt, int stage) {  // cp.async of tile kt's x and codes into a stage
     if (kt < tiles) {
-      unsigned char* st = gsm + stage * GemmLayout::stage;
+      unsigned char* st = gsm + stage * Lay::stage;
+      if (kLo || bpart == 0)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) cp_async16(st + bdst + 2048 * i, bsrc + boff[i] + kt * kGemmBK, (bvalid >> i) & 1);
+        for (int i = 0; i < 4; ++i) cp_async16(st + bdst + 2048 * i, bsrc + boff[i] + kt * kGemmBK, (bvalid >> i) & 1);
       cp_async16(st + cdst, csrc + kt * (kGemmBK / 2), true);
-      if (tid < kGemmBN) cp_async8(st + GemmLayout::sums + tid * 8, ssrc + 2 * kt, svalid);
+      if (tid < kGemmBN) cp_async8(st + Lay::sums + tid * 8, ssrc + 2 * kt, svalid);
     }
     cp_async_commit();
   };
-  float2 sb[2];  // thread tid < 128: row rb + tid's (scale, bias) of the next tile's two pieces
+  float2 sb[2];  // row rb + tid % 128's (scale, bias) of a tile's two pieces (tiles of this half's parity)
   const size_t srow = static_cast<size_t>(min(rb + (tid & 127), rows - 1)) * gpr;
   const void* const scales = static_cast<const char*>(gg.scales[j]) + srow * (kBf16 ? 2 : 4);
   const void* const biases = static_cast<const char*>(gg.biases[j]) + srow * (kBf16 ? 2 : 4);
+  const int half = tid / kGemmBM;
   auto load_scales = [&](int kt) {
-    if (tid >= kGemmBM || kt >= tiles) return;
+    if ((kt & 1) != half || kt >= tiles) return;
 #pragma unroll
     for (int p = 0; p < 2; ++p) {
       const int g = (kt * kGemmBK + 32 * p) >> gshift;
       sb[p] = make_float2(scale_of<kBf16>(scales, g), scale_of<kBf16>(biases, g));
     }
   };
-  auto store_scales = [&](int stage) {
-    if (tid >= kGemmBM) return;
-    *reinterpret_cast<float4*>(gsm + stage * GemmLayout::stage + GemmLayout::scales + 16 * tid) =
+  auto store_scales = [&](int kt, int stage) {
+    if ((kt & 1) != half || kt >= tiles) return;
+    *reinterpret_cast<float4*>(gsm + stage * Lay::stage + Lay::scales + 16 * (tid & 127)) =
         make_float4(sb[0].x, sb[0].y, sb[1].x, sb[1].y);
   };
   // This thread's shared-memory reads, from a stage's start: B of token wn·32 + gid (+ 8·nt:
   // + 1024·nt), piece 4·p + tig (swizzled by the token's parity); codes of rows
   // wm·32 + gid (+ 16·mt, + 8); scales of the same rows; sums of tokens wn·32 + 2·tig (+ 8·nt).
   const int rd_b[2] = {gemm_b_at(wn * 32 + gid, tig), gemm_b_at(wn * 32 + gid, 4 + tig)};
-  const int rd_c = GemmLayout::codes + (wm * 32 + gid) * kGemmCodeRow + 4 * tig;
-  const int rd_s = GemmLayout::scales + (wm * 32 + gid) * 16;
-  const int rd_x = GemmLayout::sums + (wn * 32 + 2 * tig) * 8;
+  const int rd_c = Lay::codes + (wm * 32 + gid) * kGemmCodeRow + 4 * tig;
+  const int rd_s = Lay::scales + (wm * 32 + gid) * 16;
+  const int rd_x = Lay::sums + (wn * 32 + 2 * tig) * 8;
   uint32_t magic = 0x64006400u;
   asm volatile("" : "+r"(magic));  // kept in a register (see q4_word_f16)
   float acc[2][4][4];
@@ -2704,17 +2720,17 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0;
 #pragma unroll
-  for (int k = 0; k < kGemmStages - 1; ++k) load_tile(k, k);
-  load_scales(0);
-  store_scales(0);
+  for (int k = 0; k < Lay::stages - 1; ++k) load_tile(kt0 + k, k);
+  load_scales(kt0), load_scales(kt0 + 1);
+  store_scales(kt0, 0);
+  load_scales(kt0 + 2);
   int stage = 0;
-  for (int kt = 0; kt < tiles; ++kt) {
-    cp_async_wait<kGemmStages - 2>();
+  for (int kt = kt0; kt < tiles; ++kt) {
+    cp_async_wait<Lay::stages - 2>();
     __syncthreads();  // tile kt landed for everyone; everyone is done with tile kt − 1's stage
-    const int next = stage == kGemmStages - 1 ? 0 : stage + 1;
-    load_tile(kt + kGemmStages - 1, stage == 0 ? kGemmStages - 1 : stage - 1);
-    load_scales(kt + 1);
-    const unsigned char* st = gsm + stage * GemmLayout::stage;
+    const int next = stage == Lay::stages - 1 ? 0 : stage + 1;
+    load_tile(kt + Lay::stages - 1, stage == 0 ? Lay::stages - 1 : stage - 1);
+    const unsigned char* st = gsm + stage * Lay::stage;
     uint32_t af[2][2][4][2];  // [m-tile][piece][pair (k2 | k2+2 ·2)][row gid, gid + 8]
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -2739,16 +2755,16 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
 #pragma unroll
       for (int p = 0; p < 2; ++p) {
         const uint4 bh = *reinterpret_cast<const uint4*>(st + rd_b[p] + 1024 * nt);
-        const uint4 bl = *reinterpret_cast<const uint4*>(st + GemmLayout::part + rd_b[p] + 1024 * nt);
+        const uint4 bl = kLo ? *reinterpret_cast<const uint4*>(st + Lay::part + rd_b[p] + 1024 * nt) : uint4{};
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           const uint32_t a0[4] = {af[mt][p][0][0], af[mt][p][0][1], af[mt][p][2][0], af[mt][p][2][1]};
           const uint32_t a1[4] = {af[mt][p][1][0], af[mt][p][1][1], af[mt][p][3][0], af[mt][p][3][1]};
           if (p == 0 || kGroup32) mma_16816_first(g[mt], a0, bh.x, bh.y);
           else mma_16816(g[mt], a0, bh.x, bh.y);
-          mma_16816(g[mt], a0, bl.x, bl.y);
+          if (kLo) mma_16816(g[mt], a0, bl.x, bl.y);
           mma_16816(g[mt], a1, bh.z, bh.w);
-          mma_16816(g[mt], a1, bl.z, bl.w);
+          if (kLo) mma_16816(g[mt], a1, bl.z, bl.w);
           if (kGroup32 || p == 1) {  // fold: the piece's (or tile's) code sums · scale, + bias · Σx
             const float s0 = kGroup32 ? (p ? sx.y : sx.x) : sx.x + sx.y, s1 = kGroup32 ? (p ? sx.w : sx.z) : sx.z + sx.w;
             const float sc0 = p ? rs[mt][0].z : rs[mt][0].x, bi0 = p ? rs[mt][0].w : rs[mt][0].y;
@@ -2762,11 +2778,13 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
         }
       }
     }
-    store_scales(next);  // tile kt + 1's stage: not read before the next iteration's barrier
+    store_scales(kt + 1, next);  // tile kt + 1's stage: not read before the next iteration's barrier
+    load_scales(kt + 3);         // (the same half: stored two iterations from now)
     stage = next;
   }
   cp_async_wait<0>();
   const int r0 = rb + wm * 32;
+  float* const yo = gg.y[j] + static_cast<size_t>(blockIdx.z) * n * rows;
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt) {
     const int t = t0 + wn * 32 + nt * 8 + 2 * tig;
@@ -2779,10 +2797,20 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = r0 + 16 * mt + gid + 8 * h;
-          if (r < rows) gg.y[j][static_cast<size_t>(t + e) * rows + r] = acc[mt][nt][2 * h + e] * iv;
+          if (r < rows) yo[static_cast<size_t>(t + e) * rows + r] = acc[mt][nt][2 * h + e] * iv;
         }
     }
   }
+}
+
+// y[i] = Σ_s part[s·len + i], in slice order.
+__global__ void gemm_reduce_kernel(const float* __restrict__ part, int splits, size_t len, float* __restrict__ y) {
+  pdl_enter();
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= len) return;
+  float v = part[i];
+  for (int k = 1; k < splits; ++k) v += part[k * len + i];
+  y[i] = v;
 }
 
 // atomicMax: the value's bits made orderable as unsigned (negatives flipped, the sign bit
@@ -3037,44 +3065,90 @@ bool gemm_ok(const MatvecGroup& g, int n) {
   return int8_shape_ok(g);
 }
 
-template <bool kBf16, bool kGroup32>
+template <bool kBf16, bool kGroup32, bool kLo>
 void launch_gemm(const GemmGroup& gg, const __half* xh, const __half* xl, const float* xs, const float* inv, int n,
                  cudaStream_t s) {
   static const bool sized = [] {
-    TQ_CUDA_CHECK(cudaFuncSetAttribute(q4_gemm_kernel<kBf16, kGroup32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       GemmLayout::bytes));
+    TQ_CUDA_CHECK(cudaFuncSetAttribute(q4_gemm_kernel<kBf16, kGroup32, kLo>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       GemmLayout<kLo>::bytes));
     return true;
   }();
   (void)sized;
-  const dim3 grid((n + kGemmBN - 1) / kGemmBN, gg.end[gg.count - 1]);
-  launch(q4_gemm_kernel<kBf16, kGroup32>, grid, kGemmThreads, GemmLayout::bytes, s, gg, xh, xl, xs, inv, n);
+  const int tiles = gg.cols / kGemmBK;
+  const dim3 grid((n + kGemmBN - 1) / kGemmBN, gg.end[gg.count - 1], (tiles + gg.split_tiles - 1) / gg.split_tiles);
+  launch(q4_gemm_kernel<kBf16, kGroup32, kLo>, grid, kGemmThreads, GemmLayout<kLo>::bytes, s, gg, xh, xl, xs, inv, n);
+}
+template <bool kBf16, bool kGroup32>
+void launch_gemm_x(const GemmGroup& gg, const __half* xh, const __half* xl, const float* xs, const float* inv, int n,
+                   cudaStream_t s) {
+  (xl ? launch_gemm<kBf16, kGroup32, true> : launch_gemm<kBf16, kGroup32, false>)(gg, xh, xl, xs, inv, n, s);
+}
+
+// Column slices per launch of `blocks` blocks over `tiles` column tiles: a launch that
+// fills at most half of split_waves × the GPU's block slots (few tokens: one token block)
+// is cut along its columns until it fills them, at least 4 tiles per slice; 1 otherwise.
+// TQ_CUDA_GEMM_SPLIT sets split_waves (default 1; 0: never split).
+int gemm_splits(int blocks, int tiles) {
+  static const int split_waves = [] {
+    const char* e = std::getenv("TQ_CUDA_GEMM_SPLIT");
+    return e ? std::atoi(e) : 1;
+  }();
+  static const int slots = [] {
+    int dev = 0, sms = 0, per_sm = 0;
+    TQ_CUDA_CHECK(cudaGetDevice(&dev));
+    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    TQ_CUDA_CHECK(cudaFuncSetAttribute(q4_gemm_kernel<true, false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       GemmLayout<false>::bytes));
+    TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, q4_gemm_kernel<true, false, false>, kGemmThreads,
+                                                                GemmLayout<false>::bytes));
+    return std::max(1, sms * per_sm);
+  }();
+  const int target = split_waves * slots;
+  if (split_waves <= 0 || 2 * blocks > target) return 1;
+  return std::max(1, std::min(tiles / 4, (target + blocks - 1) / blocks));
 }
 
 // x converted once (gemm_prep_kernel, into stream-ordered scratch), then every weight in
-// one launch; swiglu: gate and up, then y0 = silu(gate·x) ⊙ (up·x).
+// one launch; swiglu: gate and up, then y0 = silu(gate·x) ⊙ (up·x). x as fp16 hi + lo only
+// in the exact mode (!g_decode_int8). A launch cut into column slices (gemm_splits) writes
+// each slice's partial sums, added in slice order by gemm_reduce_kernel (deterministic).
 void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
-  const int cols = g.w[0].cols;
-  const size_t nh = static_cast<size_t>(n) * cols, ns = nh / 32;
-  const size_t up = g.swiglu ? static_cast<size_t>(n) * g.w[1].rows : 0;
-  void* scratch = nullptr;
-  TQ_CUDA_CHECK(cudaMallocAsync(&scratch, 2 * nh * sizeof(__half) + (ns + n + up) * sizeof(float), s));
-  __half* xh = static_cast<__half*>(scratch);
-  __half* xl = xh + nh;
-  float* xs = reinterpret_cast<float*>(xl + nh);
-  float* inv = xs + ns;
-  float* u = inv + n;
-  launch(gemm_prep_kernel, n, 256, 0, s, x, cols, xh, xl, xs, inv);
+  const int cols = g.w[0].cols, tiles = cols / kGemmBK;
   GemmGroup gg;
   gg.cols = cols, gg.group = g.w[0].group, gg.count = g.count;
+  size_t rows_all = 0;
   for (int j = 0, blocks = 0; j < g.count; ++j) {
     const DevWeight& w = g.w[j];
     gg.rows[j] = w.rows, gg.codes[j] = w.codes, gg.scales[j] = w.scales, gg.biases[j] = w.biases;
-    gg.y[j] = g.swiglu && j == 1 ? u : g.y[j];
     gg.end[j] = blocks += (w.rows + kGemmBM - 1) / kGemmBM;
+    rows_all += w.rows;
   }
+  const int splits_want = gemm_splits((n + kGemmBN - 1) / kGemmBN * gg.end[g.count - 1], tiles);
+  gg.split_tiles = (tiles + splits_want - 1) / splits_want;
+  const int splits = (tiles + gg.split_tiles - 1) / gg.split_tiles;
+  const size_t nh = static_cast<size_t>(n) * cols, ns = nh / 32, parts = g_decode_int8 ? 1 : 2;
+  const size_t up = g.swiglu ? static_cast<size_t>(n) * g.w[1].rows : 0;
+  const size_t part = splits > 1 ? static_cast<size_t>(splits) * n * rows_all : 0;
+  void* scratch = nullptr;
+  TQ_CUDA_CHECK(cudaMallocAsync(&scratch, parts * nh * sizeof(__half) + (ns + n + up + part) * sizeof(float), s));
+  __half* xh = static_cast<__half*>(scratch);
+  __half* xl = parts == 2 ? xh + nh : nullptr;
+  float* xs = reinterpret_cast<float*>(xh + parts * nh);
+  float* inv = xs + ns;
+  float* u = inv + n;
+  float* out[4];  // each weight's result
+  for (int j = 0, at = 0; j < g.count; at += g.w[j].rows, ++j) {
+    out[j] = g.swiglu && j == 1 ? u : g.y[j];
+    gg.y[j] = splits > 1 ? u + up + static_cast<size_t>(splits) * n * at : out[j];
+  }
+  launch(gemm_prep_kernel, n, 256, 0, s, x, cols, xh, xl, xs, inv);
   const bool g32 = gg.group == 32;
-  if (g.w[0].sbf16) (g32 ? launch_gemm<true, true> : launch_gemm<true, false>)(gg, xh, xl, xs, inv, n, s);
-  else (g32 ? launch_gemm<false, true> : launch_gemm<false, false>)(gg, xh, xl, xs, inv, n, s);
+  if (g.w[0].sbf16) (g32 ? launch_gemm_x<true, true> : launch_gemm_x<true, false>)(gg, xh, xl, xs, inv, n, s);
+  else (g32 ? launch_gemm_x<false, true> : launch_gemm_x<false, false>)(gg, xh, xl, xs, inv, n, s);
+  for (int j = 0; j < g.count && splits > 1; ++j) {
+    const size_t len = static_cast<size_t>(n) * g.w[j].rows;
+    launch(gemm_reduce_kernel, (len + 255) / 256, 256, 0, s, static_cast<const float*>(gg.y[j]), splits, len, out[j]);
+  }
   if (g.swiglu) {
     swiglu(g.y[0], u, static_cast<size_t>(n) * g.w[0].rows, s);
   }

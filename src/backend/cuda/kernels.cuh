@@ -102,7 +102,9 @@ struct XQ8 {
 };
 // Decode (n == 1) 4-bit matvecs read x as int8 (xq, filled by quantize_q8 or a fused
 // producer such as rmsnorm) and use dp4a when g_decode_int8 (default; TQ_CUDA_EXACT=1 or
-// set_decode_int8(false) turns it off). Otherwise, and for n > 1, float x (exact to rounding).
+// set_decode_int8(false) turns it off), else float x (exact to rounding). The prefill GEMM
+// (more than 8 tokens) takes x as fp16 when g_decode_int8, as fp16 hi + lo (exact to
+// rounding) when not.
 extern bool g_decode_int8;
 // out ← x [n values, n % 32 == 0] as int8 blocks (nothing when g_decode_int8 is off).
 void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s);
