@@ -140,7 +140,9 @@ TEST(Cuda, PrefillGemmMatchesCpu) {
       w.sdtype = DType::f32;
       w.scales = reinterpret_cast<const uint8_t*>(scf.data()), w.biases = reinterpret_cast<const uint8_t*>(bif.data());
     }
-    const auto code = [&](int r, int k) { return (codes[(static_cast<size_t>(r) * sh.cols + k) / 8] >> (4 * (k % 8))) & 15u; };
+    const auto code = [&](int r, int k) {
+      return (codes[(static_cast<size_t>(r) * sh.cols + k) / 8] >> (4 * (k % 8))) & 15u;
+    };
     for (int n : {9, 64, 130}) {
       auto x = test::gaussian(static_cast<size_t>(n) * sh.cols, rng);
       for (int t = 0; t < n; ++t) {
@@ -152,7 +154,8 @@ TEST(Cuda, PrefillGemmMatchesCpu) {
       for (const bool exact : {true, false}) {
         DecodeMode mode(!exact);
         const auto got = cuda::ops::matmul(w, x, n);
-        double worst = 0, least = 1;  // per token (the magnitudes differ by 10^7): error / bound; the error
+        // over tokens (magnitudes 10^7 apart): the largest error / bound, the smallest relative error
+        double worst = 0, least = 1;
         for (int t = 0; t < n; ++t) {
           double err = 0, den = 0, fp16 = 0;
           for (int r = 0; r < sh.rows; ++r) {
@@ -597,7 +600,7 @@ TEST(Cuda, ModelLogitsMatchCpu) {
 // product; whole-model decode logits within 10% (errors add over 8 layers), argmax kept in
 // ≥ 90%. A prompt before them runs its matmuls through the prefill GEMM with x as fp16 (≤
 // 2^-11 of Σ|scale·q·x| per product, PrefillGemmMatchesCpu) and its last token's LM head on
-// the int8 path: its logits get the one-product bound, 2% (measured 3.6e-3).
+// the int8 path: its logits get the one-product bound, 2% (measured 2.7–3.6e-3).
 TEST(Cuda, Int8DecodeWithinDerivedBound) {
   SKIP_WITHOUT_GPU();
   Int8Matvec int8;
