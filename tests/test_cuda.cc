@@ -598,9 +598,11 @@ TEST(Cuda, ModelLogitsMatchCpu) {
 // the bias multiplies the exact Σx, so a product's error is Σ scale·(q−8)·e: of the same
 // relative size (measured 0.4% on the H200; 0.5-1.9% before centring). Bounds: 2% per
 // product; whole-model decode logits within 10% (errors add over 8 layers), argmax kept in
-// ≥ 90%. A prompt before them runs its matmuls through the prefill GEMM with x as fp16 (≤
-// 2^-11 of Σ|scale·q·x| per product, PrefillGemmMatchesCpu) and its last token's LM head on
-// the int8 path: its logits get the one-product bound, 2% (measured 2.7–3.6e-3).
+// ≥ 90%. Chunks of 2 … 8 tokens take the same int8 arithmetic (q4_q8_tokens_kernel): the
+// same per-product bound. A prompt before the steps runs its matmuls through the prefill GEMM
+// with x as fp16 (≤ 2^-11 of Σ|scale·q·x| per product, PrefillGemmMatchesCpu) and its last
+// token's LM head on the int8 path: its logits get the one-product bound, 2% (measured
+// 2.7–3.6e-3); a 7-token chunk after it, all int8, the decode steps' 10%.
 TEST(Cuda, Int8DecodeWithinDerivedBound) {
   SKIP_WITHOUT_GPU();
   Int8Matvec int8;
@@ -611,19 +613,21 @@ TEST(Cuda, Int8DecodeWithinDerivedBound) {
   Q4Store st;  // (and a vocabulary-sized weight: on the H200, blocks that loop over units)
   const Weight head = random_q4("random head", 59968 + 3, 512, 64, rng, st);
   for (const Weight* w : {&wq.layers[0].gate, &wq.layers[0].down, &wq.embed, &head}) {
-    auto x = test::gaussian(w->cols, rng);
-    std::vector<float> ref(w->rows);
-    cpu::matmul(*w, x.data(), 1, ref.data(), pool);
-    const double e = rel_err(cuda::ops::matmul(*w, x, 1), ref);
-    std::printf("[cuda int8] %s: rel. error %.2e\n", w->name.c_str(), e);
-    EXPECT_LT(e, 2e-2) << w->name;
-    EXPECT_GT(e, 1e-5) << "the int8 path should differ from float at rounding level";
+    for (int n : {1, 2, 5, 8}) {  // (2 … 8 tokens: every token's x as int8, q4_q8_tokens_kernel)
+      auto x = test::gaussian(static_cast<size_t>(n) * w->cols, rng);
+      std::vector<float> ref(static_cast<size_t>(n) * w->rows);
+      cpu::matmul(*w, x.data(), n, ref.data(), pool);
+      const double e = rel_err(cuda::ops::matmul(*w, x, n), ref);
+      std::printf("[cuda int8] %s, %d token(s): rel. error %.2e\n", w->name.c_str(), n, e);
+      EXPECT_LT(e, 2e-2) << w->name << " n=" << n;
+      EXPECT_GT(e, 1e-5) << "the int8 path should differ from float at rounding level";
+    }
   }
   auto cpu = Model::load(TQ_TEST_DATA "/trained_qwen35");
   auto gpu = cuda::load_model(TQ_TEST_DATA "/trained_qwen35");
   auto sc = cpu->new_state(CachePolicy::parse("tq3")), sg = gpu->new_state(CachePolicy::parse("tq3"));
   const int V = cpu->config().vocab;
-  std::vector<int32_t> toks(64), prompt(48);
+  std::vector<int32_t> toks(64 + 7), prompt(48);
   for (auto& t : toks) t = static_cast<int32_t>(rng() % V);
   for (auto& t : prompt) t = static_cast<int32_t>(rng() % V);
   std::vector<float> lc(V), lg(V);
@@ -633,9 +637,15 @@ TEST(Cuda, Int8DecodeWithinDerivedBound) {
   const double ep = rel_err(lg, lc);
   std::printf("[cuda int8] trained model, a 48-token prompt (x as fp16): logits rel. error %.2e\n", ep);
   EXPECT_LT(ep, 2e-2);
+  // Then a chunk of 7 (every matmul on the int8 path, as decode steps: their bound).
+  cpu->forward(*sc, toks.data(), 7, lc.data(), false, pool);
+  gpu->forward(*sg, toks.data(), 7, lg.data(), false, pool);
+  const double e7 = rel_err(lg, lc);
+  std::printf("[cuda int8] trained model, then a 7-token chunk (x as int8): logits rel. error %.2e\n", e7);
+  EXPECT_LT(e7, 1e-1);
   double worst = 0;
   int same = 0;
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 7; i < 64 + 7; ++i) {
     cpu->forward(*sc, &toks[i], 1, lc.data(), false, pool);
     gpu->forward(*sg, &toks[i], 1, lg.data(), false, pool);
     worst = std::max(worst, rel_err(lg, lc));
