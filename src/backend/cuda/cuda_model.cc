@@ -75,12 +75,7 @@ struct PinnedKey {
 struct Q8Buf {
   Q8Buf() = default;
   explicit Q8Buf(size_t n, bool normed = false, float eps = 0)
-      : mem((n + 31) / 32 * (2 * sizeof(int4) + (normed ? 3 : 2) * sizeof(float4))) {
-    const size_t blocks = (n + 31) / 32;
-    x = XQ8{mem.get<int4>(), reinterpret_cast<float4*>(mem.get<int4>() + 2 * blocks),
-            reinterpret_cast<float*>(mem.get<int4>() + 3 * blocks)};
-    if (normed) x.ss = reinterpret_cast<float*>(mem.get<int4>() + 4 * blocks), x.eps = eps;
-  }
+      : mem(xq8_bytes(n, normed)), x(xq8_in(mem.get(), n, normed, eps)) {}
   DevBuf mem;
   XQ8 x;
 };

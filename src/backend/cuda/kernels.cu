@@ -405,6 +405,24 @@ __device__ __forceinline__ float handed_norm_scale(float4 q, int cols, float eps
 // g.norm by each block (x is then unused); kQ8Handed: x's norm was handed off (x.ss); kQ8HandOff:
 // accumulate, and hand the next norm off through g.q8out.
 enum { kQ8Plain = 0, kQ8Norm = 1, kQ8Handed = 2, kQ8HandOff = 3 };
+// The kQ8Rows rows of one unit of the int8 kernels (q8_units' layout; swiglu: 2 gate rows
+// and the same 2 up rows, else rows of weight j from r0): their code, scale and bias pointers
+// (clamped into the weight for a unit past the end, which is then not live).
+__device__ __forceinline__ bool q8_unit_rows(const MatvecGroup& g, int unit, const uint32_t* (&rc32)[kQ8Rows],
+                                             const uint8_t* (&sr)[kQ8Rows], const uint8_t* (&br)[kQ8Rows], int& j, int& r0) {
+  constexpr int R = kQ8Rows, H = R / 2;
+  if (g.swiglu) {
+    r0 = unit * H;
+#pragma unroll
+    for (int r = 0; r < R; ++r) q4_row_ptrs(g.w[r / H], max(0, min(r0 + r % H, g.w[0].rows - 1)), rc32[r], sr[r], br[r]);
+    return r0 < g.w[0].rows;
+  }
+  while (j < g.count - 1 && unit >= g.block_end[j]) ++j;
+  r0 = (unit - (j ? g.block_end[j - 1] : 0)) * R;
+#pragma unroll
+  for (int r = 0; r < R; ++r) q4_row_ptrs(g.w[j], max(0, min(r0 + r, g.w[j].rows - 1)), rc32[r], sr[r], br[r]);
+  return unit < g.block_end[g.count - 1];
+}
 template <bool kBf16, int kMode = kQ8Plain>
 __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8 x, int gshift) {
   constexpr bool kNorm = kMode == kQ8Norm, kSS = kMode == kQ8Handed, kHand = kMode == kQ8HandOff;
@@ -418,19 +436,7 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_kernel(MatvecGroup g, XQ8
   const uint8_t* sr[R];
   const uint8_t* br[R];
   int j = 0, r0 = 0;
-  bool live;
-  if (g.swiglu) {
-    r0 = unit * H;
-    live = r0 < g.w[0].rows;
-#pragma unroll
-    for (int r = 0; r < R; ++r) q4_row_ptrs(g.w[r / H], max(0, min(r0 + r % H, g.w[0].rows - 1)), rc32[r], sr[r], br[r]);
-  } else {
-    live = unit < g.block_end[g.count - 1];
-    while (j < g.count - 1 && unit >= g.block_end[j]) ++j;
-    r0 = (unit - (j ? g.block_end[j - 1] : 0)) * R;
-#pragma unroll
-    for (int r = 0; r < R; ++r) q4_row_ptrs(g.w[j], max(0, min(r0 + r, g.w[j].rows - 1)), rc32[r], sr[r], br[r]);
-  }
+  const bool live = q8_unit_rows(g, unit, rc32, sr, br, j, r0);
   const DevWeight& w = g.w[j];
   const int nb = live ? w.cols / 32 : 0, stride = 32 * wpu;
   // Constants of the epilogue copied to shared memory before the wait (after the loop they
@@ -625,10 +631,10 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_loop_kernel(DevWeight w, 
 // dotted with the x block of every token (q4_block_dot): the weights are read once for the
 // chunk, at the decode path's stream rate (PERF v21f: 1.9-2× the float kernel it replaced for
 // 2-8 tokens; at 16 tokens, 26% slower than the GEMM). T: the tokens compiled in (n ≤ T at
-// run time).
+// run time); T = 4 held to 128 registers, 2 blocks per SM, as measured.
 constexpr int kTokMax = 8;
 template <bool kBf16, int T>
-__global__ void __launch_bounds__(kQ8Threads) q4_q8_tokens_kernel(MatvecGroup g, XQ8 x, int n, int gshift) {
+__global__ void __launch_bounds__(kQ8Threads, T <= 4 ? 2 : 1) q4_q8_tokens_kernel(MatvecGroup g, XQ8 x, int n, int gshift) {
   constexpr int R = kQ8Rows, H = R / 2;
   pdl_enter();
   const int lane = threadIdx.x & 31, unit = blockIdx.x * (static_cast<int>(blockDim.x) / 32) + (threadIdx.x >> 5);
@@ -636,18 +642,7 @@ __global__ void __launch_bounds__(kQ8Threads) q4_q8_tokens_kernel(MatvecGroup g,
   const uint8_t* sr[R];
   const uint8_t* br[R];
   int j = 0, r0 = 0;
-  if (g.swiglu) {
-    r0 = unit * H;
-    if (r0 >= g.w[0].rows) return;
-#pragma unroll
-    for (int r = 0; r < R; ++r) q4_row_ptrs(g.w[r / H], min(r0 + r % H, g.w[0].rows - 1), rc32[r], sr[r], br[r]);
-  } else {
-    if (unit >= g.block_end[g.count - 1]) return;
-    while (j < g.count - 1 && unit >= g.block_end[j]) ++j;
-    r0 = (unit - (j ? g.block_end[j - 1] : 0)) * R;
-#pragma unroll
-    for (int r = 0; r < R; ++r) q4_row_ptrs(g.w[j], min(r0 + r, g.w[j].rows - 1), rc32[r], sr[r], br[r]);
-  }
+  if (!q8_unit_rows(g, unit, rc32, sr, br, j, r0)) return;
   const int rows = g.w[j].rows, nb = g.w[j].cols / 32;
   float acc[R][T];
 #pragma unroll
@@ -3123,14 +3118,19 @@ bool int8_shape_ok(const MatvecGroup& g) {
   return ok;
 }
 
+// Every weight of the group 4-bit with equal cols and groups, and int8_shape_ok.
+bool q4_uniform(const MatvecGroup& g) {
+  for (int j = 0; j < g.count; ++j)
+    if (!g.w[j].q4 || g.w[j].cols != g.w[0].cols || g.w[j].group != g.w[0].group) return false;
+  return int8_shape_ok(g);
+}
+
 // Prefill (n > 8 tokens) on tensor cores: every weight of the group 4-bit with cols % 64 == 0
 // (int8_shape_ok: one scale type, power-of-2 groups), sm_80+.
 bool gemm_ok(const MatvecGroup& g, int n) {
   if (n <= 8 || device_major() < 8 || g.w[0].group < 32 || g.w[0].cols % kGemmBK != 0) return false;
   if (static_cast<int64_t>(n) * g.w[0].cols >= (int64_t{1} << 31)) return false;  // (x offsets are 32-bit)
-  for (int j = 0; j < g.count; ++j)
-    if (!g.w[j].q4 || g.w[j].cols != g.w[0].cols || g.w[j].group != g.w[0].group) return false;
-  return int8_shape_ok(g);
+  return q4_uniform(g);
 }
 
 // Units of the int8 kernels (one warp each, kQ8Rows rows; swiglu: half of them of gate, the
@@ -3160,19 +3160,14 @@ bool tokens_ok(const MatvecGroup& g, int n) {
     return e ? std::clamp(std::atoi(e), 0, kTokMax) : kTokMax;
   }();
   if (!g_decode_int8 || n < 2 || n > tok_max || g.w[0].cols % 32 != 0) return false;
-  for (int j = 0; j < g.count; ++j)
-    if (!g.w[j].q4 || g.w[j].cols != g.w[0].cols || g.w[j].group != g.w[0].group) return false;
-  return int8_shape_ok(g);
+  return q4_uniform(g);
 }
 // x of the chunk → int8 (stream-ordered scratch), then one q4_q8_tokens_kernel launch.
 void tokens_group(MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   const size_t len = static_cast<size_t>(n) * g.w[0].cols;
   void* scratch = nullptr;
-  TQ_CUDA_CHECK(cudaMallocAsync(&scratch, len + 2 * (len / 8) * sizeof(float), s));
-  XQ8 xq;
-  xq.q = static_cast<int4*>(scratch);
-  xq.d = reinterpret_cast<float4*>(static_cast<char*>(scratch) + len);
-  xq.sum = reinterpret_cast<float*>(xq.d) + len / 8;
+  TQ_CUDA_CHECK(cudaMallocAsync(&scratch, xq8_bytes(len), s));
+  const XQ8 xq = xq8_in(scratch, len);
   quantize_q8(x, len, xq, s);
   const int blocks = (q8_units(g) * 32 + kQ8Threads - 1) / kQ8Threads, gshift = q8_group_shift(g.w[0].group);
   const bool b16 = g.w[0].sbf16;

@@ -106,6 +106,18 @@ struct XQ8 {
 // (more than 8 tokens) takes x as fp16 when g_decode_int8, as fp16 hi + lo (exact to
 // rounding) when not.
 extern bool g_decode_int8;
+// An XQ8 of n values (rounded up to blocks of 32) in one allocation of xq8_bytes: q (32 bytes
+// per block), then d and sum (a float4 each per block), then ss when normed.
+inline size_t xq8_bytes(size_t n, bool normed = false) {
+  return (n + 31) / 32 * (2 * sizeof(int4) + (normed ? 3 : 2) * sizeof(float4));
+}
+inline XQ8 xq8_in(void* mem, size_t n, bool normed = false, float eps = 0) {
+  int4* q = static_cast<int4*>(mem);
+  const size_t blocks = (n + 31) / 32;
+  XQ8 x{q, reinterpret_cast<float4*>(q + 2 * blocks), reinterpret_cast<float*>(q + 3 * blocks)};
+  if (normed) x.ss = reinterpret_cast<float*>(q + 4 * blocks), x.eps = eps;
+  return x;
+}
 // out ← x [n values, n % 32 == 0] as int8 blocks (nothing when g_decode_int8 is off).
 void quantize_q8(const float* x, size_t n, const XQ8& out, cudaStream_t s);
 // A decode step's RMSNorm fused into the int8 matvec that consumes it: each block builds
