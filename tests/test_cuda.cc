@@ -81,6 +81,11 @@ struct ExactMatvec : DecodeMode {
 struct Int8Matvec : DecodeMode {
   Int8Matvec() : DecodeMode(true) {}
 };
+struct PrefillMode {
+  explicit PrefillMode(bool int8) : saved(cuda::prefill_int8()) { cuda::set_prefill_int8(int8); }
+  ~PrefillMode() { cuda::set_prefill_int8(saved); }
+  bool saved;
+};
 
 TEST(Cuda, MatmulMatchesCpu) {
   SKIP_WITHOUT_GPU();
@@ -101,6 +106,69 @@ TEST(Cuda, MatmulMatchesCpu) {
   }
 }
 
+// A weight's shape for the prefill tests: rows, cols, group (32, 64 or 128), scales stored as f32.
+struct Q4Shape {
+  int rows, cols, group;
+  bool f32_scales;
+};
+// A random MLX 4-bit weight with bf16 scales, or the same values widened to f32 scales (the
+// f32-scale variant).
+struct RandomQ4 {
+  std::vector<uint32_t> codes;
+  std::vector<uint16_t> sc, bi;
+  std::vector<float> scf, bif;  // the scales as f32
+  Weight w;
+  RandomQ4(const Q4Shape& sh, std::mt19937_64& rng) {
+    const int rows = sh.rows, cols = sh.cols, group = sh.group;
+    auto wf = test::gaussian(static_cast<size_t>(rows) * cols, rng, 0.05f);
+    quantize_affine(wf.data(), rows, cols, 4, group, codes, sc, bi);
+    for (size_t i = 0; i < sc.size(); ++i)
+      scf.push_back(to_float(DType::bf16, reinterpret_cast<const uint8_t*>(&sc[i]))),
+          bif.push_back(to_float(DType::bf16, reinterpret_cast<const uint8_t*>(&bi[i])));
+    w.name = "random";
+    w.rows = rows, w.cols = cols, w.bits = 4, w.group = group;
+    w.data = reinterpret_cast<const uint8_t*>(codes.data());
+    w.scales = reinterpret_cast<const uint8_t*>(sc.data()), w.biases = reinterpret_cast<const uint8_t*>(bi.data());
+    if (sh.f32_scales) {
+      w.sdtype = DType::f32;
+      w.scales = reinterpret_cast<const uint8_t*>(scf.data()), w.biases = reinterpret_cast<const uint8_t*>(bif.data());
+    }
+  }
+  // |scale · code| of row r, column k
+  double abs_sq(int r, int k) const {
+    const unsigned q = (codes[(static_cast<size_t>(r) * w.cols + k) / 8] >> (4 * (k % 8))) & 15u;
+    return std::fabs(scf[static_cast<size_t>(r) * (w.cols / w.group) + k / w.group] * q);
+  }
+};
+// n tokens of Gaussians, each token scaled by one of 1e-3 … 1e4.
+std::vector<float> spread_tokens(int n, int cols, std::mt19937_64& rng) {
+  auto x = test::gaussian(static_cast<size_t>(n) * cols, rng);
+  for (int t = 0; t < n; ++t) {
+    const float mag = std::pow(10.0f, static_cast<float>(rng() % 8) - 3.0f);
+    for (int j = 0; j < cols; ++j) x[static_cast<size_t>(t) * cols + j] *= mag;
+  }
+  return x;
+}
+// Over the tokens of got against ref ([n][rows]): the largest ‖got − ref‖ / (‖bound‖ + 1e-5 ·
+// ‖ref‖) (bound(t, r): a bound on row r's error from x's rounding; 1e-5: the float path's) and
+// the smallest relative error.
+template <typename B>
+std::pair<double, double> token_errors(const std::vector<float>& got, const std::vector<float>& ref, int n, int rows,
+                                       B bound) {
+  double worst = 0, least = 1;
+  for (int t = 0; t < n; ++t) {
+    double err = 0, den = 0, bb = 0;
+    for (int r = 0; r < rows; ++r) {
+      const size_t i = static_cast<size_t>(t) * rows + r;
+      const double d = static_cast<double>(got[i]) - ref[i], b = bound(t, r);
+      err += d * d, den += static_cast<double>(ref[i]) * ref[i], bb += b * b;
+    }
+    worst = std::max(worst, std::sqrt(err) / (std::sqrt(bb) + 1e-5 * std::sqrt(den)));
+    least = std::min(least, std::sqrt(err / den));
+  }
+  return {worst, least};
+}
+
 // Prefill (more than 8 tokens) takes the tensor-core GEMM: random MLX 4-bit weights of
 // every group size it handles (32, 64, 128), bf16 and f32 scales, row counts that leave a
 // partial block, token counts that leave a partial tile, and tokens whose magnitudes span
@@ -114,70 +182,74 @@ TEST(Cuda, MatmulMatchesCpu) {
 // path's 1e-5 · ‖ref‖ (triangle inequality) — and more than rounding, or hi + lo still ran.
 TEST(Cuda, PrefillGemmMatchesCpu) {
   SKIP_WITHOUT_GPU();
+  PrefillMode gemm(false);  // (9 … 64 tokens would take the int8 path: PrefillInt8MatchesCpu)
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
-  struct Shape {
-    int rows, cols, group;
-    bool f32_scales;
-  };
-  for (const Shape sh : {Shape{200, 192, 32, false}, Shape{136, 320, 64, true}, Shape{128, 256, 128, false},
-                         Shape{72, 512, 64, false}, Shape{300, 256, 32, true}, Shape{100, 1664, 128, false},
-                         Shape{72, 1664, 32, true}}) {
-    auto wf = test::gaussian(static_cast<size_t>(sh.rows) * sh.cols, rng, 0.05f);
-    std::vector<uint32_t> codes;
-    std::vector<uint16_t> sc, bi;
-    quantize_affine(wf.data(), sh.rows, sh.cols, 4, sh.group, codes, sc, bi);
-    std::vector<float> scf, bif;  // the scales as f32 (the f32-scale variant stores these)
-    for (size_t i = 0; i < sc.size(); ++i)
-      scf.push_back(to_float(DType::bf16, reinterpret_cast<const uint8_t*>(&sc[i]))),
-          bif.push_back(to_float(DType::bf16, reinterpret_cast<const uint8_t*>(&bi[i])));
-    Weight w;
-    w.name = "random";
-    w.rows = sh.rows, w.cols = sh.cols, w.bits = 4, w.group = sh.group;
-    w.data = reinterpret_cast<const uint8_t*>(codes.data());
-    w.scales = reinterpret_cast<const uint8_t*>(sc.data()), w.biases = reinterpret_cast<const uint8_t*>(bi.data());
-    if (sh.f32_scales) {
-      w.sdtype = DType::f32;
-      w.scales = reinterpret_cast<const uint8_t*>(scf.data()), w.biases = reinterpret_cast<const uint8_t*>(bif.data());
-    }
-    const auto code = [&](int r, int k) {
-      return (codes[(static_cast<size_t>(r) * sh.cols + k) / 8] >> (4 * (k % 8))) & 15u;
-    };
+  for (const Q4Shape sh : {Q4Shape{200, 192, 32, false}, Q4Shape{136, 320, 64, true}, Q4Shape{128, 256, 128, false},
+                           Q4Shape{72, 512, 64, false}, Q4Shape{300, 256, 32, true}, Q4Shape{100, 1664, 128, false},
+                           Q4Shape{72, 1664, 32, true}}) {
+    const RandomQ4 q(sh, rng);
     for (int n : {9, 64, 130}) {
-      auto x = test::gaussian(static_cast<size_t>(n) * sh.cols, rng);
-      for (int t = 0; t < n; ++t) {
-        const float mag = std::pow(10.0f, static_cast<float>(rng() % 8) - 3.0f);  // 1e-3 … 1e4
-        for (int j = 0; j < sh.cols; ++j) x[static_cast<size_t>(t) * sh.cols + j] *= mag;
-      }
+      const auto x = spread_tokens(n, sh.cols, rng);
       std::vector<float> ref(static_cast<size_t>(n) * sh.rows);
-      cpu::matmul(w, x.data(), n, ref.data(), pool);
+      cpu::matmul(q.w, x.data(), n, ref.data(), pool);
       for (const bool exact : {true, false}) {
         DecodeMode mode(!exact);
-        const auto got = cuda::ops::matmul(w, x, n);
-        // over tokens (magnitudes 10^7 apart): the largest error / bound, the smallest relative error
-        double worst = 0, least = 1;
-        for (int t = 0; t < n; ++t) {
-          double err = 0, den = 0, fp16 = 0;
-          for (int r = 0; r < sh.rows; ++r) {
-            const size_t i = static_cast<size_t>(t) * sh.rows + r;
-            double b = 0;  // Σ_k |scale · q · x|
-            for (int k = 0; k < sh.cols && !exact; ++k)
-              b += std::fabs(scf[static_cast<size_t>(r) * (sh.cols / sh.group) + k / sh.group] * code(r, k) *
-                             static_cast<double>(x[static_cast<size_t>(t) * sh.cols + k]));
-            err += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
-            den += static_cast<double>(ref[i]) * ref[i];
-            fp16 += std::ldexp(b, -11) * std::ldexp(b, -11);
-          }
-          const double bound = std::sqrt(fp16) + 1e-5 * std::sqrt(den);
-          worst = std::max(worst, std::sqrt(err) / bound);
-          least = std::min(least, std::sqrt(err / den));
-        }
+        const auto [worst, least] = token_errors(cuda::ops::matmul(q.w, x, n), ref, n, sh.rows, [&](int t, int r) {
+          double b = 0;  // 2^-11 · Σ_k |scale · q · x|
+          for (int k = 0; k < sh.cols && !exact; ++k)
+            b += q.abs_sq(r, k) * std::fabs(x[static_cast<size_t>(t) * sh.cols + k]);
+          return std::ldexp(b, -11);
+        });
         const char* what = exact ? " exact" : " fp16 x";
         EXPECT_LT(worst, 1.0) << sh.rows << "x" << sh.cols << " group " << sh.group << " n=" << n << what;
         if (!exact) {
           EXPECT_GT(least, 1e-5) << "fp16 x should differ from hi + lo by more than rounding";
         }
       }
+    }
+  }
+}
+
+// Prefill chunks of 9 … 64 tokens take the int8 tensor cores in the default mode (x as int8
+// per block of min(group, 64) columns: d = max|x|/127 over the block, each x within d/2 of
+// d·round(x/d), the bias term on x's exact block sums), so row r of token t moves by at most
+// Σ_k |scale_rk · q_rk| · d_t,k / 2 (× 1 + 1e-5 for the float scale's own rounding): per token,
+// ‖got − ref‖ ≤ ‖that bound‖ + the float path's 1e-5 · ‖ref‖ — and more than rounding, or
+// another path ran. Every group size (32, 64, 128), bf16 and f32 scales, rows that leave a
+// partial 128-row block and a partial 16-row tile, token counts for each compiled tile count
+// (≤ 16, ≤ 32, ≤ 64 tokens: 2, 4, 8 mma columns of 8) with partial ones, token magnitudes
+// 1e-3 … 1e4; small launches cut into column slices of 256 columns, and the 9b's hidden width
+// (4096 columns, 1030 rows: more blocks, fewer slices).
+TEST(Cuda, PrefillInt8MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  Int8Matvec int8;
+  PrefillMode mmq(true);
+  std::mt19937_64 rng(test::fresh_seed());
+  ThreadPool pool(2);
+  for (const Q4Shape sh : {Q4Shape{200, 256, 32, false}, Q4Shape{136, 512, 64, true}, Q4Shape{72, 1024, 128, false},
+                           Q4Shape{300, 768, 32, true}, Q4Shape{1030, 4096, 64, false}}) {
+    const RandomQ4 q(sh, rng);
+    for (int n : {9, 16, 17, 32, 40, 64}) {
+      const auto x = spread_tokens(n, sh.cols, rng);
+      std::vector<float> ref(static_cast<size_t>(n) * sh.rows);
+      cpu::matmul(q.w, x.data(), n, ref.data(), pool);
+      const int xb = std::min(sh.group, 64);                          // x's block
+      std::vector<double> d(static_cast<size_t>(n) * sh.cols / xb);  // x's block scales
+      for (size_t b = 0; b < d.size(); ++b) {
+        double mx = 0;
+        for (int i = 0; i < xb; ++i) mx = std::max(mx, std::fabs(static_cast<double>(x[xb * b + i])));
+        d[b] = mx / 127;
+      }
+      const auto [worst, least] = token_errors(cuda::ops::matmul(q.w, x, n), ref, n, sh.rows, [&](int t, int r) {
+        double b = 0;  // Σ_k |scale · q| · d / 2
+        for (int k = 0; k < sh.cols; ++k) b += q.abs_sq(r, k) * d[(static_cast<size_t>(t) * sh.cols + k) / xb];
+        return b / 2 * (1 + 1e-5);
+      });
+      std::printf("[cuda int8] prefill %dx%d group %d, %d tokens: error / bound %.3f, least rel. error %.2e\n", sh.rows,
+                  sh.cols, sh.group, n, worst, least);
+      EXPECT_LT(worst, 1.0) << sh.rows << "x" << sh.cols << " group " << sh.group << " n=" << n;
+      EXPECT_GT(least, 1e-5) << "int8 x should differ from float by more than rounding";
     }
   }
 }
@@ -599,10 +671,11 @@ TEST(Cuda, ModelLogitsMatchCpu) {
 // relative size (measured 0.4% on the H200; 0.5-1.9% before centring). Bounds: 2% per
 // product; whole-model decode logits within 10% (errors add over 8 layers), argmax kept in
 // ≥ 90%. Chunks of 2 … 8 tokens take the same int8 arithmetic (q4_q8_tokens_kernel): the
-// same per-product bound. A prompt before the steps runs its matmuls through the prefill GEMM
-// with x as fp16 (≤ 2^-11 of Σ|scale·q·x| per product, PrefillGemmMatchesCpu) and its last
-// token's LM head on the int8 path: its logits get the one-product bound, 2% (measured
-// 2.7–3.6e-3); a 7-token chunk after it, all int8, the decode steps' 10%.
+// same per-product bound. A prompt before the steps (72 tokens) runs its matmuls through the
+// prefill GEMM with x as fp16 (≤ 2^-11 of Σ|scale·q·x| per product, PrefillGemmMatchesCpu)
+// and its last token's LM head on the int8 path: its logits get the one-product bound, 2%
+// (measured 2.7–3.6e-3); then a 40-token chunk (int8 x per 32 columns on the tensor cores,
+// PrefillInt8MatchesCpu) and a 7-token chunk, all int8, the decode steps' 10%.
 TEST(Cuda, Int8DecodeWithinDerivedBound) {
   SKIP_WITHOUT_GPU();
   Int8Matvec int8;
@@ -627,25 +700,28 @@ TEST(Cuda, Int8DecodeWithinDerivedBound) {
   auto gpu = cuda::load_model(TQ_TEST_DATA "/trained_qwen35");
   auto sc = cpu->new_state(CachePolicy::parse("tq3")), sg = gpu->new_state(CachePolicy::parse("tq3"));
   const int V = cpu->config().vocab;
-  std::vector<int32_t> toks(64 + 7), prompt(48);
+  std::vector<int32_t> toks(40 + 7 + 64), prompt(72);
   for (auto& t : toks) t = static_cast<int32_t>(rng() % V);
   for (auto& t : prompt) t = static_cast<int32_t>(rng() % V);
   std::vector<float> lc(V), lg(V);
   // A prompt first: the prefill GEMM with x as fp16 (the default), then the decode steps on it.
-  cpu->forward(*sc, prompt.data(), 48, lc.data(), false, pool);
-  gpu->forward(*sg, prompt.data(), 48, lg.data(), false, pool);
+  cpu->forward(*sc, prompt.data(), 72, lc.data(), false, pool);
+  gpu->forward(*sg, prompt.data(), 72, lg.data(), false, pool);
   const double ep = rel_err(lg, lc);
-  std::printf("[cuda int8] trained model, a 48-token prompt (x as fp16): logits rel. error %.2e\n", ep);
+  std::printf("[cuda int8] trained model, a 72-token prompt (x as fp16): logits rel. error %.2e\n", ep);
   EXPECT_LT(ep, 2e-2);
-  // Then a chunk of 7 (every matmul on the int8 path, as decode steps: their bound).
-  cpu->forward(*sc, toks.data(), 7, lc.data(), false, pool);
-  gpu->forward(*sg, toks.data(), 7, lg.data(), false, pool);
-  const double e7 = rel_err(lg, lc);
-  std::printf("[cuda int8] trained model, then a 7-token chunk (x as int8): logits rel. error %.2e\n", e7);
-  EXPECT_LT(e7, 1e-1);
+  // Then chunks of 40 and 7 (every matmul on the int8 path, as decode steps: their bound).
+  for (const int at : {0, 40}) {
+    const int n = at == 0 ? 40 : 7;
+    cpu->forward(*sc, toks.data() + at, n, lc.data(), false, pool);
+    gpu->forward(*sg, toks.data() + at, n, lg.data(), false, pool);
+    const double e = rel_err(lg, lc);
+    std::printf("[cuda int8] trained model, then a %d-token chunk (x as int8): logits rel. error %.2e\n", n, e);
+    EXPECT_LT(e, 1e-1) << n;
+  }
   double worst = 0;
   int same = 0;
-  for (int i = 7; i < 64 + 7; ++i) {
+  for (int i = 47; i < 47 + 64; ++i) {
     cpu->forward(*sc, &toks[i], 1, lc.data(), false, pool);
     gpu->forward(*sg, &toks[i], 1, lg.data(), false, pool);
     worst = std::max(worst, rel_err(lg, lc));

@@ -33,6 +33,12 @@ std::unique_ptr<Model> load_model(const std::string& dir);
 // slower decode).
 void set_decode_int8(bool on);
 bool decode_int8();
+// Prefill chunks of 9 … 64 tokens (a chat turn, a short prompt) in the default mode: x as int8
+// per 32 columns (scale max|x|/127, the exact sum kept for the bias) on the int8 tensor
+// cores, as llama.cpp's MMQ; longer chunks take the GEMM with x as fp16. On by default;
+// set_prefill_int8(false) or TQ_CUDA_MMQ=0: the GEMM for these too.
+void set_prefill_int8(bool on);
+bool prefill_int8();
 // Attention on tensor cores (mma.sync; queries and weights as fp16 hi + lo pairs, so fp16
 // caches agree with the CPU to float rounding, code values as fp16 centroids) for layers
 // of fp16 rows or 2/3/4/8-bit codes with a dim of 64, 128 or 256; on by default.

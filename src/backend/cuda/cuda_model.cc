@@ -1121,6 +1121,8 @@ double copy_bandwidth_gbs(size_t bytes) {
 
 void set_decode_int8(bool on) { g_decode_int8 = on; }
 bool decode_int8() { return g_decode_int8; }
+void set_prefill_int8(bool on) { g_prefill_int8 = on; }
+bool prefill_int8() { return g_prefill_int8; }
 void set_attention_tc(bool on) { g_attention_tc = on; }
 bool attention_tc() { return g_attention_tc; }
 

@@ -14,6 +14,8 @@ std::unique_ptr<Model> load_model(const std::string&) { fail("--device cuda: {}"
 size_t device_memory_used() { return 0; }
 void set_decode_int8(bool) {}
 bool decode_int8() { return false; }
+void set_prefill_int8(bool) {}
+bool prefill_int8() { return false; }
 void set_attention_tc(bool) {}
 bool attention_tc() { return false; }
 double copy_bandwidth_gbs(size_t) { fail("{}", kWhy); }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <utility>
 
 #include "backend/cuda/kernels.cuh"
 
@@ -2876,6 +2878,191 @@ __global__ void gemm_reduce_kernel(const float* __restrict__ part, int splits, s
   y[i] = v;
 }
 
+// ---- prefill chunks of 9 … kMmqMaxTok tokens on the int8 tensor cores (mma m16n8k32) ----
+// The GEMM above walks its 64-column tiles one round trip after another and decodes every
+// code to fp16 per warp: a 9-64-token chunk took 11-13 ms against ≈ 1.1 ms of weights
+// (PERF v21). Here the codes go to the tensor cores as they are stored, widened to bytes by
+// two masks: a 32-bit word of codes k … k + 7 gives the bytes of codes k, k + 2, k + 4, k + 6
+// (w & 0x0F0F0F0F) and k + 1, k + 3, k + 5, k + 7 (w >> 4 & 0x0F0F0F0F) — x's int8 bytes are
+// stored in that order (mmq_quantize_kernel), so one mma of k = 32 takes 32 columns of x
+// under one scale (x's blocks: min(group, 64) columns). Per x block: y += s·d·(Σ q·x̂) +
+// b·Σx, with s, b the weight group's scale and bias, d the block's scale, Σx its exact sum.
+// A block (kMmqWarps warps, 16 rows each) takes kMmqRows rows of one weight over a slice of
+// the columns; stages of kMmqCols columns (the rows' codes, scales and biases, and every
+// token's x bytes and block scales, shared by the warps) stream in by cp.async (PERF v22).
+constexpr int kMmqMaxTok = 64, kMmqWarps = 8, kMmqRows = 16 * kMmqWarps, kMmqCols = 256;
+constexpr int kMmqRowBytes = kMmqCols / 2 + 16;  // a row's codes in a stage, padded: conflict-free ldmatrix
+constexpr int kMmqXRow = kMmqCols + 32;          // a token's x bytes in a stage, padded: 8-byte loads in 2 wavefronts
+// Stages per NT (tiles of 8 tokens): 3, or 2 where x's share would leave one block per SM.
+__host__ __device__ constexpr int mmq_stages(int nt) { return nt <= 4 ? 3 : 2; }
+// A stage's layout: codes [kMmqRows][kMmqRowBytes], scales then biases [kMmqRows][sb] (sb:
+// a row's bytes of them per stage), x [8·NT tokens][kMmqXRow], x's (d, Σx) [≤ 8 blocks][8·NT].
+struct MmqLayout {
+  int scales, biases, xq, xds, stage;
+  __host__ __device__ MmqLayout(int sb, int nt) {
+    scales = kMmqRows * kMmqRowBytes;
+    biases = scales + kMmqRows * sb;
+    xq = (biases + kMmqRows * sb + 15) / 16 * 16;
+    xds = xq + 8 * nt * kMmqXRow;
+    stage = xds + 8 * (kMmqCols / 32) * nt * 8;
+  }
+};
+
+struct MmqGroup {
+  DevWeight w[4];
+  float* y[4];           // [n][rows] each; slices > 1: [slices][n][rows] partial sums (gemm_reduce_kernel)
+  int count = 0;
+  int end[4];            // exclusive prefix of kMmqRows-row blocks per weight
+  int slices = 1;        // column slices per row block
+  int slice_stages = 0;  // stages of kMmqCols columns per slice
+};
+
+// x of n tokens (n_pad rows: the rows past n zero) as int8 per block of XB = 32 or 64 columns
+// (the weights' group or 64, whichever is less: a block's mma products then share one scale):
+// q [token][32-column piece] 32 bytes, each 8-value word in the order 0, 2, 4, 6, 1, 3, 5, 7
+// (the codes' byte order above); ds [block][token] (d = max|x|/127 over the block, its exact
+// Σx as a float sum). One warp per (token, block).
+__global__ void mmq_quantize_kernel(const float* __restrict__ x, int n, int n_pad, int cols, int xb,
+                                    int8_t* __restrict__ q, float2* __restrict__ ds) {
+  pdl_enter();
+  const int nb = cols / xb;
+  const size_t wi = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (wi >= static_cast<size_t>(n_pad) * nb) return;
+  const int lane = threadIdx.x & 31, t = static_cast<int>(wi / nb), b = static_cast<int>(wi % nb);
+  const float* xr = x + static_cast<size_t>(t) * cols + xb * b;
+  const float v0 = t < n ? xr[lane] : 0.0f, v1 = t < n && xb == 64 ? xr[32 + lane] : 0.0f;
+  float mx = fmaxf(fabsf(v0), fabsf(v1)), sum = v0 + v1;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o)), sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  const float inv = mx > 0 ? 127.0f / mx : 0.0f;
+  int8_t* qr = q + static_cast<size_t>(t) * cols + xb * b + (lane >> 3) * 8 + (lane & 1) * 4 + ((lane & 7) >> 1);
+  qr[0] = static_cast<int8_t>(__float2int_rn(v0 * inv));
+  if (xb == 64) qr[32] = static_cast<int8_t>(__float2int_rn(v1 * inv));
+  if (lane == 0) ds[static_cast<size_t>(b) * n_pad + t] = make_float2(mx / 127.0f, sum);
+}
+
+// c += a (16×32 int8, row) · b (32×8 int8, col), int32.
+__device__ __forceinline__ void mma_s8_16832(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  TQ_SM80(asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)));
+}
+
+// grid: row blocks × column slices (slice-major); x padded to 8·NT tokens (n_pad). Per 64
+// columns a warp takes one ldmatrix.x4 (two 32-column pieces' words of rows gid and gid + 8)
+// and per 8 tokens one mma per piece; kPair (groups of 64 or 128, x in blocks of 64): the two
+// pieces' products add in int32 before the one float epilogue of their block, else (groups
+// of 32) each piece has its own. gshift: log2(group / 32) (cols % 256 == 0, host-checked).
+template <bool kBf16, int NT, bool kPair>
+__global__ void __launch_bounds__(kMmqWarps * 32, 2) q4_mmq_kernel(MmqGroup g, const int8_t* __restrict__ xq,
+                                                                   const float2* __restrict__ xds, int n, int gshift) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  constexpr int S = mmq_stages(NT), TP = 8 * NT, es = kBf16 ? 2 : 4, XB = kPair ? 64 : 32;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gid = lane >> 2, tig = lane & 3;
+  const int blocks = g.end[g.count - 1], rb = blockIdx.x % blocks, slice = blockIdx.x / blocks;
+  int j = 0;
+  while (j < g.count - 1 && rb >= g.end[j]) ++j;
+  const DevWeight& w = g.w[j];
+  const int rbase = (rb - (j ? g.end[j - 1] : 0)) * kMmqRows, rows = w.rows, cols = w.cols;
+  const int s0 = slice * g.slice_stages, s1 = min(cols / kMmqCols, s0 + g.slice_stages);
+  const int sw = (8 >> gshift) * es / 4, gpr = cols / w.group;  // a row's scale words per stage (8 >> gshift groups)
+  const MmqLayout lay(4 * sw, NT);
+  const unsigned char* xds_bytes = reinterpret_cast<const unsigned char*>(xds);
+  // Stage s into buffer buf: the weights' part (wpart) and x's (xpart).
+  auto issue = [&](int s, int buf, bool wpart, bool xpart) {
+    unsigned char* st = sm + buf * lay.stage;
+    const int k0 = s * kMmqCols;
+#pragma unroll
+    for (int i = 0; i < kMmqRows * 8 / (kMmqWarps * 32); ++i) {
+      if (!wpart) break;  // codes: kMmqRows rows × 8 pieces of 16 bytes
+      const int c = tid + kMmqWarps * 32 * i, r = c >> 3, piece = c & 7, row = min(rbase + r, rows - 1);
+      const uint8_t* src = w.codes + static_cast<size_t>(row) * (cols / 2) + k0 / 2 + 16 * piece;
+      cp_async16(st + r * kMmqRowBytes + 16 * piece, src, true);
+    }
+    for (int e = wpart ? tid : kMmqRows * sw; e < kMmqRows * sw; e += kMmqWarps * 32) {
+      const int r = e / sw, k = e % sw, row = min(rbase + r, rows - 1);
+      const size_t off = (static_cast<size_t>(row) * gpr + ((k0 / 32) >> gshift)) * es + 4 * k;
+      cp_async4(st + lay.scales + 4 * e, static_cast<const uint8_t*>(w.scales) + off);
+      cp_async4(st + lay.biases + 4 * e, static_cast<const uint8_t*>(w.biases) + off);
+    }
+    if (!xpart) return;
+    for (int e = tid; e < TP * 16; e += kMmqWarps * 32) {  // x: the tokens' 256 bytes of this stage
+      const int t = e >> 4, piece = e & 15;
+      cp_async16(st + lay.xq + t * kMmqXRow + 16 * piece, xq + static_cast<size_t>(t) * cols + k0 + 16 * piece, true);
+    }
+    for (int e = tid; e < TP * (kMmqCols / XB) / 2; e += kMmqWarps * 32)  // (d, Σx) of the stage's blocks × TP tokens
+      cp_async16(st + lay.xds + 16 * e, xds_bytes + static_cast<size_t>(k0 / XB) * TP * 8 + 16 * e, true);
+  };
+  // The first stages' codes, scales and biases before the wait (they do not depend on the
+  // kernel ahead), their x after it (written by the quantize kernel ahead). Commit group i
+  // then holds stage i's x (group 0 every prologue stage's weights too).
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i)
+    if (s0 + i < s1) issue(s0 + i, i, true, false);
+  pdl_enter();
+#pragma unroll
+  for (int i = 0; i < S - 1; ++i) {
+    if (s0 + i < s1) issue(s0 + i, i, false, true);
+    cp_async_commit();
+  }
+  float acc[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0;
+  const int m = lane >> 3, r0 = 16 * warp;
+  for (int s = s0; s < s1; ++s) {
+    const int buf = (s - s0) % S;
+    cp_async_wait<S - 2>();
+    __syncthreads();  // stage s landed for every thread; stage s − 1's buffer read by every warp
+    if (s + S - 1 < s1) issue(s + S - 1, (s - s0 + S - 1) % S, true, true);
+    cp_async_commit();
+    const unsigned char* st = sm + buf * lay.stage;
+#pragma unroll
+    for (int p = 0; p < kMmqCols / 64; ++p) {  // pairs of 32-column blocks
+      uint32_t rw[4];                          // rows gid, gid + 8 of block 2p; the same of block 2p + 1
+      ldsm_x4(rw, st + (r0 + (m & 1) * 8 + (lane & 7)) * kMmqRowBytes + 16 * (2 * p + (m >> 1)));
+      // The pieces' A fragments: bytes of codes k, k+2, k+4, k+6 (lo) and k+1, … (hi).
+      constexpr uint32_t kLo = 0x0F0F0F0Fu;
+      const uint32_t a0[4] = {rw[0] & kLo, rw[1] & kLo, (rw[0] >> 4) & kLo, (rw[1] >> 4) & kLo};
+      const uint32_t a1[4] = {rw[2] & kLo, rw[3] & kLo, (rw[2] >> 4) & kLo, (rw[3] >> 4) & kLo};
+#pragma unroll
+      for (int h = 0; h < (kPair ? 1 : 2); ++h) {
+        const int bl = 2 * p + h, gl = bl >> gshift, xbl = kPair ? p : bl;  // piece, its group, x's block
+        const float sa = scale_of<kBf16>(st + lay.scales + (r0 + gid) * 4 * sw, gl);
+        const float sb = scale_of<kBf16>(st + lay.scales + (r0 + gid + 8) * 4 * sw, gl);
+        const float ba = scale_of<kBf16>(st + lay.biases + (r0 + gid) * 4 * sw, gl);
+        const float bb = scale_of<kBf16>(st + lay.biases + (r0 + gid + 8) * 4 * sw, gl);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          const unsigned char* xt = st + lay.xq + (8 * t + gid) * kMmqXRow + 32 * bl + 8 * tig;
+          const float4 dd = *reinterpret_cast<const float4*>(st + lay.xds + (xbl * TP + 8 * t + 2 * tig) * 8);
+          int c[4] = {0, 0, 0, 0};
+          const uint2 x0 = *reinterpret_cast<const uint2*>(xt);
+          mma_s8_16832(c, h ? a1 : a0, x0.x, x0.y);
+          if constexpr (kPair) {  // (|c| ≤ 64 · 15 · 127 < 2^22: small_int_to_float holds)
+            const uint2 x1 = *reinterpret_cast<const uint2*>(xt + 32);
+            mma_s8_16832(c, a1, x1.x, x1.y);
+          }
+          acc[t][0] += sa * dd.x * small_int_to_float(c[0]) + ba * dd.y;
+          acc[t][1] += sa * dd.z * small_int_to_float(c[1]) + ba * dd.w;
+          acc[t][2] += sb * dd.x * small_int_to_float(c[2]) + bb * dd.y;
+          acc[t][3] += sb * dd.z * small_int_to_float(c[3]) + bb * dd.w;
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+  float* y = g.y[j] + static_cast<size_t>(slice) * n * rows;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int tok = 8 * t + 2 * tig + (e & 1), row = rbase + r0 + gid + 8 * (e >> 1);
+      if (tok < n && row < rows) y[static_cast<size_t>(tok) * rows + row] = acc[t][e];
+    }
+}
+
 // atomicMax: the value's bits made orderable as unsigned (negatives flipped, the sign bit
 // set on the rest) in the high word, and ~index in the low word so that ties go to the
 // first index (as std::max_element).
@@ -3074,6 +3261,7 @@ int threads_for(int n) { return std::min(256, std::max(32, (n + 31) / 32 * 32));
 }  // namespace
 
 bool g_decode_int8 = std::getenv("TQ_CUDA_EXACT") == nullptr;
+bool g_prefill_int8 = !(std::getenv("TQ_CUDA_MMQ") && std::strcmp(std::getenv("TQ_CUDA_MMQ"), "0") == 0);
 
 namespace {
 // How a decode matvec of `units` warps' worth of rows and nb blocks of 32 columns is laid
@@ -3268,6 +3456,138 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
 
+// Chunks of 9 … kMmqMaxTok tokens in the default mode on the int8 tensor cores: every weight
+// of the group 4-bit with equal cols and groups (q4_uniform), cols % kMmqCols == 0, groups of
+// 32 … 128, sm_80+. g_prefill_int8 (TQ_CUDA_MMQ=0, set_prefill_int8(false)): the GEMM.
+bool mmq_ok(const MatvecGroup& g, int n) {
+  if (!g_decode_int8 || !g_prefill_int8 || n <= kTokMax || n > kMmqMaxTok || device_major() < 8) return false;
+  if (g.w[0].cols % kMmqCols != 0 || g.w[0].group < 32 || g.w[0].group > 128) return false;
+  return q4_uniform(g);
+}
+
+// Shared memory of q4_mmq_kernel<·, NT, ·> for groups of 32 << gshift and scales of es bytes.
+int mmq_bytes(int nt, int gshift, int es) { return mmq_stages(nt) * MmqLayout((8 >> gshift) * es, nt).stage; }
+// Blocks of q4_mmq_kernel<kBf16, NT, kPair> resident at once per SM with `bytes` of shared memory.
+template <bool kBf16, int NT, bool kPair>
+int mmq_blocks_per_sm(int bytes) {
+  static const bool sized = [] {  // (the most any layout takes: f32 scales, groups of 32)
+    TQ_CUDA_CHECK(cudaFuncSetAttribute(q4_mmq_kernel<kBf16, NT, kPair>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       mmq_bytes(NT, 0, 4)));
+    return true;
+  }();
+  (void)sized;
+  int per_sm = 0;
+  TQ_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, q4_mmq_kernel<kBf16, NT, kPair>, kMmqWarps * 32, bytes));
+  return std::max(1, per_sm);
+}
+// Column slices per row block. The blocks resident on one SM share its issue slots, so the
+// time goes as the most blocks an SM gets × stages per block (+ 2 for a block's pipeline
+// fill); least wins, and on a tie the count that puts more blocks on the GPU at once (up to
+// what it holds: two per SM hide more latency than one).
+int mmq_slices(int blocks, int stages, int per_sm) {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    TQ_CUDA_CHECK(cudaGetDevice(&dev));
+    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return std::max(1, n);
+  }();
+  int best = 1, best_cost = INT32_MAX;
+  for (int ks = 1; ks <= std::min(stages, 16); ++ks) {
+    const int per = (stages + ks - 1) / ks;
+    if ((stages + per - 1) / per != ks) continue;  // (the same slices as a smaller count)
+    const int total = blocks * ks, cost = (total + sms - 1) / sms * per + 2;
+    if (cost < best_cost || (cost == best_cost && total <= sms * per_sm)) best_cost = cost, best = ks;
+  }
+  return best;
+}
+template <bool kBf16, int NT, bool kPair>
+void launch_mmq(const MmqGroup& mg, const int8_t* xq, const float2* ds, int n, int gshift, int bytes, cudaStream_t s) {
+  launch(q4_mmq_kernel<kBf16, NT, kPair>, mg.end[mg.count - 1] * mg.slices, kMmqWarps * 32, bytes, s, mg, xq, ds, n,
+         gshift);
+}
+using MmqLaunch = void (*)(const MmqGroup&, const int8_t*, const float2*, int, int, int, cudaStream_t);
+using MmqOccupancy = int (*)(int);
+template <bool kBf16, bool kPair>
+std::pair<MmqLaunch, MmqOccupancy> mmq_kernel_nt(int nt) {
+  if (nt == 2) return {launch_mmq<kBf16, 2, kPair>, mmq_blocks_per_sm<kBf16, 2, kPair>};
+  if (nt == 4) return {launch_mmq<kBf16, 4, kPair>, mmq_blocks_per_sm<kBf16, 4, kPair>};
+  return {launch_mmq<kBf16, 8, kPair>, mmq_blocks_per_sm<kBf16, 8, kPair>};
+}
+
+// The partial sums of every weight of a group added in slice order (deterministic) into its
+// output; swiglu: y0 = silu(gate) ⊙ up from the two weights' partial sums.
+struct MmqReduce {
+  const float* part[4];  // [slices][len[j]]
+  float* y[4];
+  size_t end[4];  // exclusive prefix of len
+  int count = 0, slices = 1;
+  bool swiglu = false;
+};
+__global__ void mmq_reduce_kernel(MmqReduce r) {
+  pdl_enter();
+  size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= r.end[r.count - 1]) return;
+  int j = 0;
+  while (i >= r.end[j]) ++j;
+  const size_t len = r.end[j] - (j ? r.end[j - 1] : 0);
+  i -= j ? r.end[j - 1] : 0;
+  float v = r.part[j][i];
+  for (int k = 1; k < r.slices; ++k) v += r.part[j][k * len + i];
+  if (r.swiglu) {
+    float u = r.part[1][i];
+    for (int k = 1; k < r.slices; ++k) u += r.part[1][k * len + i];
+    v = siluf_(v) * u;
+  }
+  r.y[j][i] = v;
+}
+
+// x of the chunk → int8 blocks (mmq_quantize_kernel, into stream-ordered scratch, padded to
+// the kernel's 8·NT tokens), then every weight in one launch; swiglu as gemm_group. With
+// column slices, mmq_reduce_kernel adds the partial sums (and applies swiglu).
+void mmq_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
+  const int cols = g.w[0].cols, stages = cols / kMmqCols, gshift = q8_group_shift(g.w[0].group);
+  const int nt = n <= 16 ? 2 : n <= 32 ? 4 : 8, n_pad = 8 * nt;
+  const bool b16 = g.w[0].sbf16, pair = gshift > 0;
+  const int bytes = mmq_bytes(nt, gshift, b16 ? 2 : 4), xb = pair ? 64 : 32;
+  MmqGroup mg;
+  mg.count = g.count;
+  size_t rows_all = 0;
+  for (int j = 0, blocks = 0; j < g.count; ++j) {
+    mg.w[j] = g.w[j];
+    mg.end[j] = blocks += (g.w[j].rows + kMmqRows - 1) / kMmqRows;
+    rows_all += g.w[j].rows;
+  }
+  const auto [k, per_sm] = b16 ? (pair ? mmq_kernel_nt<true, true>(nt) : mmq_kernel_nt<true, false>(nt))
+                               : (pair ? mmq_kernel_nt<false, true>(nt) : mmq_kernel_nt<false, false>(nt));
+  mg.slices = mmq_slices(mg.end[g.count - 1], stages, per_sm(bytes));
+  mg.slice_stages = (stages + mg.slices - 1) / mg.slices;
+  const bool sliced = mg.slices > 1;
+  const size_t qb = static_cast<size_t>(n_pad) * cols, dsb = static_cast<size_t>(cols / xb) * n_pad * sizeof(float2);
+  const size_t up = g.swiglu && !sliced ? static_cast<size_t>(n) * g.w[1].rows : 0;
+  const size_t part = sliced ? static_cast<size_t>(mg.slices) * n * rows_all : 0;
+  void* scratch = nullptr;
+  TQ_CUDA_CHECK(cudaMallocAsync(&scratch, qb + dsb + (up + part) * sizeof(float), s));
+  int8_t* xq = static_cast<int8_t*>(scratch);
+  float2* ds = reinterpret_cast<float2*>(xq + qb);  // (qb: a multiple of 4096 bytes)
+  float* u = reinterpret_cast<float*>(reinterpret_cast<char*>(ds) + dsb);
+  MmqReduce red;
+  red.count = g.count, red.slices = mg.slices, red.swiglu = g.swiglu;
+  for (int j = 0, at = 0; j < g.count; at += g.w[j].rows, ++j) {
+    const size_t len = static_cast<size_t>(n) * g.w[j].rows;
+    mg.y[j] = sliced ? u + static_cast<size_t>(mg.slices) * n * at : g.swiglu && j == 1 ? u : g.y[j];
+    red.part[j] = mg.y[j], red.y[j] = g.y[j];
+    red.end[j] = (j ? red.end[j - 1] : 0) + len;
+  }
+  if (g.swiglu) red.count = 1;  // (thread i takes gate's and up's row i)
+  const size_t q_threads = static_cast<size_t>(n_pad) * (cols / xb) * 32;  // a warp per (token, block)
+  launch(mmq_quantize_kernel, static_cast<unsigned>((q_threads + 255) / 256), 256, 0, s, x, n, n_pad, cols, xb, xq, ds);
+  k(mg, xq, ds, n, gshift, bytes, s);
+  if (sliced) launch(mmq_reduce_kernel, static_cast<unsigned>((red.end[red.count - 1] + 255) / 256), 256, 0, s, red);
+  else if (g.swiglu) swiglu(g.y[0], u, static_cast<size_t>(n) * g.w[0].rows, s);
+  TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
+}
+
 // An int8 matvec launch of more than 4 waves of blocks (the LM head: ≈ 20 on the H200): it
 // takes no fused norm (a norm kernel ahead costs less than one per block) and runs as
 // blocks that loop over units.
@@ -3331,6 +3651,10 @@ void launch_group(MatvecGroup& g, const float* x, int n, const XQ8* xq, cudaStre
   g.q8out = XQ8{};
   if (tokens_ok(g, n)) {
     tokens_group(g, x, n, s);
+    return;
+  }
+  if (mmq_ok(g, n)) {
+    mmq_group(g, x, n, s);
     return;
   }
   if (gemm_ok(g, n)) {
