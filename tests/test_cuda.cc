@@ -134,10 +134,10 @@ struct RandomQ4 {
       w.scales = reinterpret_cast<const uint8_t*>(scf.data()), w.biases = reinterpret_cast<const uint8_t*>(bif.data());
     }
   }
-  // |scale · code| of row r, column k
-  double abs_sq(int r, int k) const {
-    const unsigned q = (codes[(static_cast<size_t>(r) * w.cols + k) / 8] >> (4 * (k % 8))) & 15u;
-    return std::fabs(scf[static_cast<size_t>(r) * (w.cols / w.group) + k / w.group] * q);
+  // Row r, column k: the code, and |scale|.
+  int code(int r, int k) const { return (codes[(static_cast<size_t>(r) * w.cols + k) / 8] >> (4 * (k % 8))) & 15u; }
+  double abs_scale(int r, int k) const {
+    return std::fabs(scf[static_cast<size_t>(r) * (w.cols / w.group) + k / w.group]);
   }
 };
 // n tokens of Gaussians, each token scaled by one of 1e-3 … 1e4.
@@ -182,7 +182,7 @@ std::pair<double, double> token_errors(const std::vector<float>& got, const std:
 // path's 1e-5 · ‖ref‖ (triangle inequality) — and more than rounding, or hi + lo still ran.
 TEST(Cuda, PrefillGemmMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  PrefillMode gemm(false);  // (9 … 64 tokens would take the int8 path: PrefillInt8MatchesCpu)
+  PrefillMode gemm(false);  // (≤ 64 tokens would take the int8 path: PrefillInt8MatchesCpu)
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
   for (const Q4Shape sh : {Q4Shape{200, 192, 32, false}, Q4Shape{136, 320, 64, true}, Q4Shape{128, 256, 128, false},
@@ -198,7 +198,7 @@ TEST(Cuda, PrefillGemmMatchesCpu) {
         const auto [worst, least] = token_errors(cuda::ops::matmul(q.w, x, n), ref, n, sh.rows, [&](int t, int r) {
           double b = 0;  // 2^-11 · Σ_k |scale · q · x|
           for (int k = 0; k < sh.cols && !exact; ++k)
-            b += q.abs_sq(r, k) * std::fabs(x[static_cast<size_t>(t) * sh.cols + k]);
+            b += q.abs_scale(r, k) * q.code(r, k) * std::fabs(x[static_cast<size_t>(t) * sh.cols + k]);
           return std::ldexp(b, -11);
         });
         const char* what = exact ? " exact" : " fp16 x";
@@ -211,16 +211,19 @@ TEST(Cuda, PrefillGemmMatchesCpu) {
   }
 }
 
-// Prefill chunks of 9 … 64 tokens take the int8 tensor cores in the default mode (x as int8
-// per block of min(group, 64) columns: d = max|x|/127 over the block, each x within d/2 of
-// d·round(x/d), the bias term on x's exact block sums), so row r of token t moves by at most
-// Σ_k |scale_rk · q_rk| · d_t,k / 2 (× 1 + 1e-5 for the float scale's own rounding): per token,
-// ‖got − ref‖ ≤ ‖that bound‖ + the float path's 1e-5 · ‖ref‖ — and more than rounding, or
-// another path ran. Every group size (32, 64, 128), bf16 and f32 scales, rows that leave a
-// partial 128-row block and a partial 16-row tile, token counts for each compiled tile count
-// (≤ 16, ≤ 32, ≤ 64 tokens: 2, 4, 8 mma columns of 8) with partial ones, token magnitudes
-// 1e-3 … 1e4; small launches cut into column slices of 256 columns, and the 9b's hidden width
-// (4096 columns, 1030 rows: more blocks, fewer slices).
+// Prefill chunks of 9 … 64 tokens take the int8 tensor cores in the default mode: x as int8
+// per block of min(group, 64) columns (d = max|x|/127 over the block, each x within d/2 of
+// d·x̂, x̂ = round(x/d)) with the codes centred on 8 (the bias term on x's exact block sums, the
+// block's rounding residual Σ(x − d·x̂) carried in float), so row r of token t moves by at most
+// Σ_k |scale_rk| · |q_rk − 8| · d_t,k / 2, plus the residual's float sum (≤ 2^-12 · |scale| · d
+// per column, generously) and × 1 + 1e-5 for the scale's own rounding: per token, ‖got − ref‖ ≤
+// ‖that bound‖ + the float path's 1e-5 · ‖ref‖ — and more than rounding, or another path ran.
+// A bound on |q − 8| rather than q holds only if the codes are centred. Every group size (32,
+// 64, 128), bf16 and f32 scales, rows that leave a partial 128-row block and a partial 16-row
+// tile, token counts for each tile count the default takes (≤ 16, ≤ 32, ≤ 64 tokens: 2, 4, 8
+// mma columns of 8; 1 only with TQ_CUDA_TOKENS < 8, run in PERF v22's call 10) with partial
+// ones, token magnitudes 1e-3 … 1e4; small launches cut into column slices of 256 columns, and
+// the 9b's hidden width (4096 columns, 1030 rows: more blocks, fewer slices).
 TEST(Cuda, PrefillInt8MatchesCpu) {
   SKIP_WITHOUT_GPU();
   Int8Matvec int8;
@@ -242,9 +245,11 @@ TEST(Cuda, PrefillInt8MatchesCpu) {
         d[b] = mx / 127;
       }
       const auto [worst, least] = token_errors(cuda::ops::matmul(q.w, x, n), ref, n, sh.rows, [&](int t, int r) {
-        double b = 0;  // Σ_k |scale · q| · d / 2
-        for (int k = 0; k < sh.cols; ++k) b += q.abs_sq(r, k) * d[(static_cast<size_t>(t) * sh.cols + k) / xb];
-        return b / 2 * (1 + 1e-5);
+        double b = 0;  // Σ_k |scale| · (|q − 8| · d / 2 + 2^-12 · d)
+        for (int k = 0; k < sh.cols; ++k)
+          b += q.abs_scale(r, k) * (std::abs(q.code(r, k) - 8) / 2.0 + 0x1p-12) *
+               d[(static_cast<size_t>(t) * sh.cols + k) / xb];
+        return b * (1 + 1e-5);
       });
       std::printf("[cuda int8] prefill %dx%d group %d, %d tokens: error / bound %.3f, least rel. error %.2e\n", sh.rows,
                   sh.cols, sh.group, n, worst, least);
@@ -670,8 +675,9 @@ TEST(Cuda, ModelLogitsMatchCpu) {
 // the bias multiplies the exact Σx, so a product's error is Σ scale·(q−8)·e: of the same
 // relative size (measured 0.4% on the H200; 0.5-1.9% before centring). Bounds: 2% per
 // product; whole-model decode logits within 10% (errors add over 8 layers), argmax kept in
-// ≥ 90%. Chunks of 2 … 8 tokens take the same int8 arithmetic (q4_q8_tokens_kernel): the
-// same per-product bound. A prompt before the steps (72 tokens) runs its matmuls through the
+// ≥ 90%. Chunks of 2 … 8 tokens take the same int8 arithmetic (q4_q8_tokens_kernel), of 9 …
+// 64 x as int8 per 32 or 64 columns (q4_mmq_kernel, PrefillInt8MatchesCpu): the same
+// per-product bound. A prompt before the steps (72 tokens) runs its matmuls through the
 // prefill GEMM with x as fp16 (≤ 2^-11 of Σ|scale·q·x| per product, PrefillGemmMatchesCpu)
 // and its last token's LM head on the int8 path: its logits get the one-product bound, 2%
 // (measured 2.7–3.6e-3); then a 40-token chunk (int8 x per 32 columns on the tensor cores,

@@ -34,8 +34,9 @@ std::unique_ptr<Model> load_model(const std::string& dir);
 void set_decode_int8(bool on);
 bool decode_int8();
 // Prefill chunks of 9 … 64 tokens (a chat turn, a short prompt) in the default mode: x as int8
-// per 32 columns (scale max|x|/127, the exact sum kept for the bias) on the int8 tensor
-// cores, as llama.cpp's MMQ; longer chunks take the GEMM with x as fp16. On by default;
+// per block of min(group, 64) columns (scale max|x|/127, the exact sum kept for the bias,
+// codes centred on 8) on the int8 tensor cores, as llama.cpp's MMQ; longer chunks take the
+// GEMM with x as fp16, 2 … 8 tokens the decode step's dp4a kernel. On by default;
 // set_prefill_int8(false) or TQ_CUDA_MMQ=0: the GEMM for these too.
 void set_prefill_int8(bool on);
 bool prefill_int8();

@@ -632,8 +632,10 @@ __global__ void __launch_bounds__(kQ8Threads, 3) q4_q8_loop_kernel(DevWeight w, 
 // 2 gate rows and the same 2 up rows), each lane's 16 bytes of codes per row read once and
 // dotted with the x block of every token (q4_block_dot): the weights are read once for the
 // chunk, at the decode path's stream rate (PERF v21f: 1.9-2× the float kernel it replaced for
-// 2-8 tokens; at 16 tokens, 26% slower than the GEMM). T: the tokens compiled in (n ≤ T at
-// run time); T = 4 held to 128 registers, 2 blocks per SM, as measured.
+// 2-8 tokens). q4_mmq_kernel is faster from 5 tokens (PERF v22: +25-65% at 5-8 with
+// TQ_CUDA_TOKENS=4) but its coarser x blocks moved a cross-backend session test's
+// continuation past its bound, so 2-8 stay here. T: the tokens compiled in (n ≤ T at run
+// time); T = 4 held to 128 registers, 2 blocks per SM, as measured.
 constexpr int kTokMax = 8;
 template <bool kBf16, int T>
 __global__ void __launch_bounds__(kQ8Threads, T <= 4 ? 2 : 1) q4_q8_tokens_kernel(MatvecGroup g, XQ8 x, int n, int gshift) {
@@ -2896,7 +2898,7 @@ constexpr int kMmqXRow = kMmqCols + 32;          // a token's x bytes in a stage
 // Stages per NT (tiles of 8 tokens): 3, or 2 where x's share would leave one block per SM.
 __host__ __device__ constexpr int mmq_stages(int nt) { return nt <= 4 ? 3 : 2; }
 // A stage's layout: codes [kMmqRows][kMmqRowBytes], scales then biases [kMmqRows][sb] (sb:
-// a row's bytes of them per stage), x [8·NT tokens][kMmqXRow], x's (d, Σx) [≤ 8 blocks][8·NT].
+// a row's bytes of them per stage), x [8·NT tokens][kMmqXRow], x's ds [≤ 8 blocks][8·NT] float4.
 struct MmqLayout {
   int scales, biases, xq, xds, stage;
   __host__ __device__ MmqLayout(int sb, int nt) {
@@ -2904,7 +2906,7 @@ struct MmqLayout {
     biases = scales + kMmqRows * sb;
     xq = (biases + kMmqRows * sb + 15) / 16 * 16;
     xds = xq + 8 * nt * kMmqXRow;
-    stage = xds + 8 * (kMmqCols / 32) * nt * 8;
+    stage = xds + (kMmqCols / 32) * 8 * nt * 16;
   }
 };
 
@@ -2920,10 +2922,12 @@ struct MmqGroup {
 // x of n tokens (n_pad rows: the rows past n zero) as int8 per block of XB = 32 or 64 columns
 // (the weights' group or 64, whichever is less: a block's mma products then share one scale):
 // q [token][32-column piece] 32 bytes, each 8-value word in the order 0, 2, 4, 6, 1, 3, 5, 7
-// (the codes' byte order above); ds [block][token] (d = max|x|/127 over the block, its exact
-// Σx as a float sum). One warp per (token, block).
+// (the codes' byte order above); ds [block][token]: d = max|x|/127 over the block, its exact
+// Σx (a float sum), and 8·Σ(x − d·x̂), which centres the codes on 8 as the decode path does
+// (q4_mmq_kernel: y += s·(d·Σ q·x̂ + 8·Σ(x − d·x̂)) + b·Σx = s·d·Σ (q − 8)·x̂ + (b + 8s)·Σx, so a
+// product's error is Σ s·(q − 8)·e, not Σ s·q·e). One warp per (token, block).
 __global__ void mmq_quantize_kernel(const float* __restrict__ x, int n, int n_pad, int cols, int xb,
-                                    int8_t* __restrict__ q, float2* __restrict__ ds) {
+                                    int8_t* __restrict__ q, float4* __restrict__ ds) {
   pdl_enter();
   const int nb = cols / xb;
   const size_t wi = (static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
@@ -2935,11 +2939,15 @@ __global__ void mmq_quantize_kernel(const float* __restrict__ x, int n, int n_pa
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1)
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o)), sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  const float inv = mx > 0 ? 127.0f / mx : 0.0f;
+  const float inv = mx > 0 ? 127.0f / mx : 0.0f, d = mx / 127.0f;
+  const int q0 = __float2int_rn(v0 * inv), q1 = __float2int_rn(v1 * inv);
+  float e = (v0 - d * static_cast<float>(q0)) + (v1 - d * static_cast<float>(q1));  // this lane's rounding residual
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) e += __shfl_xor_sync(0xffffffffu, e, o);
   int8_t* qr = q + static_cast<size_t>(t) * cols + xb * b + (lane >> 3) * 8 + (lane & 1) * 4 + ((lane & 7) >> 1);
-  qr[0] = static_cast<int8_t>(__float2int_rn(v0 * inv));
-  if (xb == 64) qr[32] = static_cast<int8_t>(__float2int_rn(v1 * inv));
-  if (lane == 0) ds[static_cast<size_t>(b) * n_pad + t] = make_float2(mx / 127.0f, sum);
+  qr[0] = static_cast<int8_t>(q0);
+  if (xb == 64) qr[32] = static_cast<int8_t>(q1);
+  if (lane == 0) ds[static_cast<size_t>(b) * n_pad + t] = make_float4(d, sum, 8.0f * e, 0.0f);
 }
 
 // c += a (16×32 int8, row) · b (32×8 int8, col), int32.
@@ -2957,7 +2965,7 @@ __device__ __forceinline__ void mma_s8_16832(int (&c)[4], const uint32_t (&a)[4]
 // of 32) each piece has its own. gshift: log2(group / 32) (cols % 256 == 0, host-checked).
 template <bool kBf16, int NT, bool kPair>
 __global__ void __launch_bounds__(kMmqWarps * 32, 2) q4_mmq_kernel(MmqGroup g, const int8_t* __restrict__ xq,
-                                                                   const float2* __restrict__ xds, int n, int gshift) {
+                                                                   const float4* __restrict__ xds, int n, int gshift) {
   extern __shared__ __align__(16) unsigned char sm[];
   constexpr int S = mmq_stages(NT), TP = 8 * NT, es = kBf16 ? 2 : 4, XB = kPair ? 64 : 32;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gid = lane >> 2, tig = lane & 3;
@@ -2992,8 +3000,8 @@ __global__ void __launch_bounds__(kMmqWarps * 32, 2) q4_mmq_kernel(MmqGroup g, c
       const int t = e >> 4, piece = e & 15;
       cp_async16(st + lay.xq + t * kMmqXRow + 16 * piece, xq + static_cast<size_t>(t) * cols + k0 + 16 * piece, true);
     }
-    for (int e = tid; e < TP * (kMmqCols / XB) / 2; e += kMmqWarps * 32)  // (d, Σx) of the stage's blocks × TP tokens
-      cp_async16(st + lay.xds + 16 * e, xds_bytes + static_cast<size_t>(k0 / XB) * TP * 8 + 16 * e, true);
+    for (int e = tid; e < TP * (kMmqCols / XB); e += kMmqWarps * 32)  // ds of the stage's blocks × TP tokens
+      cp_async16(st + lay.xds + 16 * e, xds_bytes + static_cast<size_t>(k0 / XB) * TP * 16 + 16 * e, true);
   };
   // The first stages' codes, scales and biases before the wait (they do not depend on the
   // kernel ahead), their x after it (written by the quantize kernel ahead). Commit group i
@@ -3036,7 +3044,8 @@ __global__ void __launch_bounds__(kMmqWarps * 32, 2) q4_mmq_kernel(MmqGroup g, c
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
           const unsigned char* xt = st + lay.xq + (8 * t + gid) * kMmqXRow + 32 * bl + 8 * tig;
-          const float4 dd = *reinterpret_cast<const float4*>(st + lay.xds + (xbl * TP + 8 * t + 2 * tig) * 8);
+          const float4* dd = reinterpret_cast<const float4*>(st + lay.xds) + xbl * TP + 8 * t + 2 * tig;
+          const float4 d0 = dd[0], d1 = dd[1];  // tokens 2·tig, 2·tig + 1: (d, Σx, 8·Σ(x − d·x̂))
           int c[4] = {0, 0, 0, 0};
           const uint2 x0 = *reinterpret_cast<const uint2*>(xt);
           mma_s8_16832(c, h ? a1 : a0, x0.x, x0.y);
@@ -3044,10 +3053,10 @@ __global__ void __launch_bounds__(kMmqWarps * 32, 2) q4_mmq_kernel(MmqGroup g, c
             const uint2 x1 = *reinterpret_cast<const uint2*>(xt + 32);
             mma_s8_16832(c, a1, x1.x, x1.y);
           }
-          acc[t][0] += sa * dd.x * small_int_to_float(c[0]) + ba * dd.y;
-          acc[t][1] += sa * dd.z * small_int_to_float(c[1]) + ba * dd.w;
-          acc[t][2] += sb * dd.x * small_int_to_float(c[2]) + bb * dd.y;
-          acc[t][3] += sb * dd.z * small_int_to_float(c[3]) + bb * dd.w;
+          acc[t][0] += sa * fmaf(d0.x, small_int_to_float(c[0]), d0.z) + ba * d0.y;
+          acc[t][1] += sa * fmaf(d1.x, small_int_to_float(c[1]), d1.z) + ba * d1.y;
+          acc[t][2] += sb * fmaf(d0.x, small_int_to_float(c[2]), d0.z) + bb * d0.y;
+          acc[t][3] += sb * fmaf(d1.x, small_int_to_float(c[3]), d1.z) + bb * d1.y;
         }
       }
     }
@@ -3339,15 +3348,19 @@ int q8_group_shift(int group) {
   return shift;
 }
 
-// A chunk of 2 … kTokMax tokens in the default mode (more: the GEMM): every weight of the
-// group 4-bit with equal cols and groups (int8_shape_ok). TQ_CUDA_TOKENS caps the chunk
-// (0: the float kernel, as before v21f).
-bool tokens_ok(const MatvecGroup& g, int n) {
+// A chunk of 2 … tokens_max() tokens in the default mode (more: q4_mmq_kernel, then the
+// GEMM): every weight of the group 4-bit with equal cols and groups (int8_shape_ok).
+// TQ_CUDA_TOKENS sets the most (0 … kTokMax, default kTokMax); below it, chunks from 2 tokens
+// take q4_mmq_kernel where it applies (0 with it off: the float kernel, as before v21f).
+int tokens_max() {
   static const int tok_max = [] {
     const char* e = std::getenv("TQ_CUDA_TOKENS");
     return e ? std::clamp(std::atoi(e), 0, kTokMax) : kTokMax;
   }();
-  if (!g_decode_int8 || n < 2 || n > tok_max || g.w[0].cols % 32 != 0) return false;
+  return tok_max;
+}
+bool tokens_ok(const MatvecGroup& g, int n) {
+  if (!g_decode_int8 || n < 2 || n > tokens_max() || g.w[0].cols % 32 != 0) return false;
   return q4_uniform(g);
 }
 // x of the chunk → int8 (stream-ordered scratch), then one q4_q8_tokens_kernel launch.
@@ -3456,11 +3469,13 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
 
-// Chunks of 9 … kMmqMaxTok tokens in the default mode on the int8 tensor cores: every weight
-// of the group 4-bit with equal cols and groups (q4_uniform), cols % kMmqCols == 0, groups of
-// 32 … 128, sm_80+. g_prefill_int8 (TQ_CUDA_MMQ=0, set_prefill_int8(false)): the GEMM.
+// Chunks of tokens_max() + 1 … kMmqMaxTok tokens in the default mode on the int8 tensor
+// cores: every weight of the group 4-bit with equal cols and groups (q4_uniform), cols %
+// kMmqCols == 0, groups of 32 … 128, sm_80+. g_prefill_int8 off (TQ_CUDA_MMQ=0,
+// set_prefill_int8(false)): the GEMM, as before v22.
 bool mmq_ok(const MatvecGroup& g, int n) {
-  if (!g_decode_int8 || !g_prefill_int8 || n <= kTokMax || n > kMmqMaxTok || device_major() < 8) return false;
+  if (!g_decode_int8 || !g_prefill_int8 || n < 2 || n <= tokens_max() || n > kMmqMaxTok) return false;
+  if (device_major() < 8) return false;
   if (g.w[0].cols % kMmqCols != 0 || g.w[0].group < 32 || g.w[0].group > 128) return false;
   return q4_uniform(g);
 }
@@ -3502,14 +3517,15 @@ int mmq_slices(int blocks, int stages, int per_sm) {
   return best;
 }
 template <bool kBf16, int NT, bool kPair>
-void launch_mmq(const MmqGroup& mg, const int8_t* xq, const float2* ds, int n, int gshift, int bytes, cudaStream_t s) {
+void launch_mmq(const MmqGroup& mg, const int8_t* xq, const float4* ds, int n, int gshift, int bytes, cudaStream_t s) {
   launch(q4_mmq_kernel<kBf16, NT, kPair>, mg.end[mg.count - 1] * mg.slices, kMmqWarps * 32, bytes, s, mg, xq, ds, n,
          gshift);
 }
-using MmqLaunch = void (*)(const MmqGroup&, const int8_t*, const float2*, int, int, int, cudaStream_t);
+using MmqLaunch = void (*)(const MmqGroup&, const int8_t*, const float4*, int, int, int, cudaStream_t);
 using MmqOccupancy = int (*)(int);
 template <bool kBf16, bool kPair>
 std::pair<MmqLaunch, MmqOccupancy> mmq_kernel_nt(int nt) {
+  if (nt == 1) return {launch_mmq<kBf16, 1, kPair>, mmq_blocks_per_sm<kBf16, 1, kPair>};
   if (nt == 2) return {launch_mmq<kBf16, 2, kPair>, mmq_blocks_per_sm<kBf16, 2, kPair>};
   if (nt == 4) return {launch_mmq<kBf16, 4, kPair>, mmq_blocks_per_sm<kBf16, 4, kPair>};
   return {launch_mmq<kBf16, 8, kPair>, mmq_blocks_per_sm<kBf16, 8, kPair>};
@@ -3547,7 +3563,7 @@ __global__ void mmq_reduce_kernel(MmqReduce r) {
 // column slices, mmq_reduce_kernel adds the partial sums (and applies swiglu).
 void mmq_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   const int cols = g.w[0].cols, stages = cols / kMmqCols, gshift = q8_group_shift(g.w[0].group);
-  const int nt = n <= 16 ? 2 : n <= 32 ? 4 : 8, n_pad = 8 * nt;
+  const int nt = n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 4 : 8, n_pad = 8 * nt;
   const bool b16 = g.w[0].sbf16, pair = gshift > 0;
   const int bytes = mmq_bytes(nt, gshift, b16 ? 2 : 4), xb = pair ? 64 : 32;
   MmqGroup mg;
@@ -3563,13 +3579,13 @@ void mmq_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   mg.slices = mmq_slices(mg.end[g.count - 1], stages, per_sm(bytes));
   mg.slice_stages = (stages + mg.slices - 1) / mg.slices;
   const bool sliced = mg.slices > 1;
-  const size_t qb = static_cast<size_t>(n_pad) * cols, dsb = static_cast<size_t>(cols / xb) * n_pad * sizeof(float2);
+  const size_t qb = static_cast<size_t>(n_pad) * cols, dsb = static_cast<size_t>(cols / xb) * n_pad * sizeof(float4);
   const size_t up = g.swiglu && !sliced ? static_cast<size_t>(n) * g.w[1].rows : 0;
   const size_t part = sliced ? static_cast<size_t>(mg.slices) * n * rows_all : 0;
   void* scratch = nullptr;
   TQ_CUDA_CHECK(cudaMallocAsync(&scratch, qb + dsb + (up + part) * sizeof(float), s));
   int8_t* xq = static_cast<int8_t*>(scratch);
-  float2* ds = reinterpret_cast<float2*>(xq + qb);  // (qb: a multiple of 4096 bytes)
+  float4* ds = reinterpret_cast<float4*>(xq + qb);  // (qb: a multiple of 4096 bytes)
   float* u = reinterpret_cast<float*>(reinterpret_cast<char*>(ds) + dsb);
   MmqReduce red;
   red.count = g.count, red.slices = mg.slices, red.swiglu = g.swiglu;

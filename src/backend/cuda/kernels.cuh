@@ -106,9 +106,9 @@ struct XQ8 {
 // (more than 8 tokens) takes x as fp16 when g_decode_int8, as fp16 hi + lo (exact to
 // rounding) when not.
 extern bool g_decode_int8;
-// Prefill chunks of 9 … 64 tokens take x as int8 per 32 columns on the int8 tensor cores
-// (q4_mmq_kernel) when g_decode_int8 and g_prefill_int8 (default; TQ_CUDA_MMQ=0 or
-// set_prefill_int8(false): the GEMM).
+// Prefill chunks of 9 … 64 tokens take x as int8 per min(group, 64) columns on the int8
+// tensor cores (q4_mmq_kernel) when g_decode_int8 and g_prefill_int8 (default; TQ_CUDA_MMQ=0
+// or set_prefill_int8(false): the GEMM).
 extern bool g_prefill_int8;
 // An XQ8 of n values (rounded up to blocks of 32) in one allocation of xq8_bytes: q (32 bytes
 // per block), then d and sum (a float4 each per block), then ss when normed.
