@@ -2887,8 +2887,9 @@ __global__ void gemm_reduce_kernel(const float* __restrict__ part, int splits, s
 // two masks: a 32-bit word of codes k … k + 7 gives the bytes of codes k, k + 2, k + 4, k + 6
 // (w & 0x0F0F0F0F) and k + 1, k + 3, k + 5, k + 7 (w >> 4 & 0x0F0F0F0F) — x's int8 bytes are
 // stored in that order (mmq_quantize_kernel), so one mma of k = 32 takes 32 columns of x
-// under one scale (x's blocks: min(group, 64) columns). Per x block: y += s·d·(Σ q·x̂) +
-// b·Σx, with s, b the weight group's scale and bias, d the block's scale, Σx its exact sum.
+// under one scale (x's blocks: min(group, 64) columns). Per x block: y += s·d·Σ (q − 8)·x̂ +
+// (b + 8s)·Σx (codes centred on 8 through x's rounding residual: mmq_quantize_kernel), with
+// s, b the weight group's scale and bias, d the block's scale, Σx its exact sum.
 // A block (kMmqWarps warps, 16 rows each) takes kMmqRows rows of one weight over a slice of
 // the columns; stages of kMmqCols columns (the rows' codes, scales and biases, and every
 // token's x bytes and block scales, shared by the warps) stream in by cp.async (PERF v22).
@@ -2912,7 +2913,7 @@ struct MmqLayout {
 
 struct MmqGroup {
   DevWeight w[4];
-  float* y[4];           // [n][rows] each; slices > 1: [slices][n][rows] partial sums (gemm_reduce_kernel)
+  float* y[4];           // [n][rows] each; slices > 1: [slices][n][rows] partial sums (mmq_reduce_kernel)
   int count = 0;
   int end[4];            // exclusive prefix of kMmqRows-row blocks per weight
   int slices = 1;        // column slices per row block
