@@ -3244,6 +3244,16 @@ int device_major() {
   }();
   return major;
 }
+// The GPU's SM count (at least 1).
+int sm_count() {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    TQ_CUDA_CHECK(cudaGetDevice(&dev));
+    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return std::max(1, n);
+  }();
+  return sms;
+}
 
 bool pdl_enabled() {
   static const bool on = !(std::getenv("TQ_CUDA_PDL") && std::getenv("TQ_CUDA_PDL")[0] == '0') && device_major() >= 9;
@@ -3282,11 +3292,9 @@ namespace {
 // Blocks of the int8 matvec resident at once on this GPU (its register use bounds them).
 int q8_block_slots() {
   static const int slots = [] {
-    int dev = 0, sms = 0, blocks = 0;
-    TQ_CUDA_CHECK(cudaGetDevice(&dev));
-    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    int blocks = 0;
     TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, q4_q8_kernel<true>, kQ8Threads, 0));
-    return sms * blocks;
+    return sm_count() * blocks;
   }();
   return slots;
 }
@@ -3409,14 +3417,12 @@ int gemm_splits(int blocks, int tiles) {
     return e ? std::atoi(e) : 1;
   }();
   static const int slots = [] {
-    int dev = 0, sms = 0, per_sm = 0;
-    TQ_CUDA_CHECK(cudaGetDevice(&dev));
-    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    int per_sm = 0;
     TQ_CUDA_CHECK(cudaFuncSetAttribute(q4_gemm_kernel<true, false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        GemmLayout<false>::bytes));
     TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, q4_gemm_kernel<true, false, false>, kGemmThreads,
                                                                 GemmLayout<false>::bytes));
-    return std::max(1, sms * per_sm);
+    return std::max(1, sm_count() * per_sm);
   }();
   const int target = split_waves * slots;
   if (split_waves <= 0 || 2 * blocks > target) return 1;
@@ -3502,12 +3508,7 @@ int mmq_blocks_per_sm(int bytes) {
 // fill); least wins, and on a tie the count that puts more blocks on the GPU at once (up to
 // what it holds: two per SM hide more latency than one).
 int mmq_slices(int blocks, int stages, int per_sm) {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    TQ_CUDA_CHECK(cudaGetDevice(&dev));
-    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return std::max(1, n);
-  }();
+  const int sms = sm_count();
   int best = 1, best_cost = INT32_MAX;
   for (int ks = 1; ks <= std::min(stages, 16); ++ks) {
     const int per = (stages + ks - 1) / ks;
@@ -3952,13 +3953,11 @@ int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
   constexpr int max_blocks = 1056, min_tokens = 128;
   int blocks = max_blocks;
   if (const TcKernel tc = tc_kernel_for(L); tc.fn) {
-    int dev = 0, sms = 0, per_sm = 0;
-    TQ_CUDA_CHECK(cudaGetDevice(&dev));
-    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    int per_sm = 0;
     TQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, tc.fn, kTcWarps * 32, tc.bytes));
-    const int slots = std::max(1, sms * per_sm);
+    const int slots = std::max(1, sm_count() * per_sm);
     blocks = std::min(max_blocks, slots * std::max(1, max_blocks / slots));
-    if (n_q == 1) blocks = L.k.bits >= 16 && L.v.bits >= 16 ? std::max(1, sms) : slots;
+    if (n_q == 1) blocks = L.k.bits >= 16 && L.v.bits >= 16 ? sm_count() : slots;
   }
   const int want = std::max(1, blocks / std::max(1, n_q * L.n_kv_heads));
   return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + min_tokens - 1) / min_tokens)));
