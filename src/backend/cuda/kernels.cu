@@ -2699,7 +2699,7 @@ struct GemmGroup {
   const uint8_t* codes[4];
   const void* scales[4];
   const void* biases[4];
-  float* y[4];        // [n][rows] each; split: [splits][n][rows] partial sums (gemm_reduce_kernel)
+  float* y[4];        // [n][rows] each; split: [splits][n][rows] partial sums (slice_reduce_kernel)
   int split_tiles = 0;  // column tiles per grid.z slice (all of them: no split)
 };
 
@@ -2870,14 +2870,32 @@ __global__ void __launch_bounds__(kGemmThreads, 2)
   }
 }
 
-// y[i] = Σ_s part[s·len + i], in slice order.
-__global__ void gemm_reduce_kernel(const float* __restrict__ part, int splits, size_t len, float* __restrict__ y) {
+// Column slices' partial sums (the prefill GEMM's and q4_mmq_kernel's): every weight of a
+// group added in slice order (deterministic) into its output; swiglu: y0 = silu(gate) ⊙ up
+// from the two weights' partial sums.
+struct SliceReduce {
+  const float* part[4];  // [slices][len[j]]
+  float* y[4];
+  size_t end[4];  // exclusive prefix of len
+  int count = 0, slices = 1;
+  bool swiglu = false;
+};
+__global__ void slice_reduce_kernel(SliceReduce r) {
   pdl_enter();
-  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= len) return;
-  float v = part[i];
-  for (int k = 1; k < splits; ++k) v += part[k * len + i];
-  y[i] = v;
+  size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= r.end[r.count - 1]) return;
+  int j = 0;
+  while (i >= r.end[j]) ++j;
+  const size_t len = r.end[j] - (j ? r.end[j - 1] : 0);
+  i -= j ? r.end[j - 1] : 0;
+  float v = r.part[j][i];
+  for (int k = 1; k < r.slices; ++k) v += r.part[j][k * len + i];
+  if (r.swiglu) {
+    float u = r.part[1][i];
+    for (int k = 1; k < r.slices; ++k) u += r.part[1][k * len + i];
+    v = siluf_(v) * u;
+  }
+  r.y[j][i] = v;
 }
 
 // ---- prefill chunks of 9 … kMmqMaxTok tokens on the int8 tensor cores (mma m16n8k32) ----
@@ -2913,7 +2931,7 @@ struct MmqLayout {
 
 struct MmqGroup {
   DevWeight w[4];
-  float* y[4];           // [n][rows] each; slices > 1: [slices][n][rows] partial sums (mmq_reduce_kernel)
+  float* y[4];           // [n][rows] each; slices > 1: [slices][n][rows] partial sums (slice_reduce_kernel)
   int count = 0;
   int end[4];            // exclusive prefix of kMmqRows-row blocks per weight
   int slices = 1;        // column slices per row block
@@ -3429,10 +3447,33 @@ int gemm_splits(int blocks, int tiles) {
   return std::max(1, std::min(tiles / 4, (target + blocks - 1) / blocks));
 }
 
+// Partial sums of a group's launch cut into `slices` column slices: weight j's at part +
+// slices·n·(rows of the weights before j), [slice][n][rows]. Points y[j] (the kernel's outputs)
+// there, or at g's outputs (swiglu: up into u) when there is one slice; after the launch,
+// add_slices adds them into g's outputs (applying swiglu), or applies swiglu to u.
+void slice_outputs(const MatvecGroup& g, int slices, int n, float* part, float* u, float** y) {
+  for (int j = 0, at = 0; j < g.count; at += g.w[j].rows, ++j)
+    y[j] = slices > 1 ? part + static_cast<size_t>(slices) * n * at : g.swiglu && j == 1 ? u : g.y[j];
+}
+void add_slices(const MatvecGroup& g, int slices, int n, float* const* y, const float* u, cudaStream_t s) {
+  if (slices <= 1) {
+    if (g.swiglu) swiglu(g.y[0], u, static_cast<size_t>(n) * g.w[0].rows, s);
+    return;
+  }
+  SliceReduce r;
+  r.count = g.swiglu ? 1 : g.count;  // (swiglu: thread i takes gate's and up's element i)
+  r.slices = slices, r.swiglu = g.swiglu;
+  for (int j = 0; j < g.count; ++j) {
+    r.part[j] = y[j], r.y[j] = g.y[j];
+    r.end[j] = (j ? r.end[j - 1] : 0) + static_cast<size_t>(n) * g.w[j].rows;
+  }
+  launch(slice_reduce_kernel, static_cast<unsigned>((r.end[r.count - 1] + 255) / 256), 256, 0, s, r);
+}
+
 // x converted once (gemm_prep_kernel, into stream-ordered scratch), then every weight in
 // one launch; swiglu: gate and up, then y0 = silu(gate·x) ⊙ (up·x). x as fp16 hi + lo only
 // in the exact mode (!g_decode_int8). A launch cut into column slices (gemm_splits) writes
-// each slice's partial sums, added in slice order by gemm_reduce_kernel (deterministic).
+// each slice's partial sums, added in slice order by slice_reduce_kernel (deterministic).
 void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   const int cols = g.w[0].cols, tiles = cols / kGemmBK;
   GemmGroup gg;
@@ -3448,7 +3489,7 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   gg.split_tiles = (tiles + splits_want - 1) / splits_want;
   const int splits = (tiles + gg.split_tiles - 1) / gg.split_tiles;
   const size_t nh = static_cast<size_t>(n) * cols, ns = nh / 32, parts = g_decode_int8 ? 1 : 2;
-  const size_t up = g.swiglu ? static_cast<size_t>(n) * g.w[1].rows : 0;
+  const size_t up = g.swiglu && splits == 1 ? static_cast<size_t>(n) * g.w[1].rows : 0;
   const size_t part = splits > 1 ? static_cast<size_t>(splits) * n * rows_all : 0;
   void* scratch = nullptr;
   TQ_CUDA_CHECK(cudaMallocAsync(&scratch, parts * nh * sizeof(__half) + (ns + n + up + part) * sizeof(float), s));
@@ -3457,22 +3498,12 @@ void gemm_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   float* xs = reinterpret_cast<float*>(xh + parts * nh);
   float* inv = xs + ns;
   float* u = inv + n;
-  float* out[4];  // each weight's result
-  for (int j = 0, at = 0; j < g.count; at += g.w[j].rows, ++j) {
-    out[j] = g.swiglu && j == 1 ? u : g.y[j];
-    gg.y[j] = splits > 1 ? u + up + static_cast<size_t>(splits) * n * at : out[j];
-  }
+  slice_outputs(g, splits, n, u + up, u, gg.y);
   launch(gemm_prep_kernel, n, 256, 0, s, x, cols, xh, xl, xs, inv);
   const bool g32 = gg.group == 32;
   if (g.w[0].sbf16) (g32 ? launch_gemm_x<true, true> : launch_gemm_x<true, false>)(gg, xh, xl, xs, inv, n, s);
   else (g32 ? launch_gemm_x<false, true> : launch_gemm_x<false, false>)(gg, xh, xl, xs, inv, n, s);
-  for (int j = 0; j < g.count && splits > 1; ++j) {
-    const size_t len = static_cast<size_t>(n) * g.w[j].rows;
-    launch(gemm_reduce_kernel, (len + 255) / 256, 256, 0, s, static_cast<const float*>(gg.y[j]), splits, len, out[j]);
-  }
-  if (g.swiglu) {
-    swiglu(g.y[0], u, static_cast<size_t>(n) * g.w[0].rows, s);
-  }
+  add_slices(g, splits, n, gg.y, u, s);
   TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
 
@@ -3533,36 +3564,8 @@ std::pair<MmqLaunch, MmqOccupancy> mmq_kernel_nt(int nt) {
   return {launch_mmq<kBf16, 8, kPair>, mmq_blocks_per_sm<kBf16, 8, kPair>};
 }
 
-// The partial sums of every weight of a group added in slice order (deterministic) into its
-// output; swiglu: y0 = silu(gate) ⊙ up from the two weights' partial sums.
-struct MmqReduce {
-  const float* part[4];  // [slices][len[j]]
-  float* y[4];
-  size_t end[4];  // exclusive prefix of len
-  int count = 0, slices = 1;
-  bool swiglu = false;
-};
-__global__ void mmq_reduce_kernel(MmqReduce r) {
-  pdl_enter();
-  size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= r.end[r.count - 1]) return;
-  int j = 0;
-  while (i >= r.end[j]) ++j;
-  const size_t len = r.end[j] - (j ? r.end[j - 1] : 0);
-  i -= j ? r.end[j - 1] : 0;
-  float v = r.part[j][i];
-  for (int k = 1; k < r.slices; ++k) v += r.part[j][k * len + i];
-  if (r.swiglu) {
-    float u = r.part[1][i];
-    for (int k = 1; k < r.slices; ++k) u += r.part[1][k * len + i];
-    v = siluf_(v) * u;
-  }
-  r.y[j][i] = v;
-}
-
 // x of the chunk → int8 blocks (mmq_quantize_kernel, into stream-ordered scratch, padded to
-// the kernel's 8·NT tokens), then every weight in one launch; swiglu as gemm_group. With
-// column slices, mmq_reduce_kernel adds the partial sums (and applies swiglu).
+// the kernel's 8·NT tokens), then every weight in one launch; slices and swiglu as gemm_group.
 void mmq_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   const int cols = g.w[0].cols, stages = cols / kMmqCols, gshift = q8_group_shift(g.w[0].group);
   const int nt = n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 4 : 8, n_pad = 8 * nt;
@@ -3589,20 +3592,11 @@ void mmq_group(const MatvecGroup& g, const float* x, int n, cudaStream_t s) {
   int8_t* xq = static_cast<int8_t*>(scratch);
   float4* ds = reinterpret_cast<float4*>(xq + qb);  // (qb: a multiple of 4096 bytes)
   float* u = reinterpret_cast<float*>(reinterpret_cast<char*>(ds) + dsb);
-  MmqReduce red;
-  red.count = g.count, red.slices = mg.slices, red.swiglu = g.swiglu;
-  for (int j = 0, at = 0; j < g.count; at += g.w[j].rows, ++j) {
-    const size_t len = static_cast<size_t>(n) * g.w[j].rows;
-    mg.y[j] = sliced ? u + static_cast<size_t>(mg.slices) * n * at : g.swiglu && j == 1 ? u : g.y[j];
-    red.part[j] = mg.y[j], red.y[j] = g.y[j];
-    red.end[j] = (j ? red.end[j - 1] : 0) + len;
-  }
-  if (g.swiglu) red.count = 1;  // (thread i takes gate's and up's row i)
+  slice_outputs(g, mg.slices, n, u + up, u, mg.y);
   const size_t q_threads = static_cast<size_t>(n_pad) * (cols / xb) * 32;  // a warp per (token, block)
   launch(mmq_quantize_kernel, static_cast<unsigned>((q_threads + 255) / 256), 256, 0, s, x, n, n_pad, cols, xb, xq, ds);
   k(mg, xq, ds, n, gshift, bytes, s);
-  if (sliced) launch(mmq_reduce_kernel, static_cast<unsigned>((red.end[red.count - 1] + 255) / 256), 256, 0, s, red);
-  else if (g.swiglu) swiglu(g.y[0], u, static_cast<size_t>(n) * g.w[0].rows, s);
+  add_slices(g, mg.slices, n, mg.y, u, s);
   TQ_CUDA_CHECK(cudaFreeAsync(scratch, s));
 }
 
