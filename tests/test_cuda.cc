@@ -111,31 +111,39 @@ struct Q4Shape {
   int rows, cols, group;
   bool f32_scales;
 };
-// A random MLX 4-bit weight with bf16 scales, or the same values widened to f32 scales (the
-// f32-scale variant).
-struct RandomQ4 {
+// A random MLX-style 4-bit weight (bf16 scales and biases), its storage in `store`.
+struct Q4Store {
   std::vector<uint32_t> codes;
-  std::vector<uint16_t> sc, bi;
+  std::vector<uint16_t> scales, biases;
+};
+Weight random_q4(const char* name, int rows, int cols, int group, std::mt19937_64& rng, Q4Store& st) {
+  const auto wf = test::gaussian(static_cast<size_t>(rows) * cols, rng, 0.05f);
+  quantize_affine(wf.data(), rows, cols, 4, group, st.codes, st.scales, st.biases);
+  Weight w;
+  w.name = name;
+  w.rows = rows, w.cols = cols, w.bits = 4, w.group = group;
+  w.data = reinterpret_cast<const uint8_t*>(st.codes.data());
+  w.scales = reinterpret_cast<const uint8_t*>(st.scales.data());
+  w.biases = reinterpret_cast<const uint8_t*>(st.biases.data());
+  return w;
+}
+// random_q4 with bf16 scales, or the same values widened to f32 scales (the f32-scale
+// variant).
+struct RandomQ4 {
+  Q4Store st;
   std::vector<float> scf, bif;  // the scales as f32
   Weight w;
-  RandomQ4(const Q4Shape& sh, std::mt19937_64& rng) {
-    const int rows = sh.rows, cols = sh.cols, group = sh.group;
-    auto wf = test::gaussian(static_cast<size_t>(rows) * cols, rng, 0.05f);
-    quantize_affine(wf.data(), rows, cols, 4, group, codes, sc, bi);
-    for (size_t i = 0; i < sc.size(); ++i)
-      scf.push_back(to_float(DType::bf16, reinterpret_cast<const uint8_t*>(&sc[i]))),
-          bif.push_back(to_float(DType::bf16, reinterpret_cast<const uint8_t*>(&bi[i])));
-    w.name = "random";
-    w.rows = rows, w.cols = cols, w.bits = 4, w.group = group;
-    w.data = reinterpret_cast<const uint8_t*>(codes.data());
-    w.scales = reinterpret_cast<const uint8_t*>(sc.data()), w.biases = reinterpret_cast<const uint8_t*>(bi.data());
+  RandomQ4(const Q4Shape& sh, std::mt19937_64& rng) : w(random_q4("random", sh.rows, sh.cols, sh.group, rng, st)) {
+    for (size_t i = 0; i < st.scales.size(); ++i)
+      scf.push_back(to_float(DType::bf16, reinterpret_cast<const uint8_t*>(&st.scales[i]))),
+          bif.push_back(to_float(DType::bf16, reinterpret_cast<const uint8_t*>(&st.biases[i])));
     if (sh.f32_scales) {
       w.sdtype = DType::f32;
       w.scales = reinterpret_cast<const uint8_t*>(scf.data()), w.biases = reinterpret_cast<const uint8_t*>(bif.data());
     }
   }
   // Row r, column k: the code, and |scale|.
-  int code(int r, int k) const { return (codes[(static_cast<size_t>(r) * w.cols + k) / 8] >> (4 * (k % 8))) & 15u; }
+  int code(int r, int k) const { return (st.codes[(static_cast<size_t>(r) * w.cols + k) / 8] >> (4 * (k % 8))) & 15u; }
   double abs_scale(int r, int k) const {
     return std::fabs(scf[static_cast<size_t>(r) * (w.cols / w.group) + k / w.group]);
   }
@@ -265,22 +273,6 @@ TEST(Cuda, PrefillInt8MatchesCpu) {
 // int8 path's bound, as Int8DecodeWithinDerivedBound); the copy against the format computed
 // here from the GPU's own g: per 8 values the scale max|g|/127, codes round(g·127/max), the
 // exact sum.
-// A random MLX-style 4-bit weight (bf16 scales and biases), its storage in `store`.
-struct Q4Store {
-  std::vector<uint32_t> codes;
-  std::vector<uint16_t> scales, biases;
-};
-Weight random_q4(const char* name, int rows, int cols, int group, std::mt19937_64& rng, Q4Store& st) {
-  const auto wf = test::gaussian(static_cast<size_t>(rows) * cols, rng, 0.05f);
-  quantize_affine(wf.data(), rows, cols, 4, group, st.codes, st.scales, st.biases);
-  Weight w;
-  w.name = name;
-  w.rows = rows, w.cols = cols, w.bits = 4, w.group = group;
-  w.data = reinterpret_cast<const uint8_t*>(st.codes.data());
-  w.scales = reinterpret_cast<const uint8_t*>(st.scales.data()), w.biases = reinterpret_cast<const uint8_t*>(st.biases.data());
-  return w;
-}
-
 // Mismatches of the GPU's int8 words (q in its byte order, d, sum) against v's values:
 // codes round(v·127/max|v|) per 8 values, d = max|v|/127, sum within a float sum's rounding.
 struct WordErrors {
