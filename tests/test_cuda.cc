@@ -546,9 +546,15 @@ TEST(Cuda, DeltaStepMatchesCpu) {
 // tensor-core kernel (where the layer fits it) and with the float kernel over the same GPU
 // cache, so their difference is the kernels' alone.
 struct AttentionKernel {
-  explicit AttentionKernel(bool tc) : saved(cuda::attention_tc()) { cuda::set_attention_tc(tc); }
-  ~AttentionKernel() { cuda::set_attention_tc(saved); }
-  bool saved;
+  AttentionKernel(bool tc, bool tiled) : saved(cuda::attention_tc()), saved_tiled(cuda::attention_tiled()) {
+    cuda::set_attention_tc(tc);
+    cuda::set_attention_tiled(tiled);
+  }
+  ~AttentionKernel() {
+    cuda::set_attention_tc(saved);
+    cuda::set_attention_tiled(saved_tiled);
+  }
+  bool saved, saved_tiled;
 };
 
 TEST(Cuda, AttentionMatchesCpuSlot) {
@@ -561,50 +567,68 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
                                         {16, 2, 128}, {6, 2, 64},  {8, 8, 64},   {8, 4, 8}};
   for (const char* pol : {"fp16", "f32", "tq3", "tq4", "k8v3", "tq3+w0", "k16v3", "tq2+w16"}) {
     const CachePolicy p = CachePolicy::parse(pol);
-    double worst_cpu = 0, worst_kernels = 0;
+    double worst_cpu = 0, worst_kernels = 0, worst_tiled = 0;
     for (const auto& geo : geos) {
-      const size_t n_kv = 300, chunk = 64, row = static_cast<size_t>(geo.n_kv_heads) * geo.head_dim;
+      const size_t n_kv = 300, row = static_cast<size_t>(geo.n_kv_heads) * geo.head_dim;
       auto k = test::gaussian(n_kv * row, rng), v = test::gaussian(n_kv * row, rng);
-      auto cpu = make_kv_slot(p, geo, 3);
-      for (size_t t = 0; t < n_kv; t += chunk) {
-        const size_t c = std::min(chunk, n_kv - t);
-        cpu->append(std::span<const float>(k.data() + t * row, c * row), std::span<const float>(v.data() + t * row, c * row), c);
-      }
-      // Queries: the newest position (decode) and 37 positions ending there.
-      for (int nq : {1, 37}) {
-        std::vector<int32_t> pos(nq);
-        for (int i = 0; i < nq; ++i) pos[i] = static_cast<int32_t>(n_kv - nq + i);
-        auto q = test::gaussian(static_cast<size_t>(nq) * geo.n_heads * geo.head_dim, rng);
-        std::vector<float> ref(q.size());
-        cpu->attend(q, pos, ref, 0, pool);
-        std::vector<float> got[2];
-        for (bool tc : {true, false}) {
-          const AttentionKernel kernel(tc);
-          got[tc] = cuda::ops::attention(p, geo, 3, k, v, n_kv, chunk, q, pos);
+      // Appends in chunks of 64 (the last one 44 tokens) or 150. Queries: the newest position
+      // (decode) and 37 or 130 positions ending there, within the last append as a prefill
+      // chunk's are (from 16 queries the tiled kernel, in splits, with a window's tokens by
+      // the per-query kernel; 130 queries are several tiles of positions for every G).
+      for (const auto& [chunk, nqs] : {std::pair<size_t, std::vector<int>>{64, {1, 37}}, {150, {130}}}) {
+        auto cpu = make_kv_slot(p, geo, 3);
+        for (size_t t = 0; t < n_kv; t += chunk) {
+          const size_t c = std::min(chunk, n_kv - t);
+          cpu->append(std::span<const float>(k.data() + t * row, c * row),
+                      std::span<const float>(v.data() + t * row, c * row), c);
         }
-        const std::string what = std::string(pol) + " heads " + std::to_string(geo.n_heads) + "/" +
-                                 std::to_string(geo.n_kv_heads) + " hd " + std::to_string(geo.head_dim) + " nq " +
-                                 std::to_string(nq);
-        // GPU vs CPU: dense caches agree to float rounding; codes can differ where the GPU's
-        // float norm and the CPU's double norm straddle a codebook boundary (a coordinate
-        // one level off), which the kernels then both read (measured up to 2.9e-3 with such a
-        // flip, 2e-4 … 6e-4 without, over 7 seeds).
-        for (bool tc : {true, false}) {
-          const double e = rel_err(got[tc], ref);
-          worst_cpu = std::max(worst_cpu, e);
-          EXPECT_LT(e, p.dense ? 1e-5 : 5e-3) << what << (tc ? " tensor cores" : " float kernel");
+        for (int nq : nqs) {
+          std::vector<int32_t> pos(nq);
+          for (int i = 0; i < nq; ++i) pos[i] = static_cast<int32_t>(n_kv - nq + i);
+          auto q = test::gaussian(static_cast<size_t>(nq) * geo.n_heads * geo.head_dim, rng);
+          std::vector<float> ref(q.size());
+          cpu->attend(q, pos, ref, 0, pool);
+          std::vector<float> got[2], per_query;
+          for (bool tc : {true, false}) {
+            const AttentionKernel kernel(tc, true);
+            got[tc] = cuda::ops::attention(p, geo, 3, k, v, n_kv, chunk, q, pos);
+          }
+          {
+            const AttentionKernel kernel(true, false);
+            per_query = cuda::ops::attention(p, geo, 3, k, v, n_kv, chunk, q, pos);
+          }
+          const std::string what = std::string(pol) + " heads " + std::to_string(geo.n_heads) + "/" +
+                                   std::to_string(geo.n_kv_heads) + " hd " + std::to_string(geo.head_dim) + " nq " +
+                                   std::to_string(nq);
+          // GPU vs CPU: dense caches agree to float rounding; codes can differ where the GPU's
+          // float norm and the CPU's double norm straddle a codebook boundary (a coordinate
+          // one level off), which the kernels then both read (measured up to 2.9e-3 with such a
+          // flip, 2e-4 … 6e-4 without, over 7 seeds).
+          for (bool tc : {true, false}) {
+            const double e = rel_err(got[tc], ref);
+            worst_cpu = std::max(worst_cpu, e);
+            EXPECT_LT(e, p.dense ? 1e-5 : 5e-3) << what << (tc ? " tensor cores" : " float kernel");
+          }
+          // The two kernels over the same GPU cache: queries and weights enter the tensor cores
+          // as fp16 hi + lo pairs (≈ 2^-22 relative); code values as fp16 centroids, each off
+          // by ≤ 2^-11 relative (half an fp16 ulp) in K and V alike, independently: the outputs
+          // differ by about that (measured 2.6e-4 … 6.2e-4 over 6 seeds), bound 3 · 2^-11.
+          const double ek = rel_err(got[1], got[0]);
+          worst_kernels = std::max(worst_kernels, ek);
+          EXPECT_LT(ek, p.dense ? 1e-5 : 3.0 / 2048) << what << ": tensor cores vs float kernel";
+          // The tiled and the per-query tensor-core kernels take the same operands (fp16 hi + lo
+          // queries and weights, the same fp16 centroids and norms) and add them in other orders
+          // and splits: they differ by f32 rounding over ≤ 300 tokens (≤ 300 · 2^-24 ≈ 1.8e-5
+          // relative at worst, ≈ √300 · 2^-24 ≈ 1e-6 typically).
+          const double et = rel_err(got[1], per_query);
+          worst_tiled = std::max(worst_tiled, et);
+          EXPECT_LT(et, 2e-5) << what << ": tiled vs per-query tensor-core kernel";
+          EXPECT_LT(rel_err(per_query, ref), p.dense ? 1e-5 : 5e-3) << what << " per-query tensor cores";
         }
-        // The two kernels over the same GPU cache: queries and weights enter the tensor cores
-        // as fp16 hi + lo pairs (≈ 2^-22 relative); code values as fp16 centroids, each off
-        // by ≤ 2^-11 relative (half an fp16 ulp) in K and V alike, independently: the outputs
-        // differ by about that (measured 2.6e-4 … 6.2e-4 over 6 seeds), bound 3 · 2^-11.
-        const double ek = rel_err(got[1], got[0]);
-        worst_kernels = std::max(worst_kernels, ek);
-        EXPECT_LT(ek, p.dense ? 1e-5 : 3.0 / 2048) << what << ": tensor cores vs float kernel";
       }
     }
-    std::printf("[cuda attention] %-8s worst rel. error GPU vs CPU %.2e, tensor cores vs float kernel %.2e\n", pol,
-                worst_cpu, worst_kernels);
+    std::printf("[cuda attention] %-8s worst rel. error GPU vs CPU %.2e, tensor cores vs float kernel %.2e, "
+                "tiled vs per-query %.2e\n", pol, worst_cpu, worst_kernels, worst_tiled);
   }
 }
 

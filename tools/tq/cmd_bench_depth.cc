@@ -25,6 +25,7 @@ struct O {
   std::string model, device = "cuda", kv = "fp16,tq4,tq3,k8v3", json_out;
   std::vector<size_t> depths{0, 4096, 16384, 32768, 65536, 131072};
   std::vector<int> prefill{512, 8192};
+  std::vector<size_t> prefill_depths;  // prompts appended at these depths too (llama-bench's pp512 @ d)
   int gen = 64;
   int batch = 1;  // sequences decoded together (Model::forward_batch); 1 = plain forward
 };
@@ -117,7 +118,30 @@ int run(const O& o) {
       } while (++reps < 100 && spent < 0.5);
       const double rate = static_cast<double>(L) * reps / spent;
       fmt::print("  {:<6} prefill {:>6} tokens: {:8.0f} tok/s\n", p.name(), L, rate);
-      out["prefill"].push_back({{"kv", p.name()}, {"tokens", L}, {"tok_per_s", rate}});
+      out["prefill"].push_back({{"kv", p.name()}, {"tokens", L}, {"depth", 0}, {"tok_per_s", rate}});
+    }
+    // Prompts appended to a cache already d tokens deep (a new turn of a long conversation): the
+    // state is filled once per depth, and cut back to d after each timed pass (the DeltaNet
+    // states run on from there; their speed does not depend on their values).
+    for (size_t d : o.prefill_depths) {
+      if (d == 0) continue;  // (measured above)
+      auto ps = model->new_state(p);
+      model->fill_synthetic(*ps, d, 1234, pool);
+      for (int L : o.prefill) {
+        model->forward(*ps, toks.data(), std::min(L, 64), logits.data(), false, pool);  // warm-up
+        ps->truncate(d);
+        double spent = 0;
+        int reps = 0;
+        do {
+          const auto t0 = std::chrono::steady_clock::now();
+          model->forward(*ps, toks.data(), L, logits.data(), false, pool);
+          spent += seconds_since(t0);
+          ps->truncate(d);
+        } while (++reps < 100 && spent < 0.5);
+        const double rate = static_cast<double>(L) * reps / spent;
+        fmt::print("  {:<6} prefill {:>6} tokens at depth {:>7}: {:8.0f} tok/s\n", p.name(), L, d, rate);
+        out["prefill"].push_back({{"kv", p.name()}, {"tokens", L}, {"depth", d}, {"tok_per_s", rate}});
+      }
     }
   }
   fmt::print("\n| kv |");
@@ -148,6 +172,8 @@ Runner add_bench_depth(CLI::App& app) {
   c->add_option("--kv", o->kv, "Cache policies, comma-separated")->capture_default_str();
   c->add_option("--depths", o->depths, "Cache depths in tokens")->delimiter(',')->capture_default_str();
   c->add_option("--prefill", o->prefill, "Prompt lengths for prefill speed")->delimiter(',')->capture_default_str();
+  c->add_option("--prefill-depths", o->prefill_depths, "Also time each prompt appended at these cache depths")
+      ->delimiter(',');
   c->add_option("--gen", o->gen, "Decode steps timed per depth")->capture_default_str();
   c->add_option("--json", o->json_out, "Write all numbers as JSON");
   c->add_option("--batch", o->batch, "Decode this many sequences at once (batched vs one by one)")->capture_default_str();

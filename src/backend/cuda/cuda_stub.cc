@@ -18,6 +18,8 @@ void set_prefill_int8(bool) {}
 bool prefill_int8() { return false; }
 void set_attention_tc(bool) {}
 bool attention_tc() { return false; }
+void set_attention_tiled(bool) {}
+bool attention_tiled() { return false; }
 double copy_bandwidth_gbs(size_t) { fail("{}", kWhy); }
 
 namespace ops {

@@ -1099,6 +1099,14 @@ __global__ void __launch_bounds__(64) kv_append_warp_kernel(DevKVLayer L, const 
   if (lane == 0) S.norms[static_cast<size_t>(g) * L.cap + pos] = stored_norm(S, norm, c2, D);
 }
 
+// A prefill chunk over a cache with an fp16 window (code sides): every query of the chunk
+// reads its tokens before the cut from codes (bound = max(ring_lo, p + 1 − window) ≥ the
+// cut for every position p ≥ pos[0]: a chunk's positions ascend), rounded down to 16.
+__device__ __forceinline__ size_t window_cut(const DevKVLayer& L, const int32_t* pos, size_t ring_lo) {
+  const size_t p0 = static_cast<size_t>(pos[0]) + 1, w = static_cast<size_t>(L.window);
+  return max(ring_lo, p0 > w ? p0 - w : size_t(0)) / 16 * 16;
+}
+
 // ---- attention: grid (kv head, query, split), 128 threads; tiles of 128 tokens ----
 // Per tile: each thread scores one token against the G query heads (the whole K row), the
 // block updates its running max / sum per head (online softmax), then each thread
@@ -1733,10 +1741,16 @@ __device__ __forceinline__ void direct_values(float (&acc)[16][4], const uint32_
 // D: the padded dim of both sides (64, 128, 256); KB, VB: the sides' formats compiled in
 // (16: fp16 rows, else code bits; 0: the layer's, read at run time); DIRECT: the direct
 // path above (D = 256, KB = VB = 3, at most 4 query heads per KV head).
+// TcTail: after attention_tiled_kernel, the window's part of a prefill chunk — tokens from
+// window_cut on, split n_splits ways into the partials' slots [base, base + n_splits) of
+// stride per (query, head); {0, 0}: every token, slots [0, n_splits).
+struct TcTail {
+  int base = 0, stride = 0;
+};
 template <int D, int KB, int VB, bool DIRECT = false>
 __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
                                                                      int n_splits, size_t n_tokens, float scale,
-                                                                     float* part_ml, float* part_acc) {
+                                                                     float* part_ml, float* part_acc, TcTail tail) {
   extern __shared__ __align__(16) unsigned char sm[];
   constexpr int R = D + 8;
   const TcLayout lay(L, D, DIRECT);
@@ -1796,8 +1810,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   const size_t ring_lo = L.window > 0 ? static_cast<size_t>(*L.ring_lo) : 0;
   const size_t p = pos[qi];
   const size_t end_all = min(p + 1, n_tokens);
-  const size_t per = ((end_all + n_splits - 1) / n_splits + kTcTok - 1) / kTcTok * kTcTok;  // chunks start at multiples of 16
-  const size_t t0 = min(static_cast<size_t>(split) * per, end_all), t1 = min(t0 + per, end_all);
+  const size_t from = tail.stride ? min(window_cut(L, pos, ring_lo), end_all) : 0;  // (a multiple of 16)
+  const size_t per = ((end_all - from + n_splits - 1) / n_splits + kTcTok - 1) / kTcTok * kTcTok;  // chunks start at multiples of 16
+  const size_t t0 = min(from + static_cast<size_t>(split) * per, end_all), t1 = min(t0 + per, end_all);
+  const int slots = tail.stride ? tail.stride : n_splits, slot = tail.base + split;
   size_t bound = end_all;
   if (L.window > 0) bound = max(ring_lo, p + 1 > static_cast<size_t>(L.window) ? p + 1 - L.window : size_t(0));
   const size_t row0 = static_cast<size_t>(g) * L.cap;
@@ -1998,7 +2014,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   for (int i = tid; i < G * D; i += blockDim.x) {
     float v = 0;
     for (int w = 0; w < kTcWarps; ++w) v += reinterpret_cast<const float*>(area + w * lay.warp)[i];
-    const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + i / D) * n_splits + split;
+    const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + i / D) * slots + slot;
     part_acc[base * D + i % D] = v;
   }
   if (tid < G) {
@@ -2008,8 +2024,288 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
       const float mw = red[(w * 8 + tid) * 2];
       if (mw != -INFINITY) Ls += red[(w * 8 + tid) * 2 + 1] * expf(mw - M);
     }
-    const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + tid) * n_splits + split;
+    const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + tid) * slots + slot;
     part_ml[2 * base] = M, part_ml[2 * base + 1] = Ls;
+  }
+}
+
+// ---- prefill attention, query-tiled (sm_80+: mma.sync m16n8k16, fp16 in, f32 accumulate) ----
+// grid (kv head, tile of kPfRows / G query positions, split), kPfWarps warps. A block's rows
+// are (query position, head) pairs, 16 per warp (row r: position r / G of the tile, head
+// r % G). Each tile of kPfTok tokens of the split is loaded once into shared memory (fp16
+// rows by cp.async; code rows as stored, then decoded to their fp16 centroids by the whole
+// block) and serves every row: S = Q (16 rows × D) · K̂ᵀ, an online softmax per row, O +=
+// P · V̂ — so a chunk's queries read the prefix once per block instead of once each (the
+// per-query kernels above read it once per query: quadratic traffic and decode work for a
+// prompt appended at depth). Queries and weights enter as fp16 hi + lo pairs and code values
+// as their fp16 centroids with each token's norm applied in f32, as in attention_tc_kernel.
+// Tokens: [0, window_cut) over a windowed code cache (the window's part by
+// attention_tc_kernel in tail mode), else up to each row's own position (causal). Partials
+// in attention_tc_kernel's layout: slots [0, gridDim.z) of `stride` per (query, head).
+constexpr int kPfWarps = 4, kPfRows = 16 * kPfWarps, kPfTok = 32;
+constexpr int kTiledMinQ = 16;  // queries in a chunk from which it takes the tiled kernel
+
+// Shared memory of attention_tiled_kernel, bytes (the host sizes the launch with the same).
+struct PfLayout {
+  int R;                  // halves per tile row: D + 8 (rows 16 bytes apart in banks: conflict-free ldmatrix)
+  int q, lut, tile;       // queries hi/lo [2][kPfRows][R] halves; tables [K, V][256] half2; one side's tile [kPfTok][R]
+  int raw, norms, stage;  // code rows of K then V as stored; the tile's K, V norms; a stage: K, V tiles + raw + norms
+  int kraw;
+  __host__ __device__ PfLayout(const DevKVLayer& L, int D) : R(D + 8) {
+    q = 2 * kPfRows * R * 2;
+    lut = 2 * 256 * 4;
+    tile = kPfTok * R * 2;
+    kraw = L.k.bits < 16 ? kPfTok * L.k.row_bytes : 0;
+    raw = (kraw + (L.v.bits < 16 ? kPfTok * L.v.row_bytes : 0) + 15) / 16 * 16;
+    norms = 2 * kPfTok * 2;
+    stage = 2 * tile + raw + norms;
+  }
+  __host__ __device__ int bytes() const { return q + lut + 2 * stage + 16 * kPfWarps; }
+};
+
+// A tile's kPfTok code rows of one side (as stored, rb bytes each) → their fp16 centroids in
+// tile [kPfTok][D + 8] (without the tokens' norms), by the whole block, 8 dims per job.
+// B: the side's width compiled in (0: bits, read at run time).
+template <int D, int B>
+__device__ __forceinline__ void pf_decode(const uint32_t* raw, int rb, int bits, const Prmt8& t3, const __half2* lut,
+                                          __half* tile) {
+  if constexpr (B == 16) return;
+  constexpr int R = D + 8, J = D / 8;
+  const int b = B ? B : bits;
+  for (int job = threadIdx.x; job < kPfTok * J; job += blockDim.x) {
+    const int r = job / J, j = job % J;
+    const uint32_t* row = raw + r * (rb / 4);
+    uint4 out;
+    if (b == 3) out = decode8_sel(nib3_codes8(row, j / 4, j % 4), t3);  // (3-bit sides are nib3: tc_kernel_for)
+    else if (b == 8) out = decode8<8>(row + 2 * j, 0, lut);
+    else if (b == 4) out = decode8<4>(row + j, 0, lut);
+    else out = decode8<2>(row + (j >> 1), 16 * (j & 1), lut);
+    *reinterpret_cast<uint4*>(tile + r * R + 8 * j) = out;
+  }
+}
+
+template <int D, int KB, int VB>
+__global__ void __launch_bounds__(kPfWarps * 32, 1)
+    attention_tiled_kernel(DevKVLayer L, const float* q, const int32_t* pos, int n_q, int stride, size_t n_tokens,
+                           float scale, float* part_ml, float* part_acc) {
+  extern __shared__ __align__(16) unsigned char sm[];
+  constexpr int R = D + 8, E = D / 32;
+  const PfLayout lay(L, D);
+  const int g = blockIdx.x, split = blockIdx.z, n_splits = gridDim.z, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tig = lane & 3;
+  const int G = L.n_heads / L.n_kv_heads, hd = L.head_dim, q0 = blockIdx.y * (kPfRows / G);
+  const int kb = KB ? KB : L.k.bits, vb = VB ? VB : L.v.bits;
+  const int rbk = KB ? kv_row_bytes(D, KB) : L.k.row_bytes, rbv = VB ? kv_row_bytes(D, VB) : L.v.row_bytes;
+  __half* qh = reinterpret_cast<__half*>(sm);                // [hi, lo][kPfRows][R]
+  __half2* lut = reinterpret_cast<__half2*>(sm + lay.q);     // [K, V][256]
+  unsigned char* stages = sm + lay.q + lay.lut;              // [2][stage]
+  size_t* red = reinterpret_cast<size_t*>(stages + 2 * lay.stage);  // [kPfWarps]
+  // Tables and queries before waiting on the previous kernel (as attention_tc_kernel: the
+  // queries come from attention prep, complete before kv_append let this kernel launch).
+  Prmt8 t3[2] = {};
+  for (int side = 0; side < 2; ++side) {
+    const DevKVSide& S = side ? L.v : L.k;
+    const int b = side ? vb : kb;
+    if (b == 3) {
+      t3[side] = prmt8_table(S.centroids);
+    } else if (b == 2 || b == 4) {
+      for (int i = tid; i < (1 << (2 * b)); i += blockDim.x)
+        lut[side * 256 + i] = __floats2half2_rn(S.centroids[i & ((1 << b) - 1)], S.centroids[i >> b]);
+    } else if (b == 8) {
+      for (int i = tid; i < 256; i += blockDim.x) reinterpret_cast<__half*>(lut + side * 256)[i] = __float2half_rn(S.centroids[i]);
+    }
+  }
+  // Row r's query in K's domain (rotated, with the rotation's 1/√D, when K holds codes) as
+  // hi/lo halves; rows past n_q zero. A warp per row: lane l holds dims l·E … l·E + E − 1.
+  const float qscale = kb < 16 ? rsqrtf(static_cast<float>(D)) : 1.0f;
+  for (int r = warp; r < kPfRows; r += kPfWarps) {
+    const int qi = q0 + r / G, h = r % G;
+    float v[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const int d = lane * E + e;
+      v[e] = 0;
+      if (e < E && qi < n_q && d < hd)
+        v[e] = q[(static_cast<size_t>(qi) * L.n_heads + g * G + h) * hd + d] *
+               (kb >= 16 ? 1.0f : __ldg(L.k.signs + static_cast<size_t>(g) * D + d));
+    }
+    if (kb < 16) fwht_lanes(v, E, lane);
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      if (e < E) split_f16(v[e] * qscale, qh[r * R + lane * E + e], qh[(kPfRows + r) * R + lane * E + e]);
+  }
+  pdl_enter();
+  // Each of this lane's rows (gid, gid + 8 of the warp's 16) reads tokens [0, lim).
+  const size_t ring_lo = L.window > 0 ? static_cast<size_t>(*L.ring_lo) : 0;
+  const size_t cut = L.window > 0 && (kb < 16 || vb < 16) ? window_cut(L, pos, ring_lo) : n_tokens;
+  size_t lim[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int qi = q0 + (16 * warp + gid + 8 * hf) / G;
+    lim[hf] = qi < n_q ? min(min(static_cast<size_t>(pos[qi]) + 1, n_tokens), cut) : 0;
+  }
+  size_t warp_lim = max(lim[0], lim[1]);
+#pragma unroll
+  for (int o = 4; o < 32; o <<= 1) {
+    const size_t other = __shfl_xor_sync(0xffffffffu, static_cast<unsigned long long>(warp_lim), o);
+    warp_lim = max(warp_lim, other);
+  }
+  if (lane == 0) red[warp] = warp_lim;
+  __syncthreads();
+  size_t t_end = 0;
+#pragma unroll
+  for (int w = 0; w < kPfWarps; ++w) t_end = max(t_end, red[w]);
+  const size_t per = ((t_end + n_splits - 1) / n_splits + kPfTok - 1) / kPfTok * kPfTok;  // tiles start at multiples of 32
+  const size_t t0 = min(static_cast<size_t>(split) * per, t_end), t1 = min(t0 + per, t_end);
+  const size_t row0 = static_cast<size_t>(g) * L.cap;
+  // cp.async of tile c's rows into stage st: fp16 rows into their tile (rows at or past t1
+  // zero: their weight is 0, and 0 · garbage could be NaN), code rows and norms as stored
+  // (past t1 they decode to finite centroids; their weights are 0, their norms unused).
+  auto issue = [&](size_t c, int st) {
+    unsigned char* sg = stages + st * lay.stage;
+    const int nv = static_cast<int>(min(static_cast<size_t>(kPfTok), t1 - c));
+#pragma unroll
+    for (int side = 0; side < 2; ++side) {
+      const DevKVSide& S = side ? L.v : L.k;
+      const int rb = side ? rbv : rbk;
+      const uint8_t* src = S.rows + (row0 + c) * rb;
+      if ((side ? vb : kb) >= 16) {
+        __half* tile = reinterpret_cast<__half*>(sg + side * lay.tile);
+        constexpr int P = D / 8;  // 16-byte pieces per row
+        for (int i = tid; i < kPfTok * P; i += blockDim.x) {
+          const int r = i / P, j = i % P;
+          cp_async16(tile + r * R + 8 * j, src + static_cast<size_t>(r) * rb + 16 * j, r < nv);
+        }
+      } else {
+        unsigned char* raw = sg + 2 * lay.tile + (side ? lay.kraw : 0);
+        for (int i = tid; i < kPfTok * rb / 16; i += blockDim.x) cp_async16(raw + 16 * i, src + 16 * i, true);
+        unsigned char* nd = sg + 2 * lay.tile + lay.raw + side * kPfTok * 2;
+        if (tid < kPfTok * 2 / 16) cp_async16(nd + 16 * tid, S.norms + row0 + c + 8 * tid, true);
+      }
+    }
+  };
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // rows gid, gid + 8 (log2 units)
+  float o[D / 8][4];  // O: rows gid (0, 1), gid + 8 (2, 3) × dims 8·n + 2·tig (+1)
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
+  const float rsd = rsqrtf(static_cast<float>(D));
+  const float scale2 = scale * 1.44269504088896341f;  // scores in log2 units: exp2 in the softmax; m leaves as natural
+  const __half* qw = qh + 16 * warp * R;
+  int st = 0;
+  if (t0 < t1) issue(t0, 0);
+  cp_async_commit();
+  for (size_t c = t0; c < t1; c += kPfTok, st ^= 1) {
+    if (c + kPfTok < t1) issue(c + kPfTok, st ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    unsigned char* sg = stages + st * lay.stage;
+    __half* kt = reinterpret_cast<__half*>(sg);
+    __half* vt = reinterpret_cast<__half*>(sg + lay.tile);
+    const uint16_t* kn = reinterpret_cast<const uint16_t*>(sg + 2 * lay.tile + lay.raw);
+    const uint16_t* vn = kn + kPfTok;
+    if (kb < 16 || vb < 16) {
+      const uint32_t* raw = reinterpret_cast<const uint32_t*>(sg + 2 * lay.tile);
+      if (kb < 16) pf_decode<D, KB>(raw, rbk, kb, t3[0], lut, kt);
+      if (vb < 16) pf_decode<D, VB>(raw + lay.kraw / 4, rbv, vb, t3[1], lut + 256, vt);
+      __syncthreads();
+    }
+    if (c < warp_lim) {  // (warp-uniform: rows whose tokens all lie before c skip the tile)
+      // S = Q · K̂ᵀ: 4 n-tiles of 8 tokens; Q's hi and lo parts into separate accumulators.
+      float sh[4][4] = {}, sl[4][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ah[4], al[4];
+        const int qo = (lane & 15) * R + 16 * kk + (lane >> 4) * 8;
+        ldsm_x4(ah, qw + qo);
+        ldsm_x4(al, qw + kPfRows * R + qo);
+#pragma unroll
+        for (int jp = 0; jp < 2; ++jp) {
+          uint32_t b[4];
+          ldsm_x4(b, kt + (16 * jp + (lane & 7) + ((lane >> 4) & 1) * 8) * R + 16 * kk + ((lane >> 3) & 1) * 8);
+          mma_16816(sh[2 * jp], ah, b[0], b[1]);
+          mma_16816(sl[2 * jp], al, b[0], b[1]);
+          mma_16816(sh[2 * jp + 1], ah, b[2], b[3]);
+          mma_16816(sl[2 * jp + 1], al, b[2], b[3]);
+        }
+      }
+      // Scaled scores (−∞ outside each row's tokens and past the split), the online softmax.
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tt = 8 * j + 2 * tig + (e & 1);
+          const size_t t = c + tt;
+          const float ks = kb < 16 ? __half2float(__ushort_as_half(kn[tt])) * rsd : 1.0f;
+          sh[j][e] = t < t1 && t < lim[e >> 1] ? (sh[j][e] + sl[j][e]) * ks * scale2 : -INFINITY;
+        }
+      float corr[2];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mx = fmaxf(mx, fmaxf(sh[j][2 * hf], sh[j][2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mn = fmaxf(m[hf], mx), base = mn == -INFINITY ? 0.0f : mn;  // (a row with no token yet)
+        corr[hf] = exp2f(m[hf] - base);
+        m[hf] = mn;
+        float sum = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 2 * hf; e < 2 * hf + 2; ++e) sh[j][e] = exp2f(sh[j][e] - base), sum += sh[j][e];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        l[hf] = l[hf] * corr[hf] + sum;
+      }
+      if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f))
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) o[n][0] *= corr[0], o[n][1] *= corr[0], o[n][2] *= corr[1], o[n][3] *= corr[1];
+      // P (with V's token norms) as the A operand of two k-steps of 16 tokens, hi and lo:
+      // k-step ks's registers are n-tiles 2·ks (a0: row gid, a1: gid + 8) and 2·ks + 1 (a2, a3).
+      uint32_t ph[2][4], pl[2][4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int tt = 8 * j + 2 * tig;
+        const float v0 = vb < 16 ? __half2float(__ushort_as_half(vn[tt])) * rsd : 1.0f;
+        const float v1 = vb < 16 ? __half2float(__ushort_as_half(vn[tt + 1])) * rsd : 1.0f;
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const float x0 = sh[j][2 * hf] > 0 ? sh[j][2 * hf] * v0 : 0.0f;  // (a masked token's norm is not read)
+          const float x1 = sh[j][2 * hf + 1] > 0 ? sh[j][2 * hf + 1] * v1 : 0.0f;
+          const __half2 hi = __floats2half2_rn(x0, x1);
+          const __half2 lo = __floats2half2_rn(x0 - __low2float(hi), x1 - __high2float(hi));
+          ph[j >> 1][2 * (j & 1) + hf] = *reinterpret_cast<const uint32_t*>(&hi);
+          pl[j >> 1][2 * (j & 1) + hf] = *reinterpret_cast<const uint32_t*>(&lo);
+        }
+      }
+      // O += P · V̂: V̂ tile rows are tokens; ldmatrix.trans gives the B fragments of 2 n-tiles of 8 dims.
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np)
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+          uint32_t b[4];
+          ldsm_x4_trans(b, vt + (16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8) * R + 16 * np + ((lane >> 4) & 1) * 8);
+          mma_16816(o[2 * np], ph[ks], b[0], b[1]);
+          mma_16816(o[2 * np], pl[ks], b[0], b[1]);
+          mma_16816(o[2 * np + 1], ph[ks], b[2], b[3]);
+          mma_16816(o[2 * np + 1], pl[ks], b[2], b[3]);
+        }
+    }
+    __syncthreads();  // this stage is refilled two tiles on
+  }
+  cp_async_wait<0>();
+  // Partials of this split for the rows of real queries (m natural, l, O unnormalized).
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int r = 16 * warp + gid + 8 * hf, qi = q0 + r / G;
+    if (qi >= n_q) continue;
+    const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + r % G) * stride + split;
+    if (tig == 0) part_ml[2 * base] = m[hf] * 0.693147180559945309f, part_ml[2 * base + 1] = l[hf];  // (−∞ stays −∞)
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<float2*>(part_acc + base * D + 8 * n + 2 * tig) = make_float2(o[n][2 * hf], o[n][2 * hf + 1]);
   }
 }
 
@@ -3882,9 +4178,10 @@ void launch_attention(const DevKVLayer& L, dim3 grid, cudaStream_t s, const floa
 }  // namespace
 
 bool g_attention_tc = !(std::getenv("TQ_CUDA_ATTN_TC") && std::getenv("TQ_CUDA_ATTN_TC")[0] == '0');
+bool g_attention_tiled = !(std::getenv("TQ_CUDA_ATTN_TILED") && std::getenv("TQ_CUDA_ATTN_TILED")[0] == '0');
 
 namespace {
-using TcKernelFn = void (*)(DevKVLayer, const float*, const int32_t*, int, size_t, float, float*, float*);
+using TcKernelFn = void (*)(DevKVLayer, const float*, const int32_t*, int, size_t, float, float*, float*, TcTail);
 struct TcKernel {
   TcKernelFn fn = nullptr;
   int bytes = 0;  // dynamic shared memory
@@ -3933,9 +4230,67 @@ TcKernel tc_kernel_for(const DevKVLayer& L) {
   if (L.k.dim == 64) return tc_kernel_dim<64>(L);
   return {};
 }
+using TiledFn = void (*)(DevKVLayer, const float*, const int32_t*, int, int, size_t, float, float*, float*);
+struct TiledKernel {
+  TiledFn fn = nullptr;
+  size_t bytes = 0;
+};
+template <int D, int KB, int VB>
+TiledKernel tiled_kernel(const DevKVLayer& L) {
+  static const int optin = [] {
+    int dev = 0, v = 0;
+    TQ_CUDA_CHECK(cudaGetDevice(&dev));
+    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return v;
+  }();
+  TiledKernel k{attention_tiled_kernel<D, KB, VB>, static_cast<size_t>(PfLayout(L, D).bytes())};
+  if (k.bytes > static_cast<size_t>(optin)) return {};
+  static size_t allowed = 48 << 10;  // (per instantiation)
+  allow_smem(k.fn, k.bytes, allowed);
+  return k;
+}
+// The query-tiled prefill kernel for this layer: where the tensor-core kernel takes it, with
+// a whole number of rows of heads per block (G divides kPfRows).
+TiledKernel tiled_kernel_for(const DevKVLayer& L) {
+  if (!g_attention_tiled || !tc_kernel_for(L).fn || L.n_heads % L.n_kv_heads != 0 || kPfRows % (L.n_heads / L.n_kv_heads) != 0)
+    return {};
+  const bool fp16 = L.k.bits == 16 && L.v.bits == 16;
+  switch (L.k.dim) {
+    case 256:
+      if (fp16) return tiled_kernel<256, 16, 16>(L);
+      if (L.k.bits == 3 && L.v.bits == 3) return tiled_kernel<256, 3, 3>(L);
+      return tiled_kernel<256, 0, 0>(L);
+    case 128: return fp16 ? tiled_kernel<128, 16, 16>(L) : tiled_kernel<128, 0, 0>(L);
+    case 64: return fp16 ? tiled_kernel<64, 16, 16>(L) : tiled_kernel<64, 0, 0>(L);
+    default: return {};
+  }
+}
+// The split slots per (query, head) of a prefill chunk through the tiled kernel and of its
+// window tail ({0, 0}: the per-query kernels). At most 512 / n_q of each, so n_q × slots ≤
+// 2 · max(n_q, 512) (the model's scratch); the tiled kernel's splits fill the SMs once (a
+// block per SM) with at least 64 tokens each.
+struct TiledPlan {
+  int tiled = 0, tail = 0;
+};
+int query_splits(const DevKVLayer& L, int n_q, size_t n_tokens);
+TiledPlan tiled_plan(const DevKVLayer& L, int n_q, size_t n_tokens) {
+  if (n_q < kTiledMinQ || n_tokens == SIZE_MAX || !tiled_kernel_for(L).fn) return {};
+  const int rows_of = kPfRows / (L.n_heads / L.n_kv_heads), cap = std::max(1, 512 / n_q);
+  const int blocks = L.n_kv_heads * ((n_q + rows_of - 1) / rows_of);
+  TiledPlan p;
+  p.tiled = std::min({cap, (sm_count() + blocks - 1) / blocks, static_cast<int>(std::max<size_t>(1, n_tokens / 64))});
+  if (L.window > 0 && (L.k.bits < 16 || L.v.bits < 16))
+    p.tail = std::min(cap, query_splits(L, n_q, std::min(n_tokens, static_cast<size_t>(L.window) + n_q + 16)));
+  return p;
+}
 }  // namespace
 
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
+  if (const TiledPlan p = tiled_plan(L, n_q, n_tokens); p.tiled) return p.tiled + p.tail;
+  return query_splits(L, n_q, n_tokens);
+}
+namespace {
+int query_splits(const DevKVLayer& L, int n_q, size_t n_tokens) {
   // Enough blocks to fill the GPU several times over (132 SMs × 8), at least 128 tokens per
   // split (measured: 528 or 2112 blocks, 256 or 512 tokens were no better). The tensor-core
   // kernel: at most as many, in whole waves of the blocks its shared memory lets reside —
@@ -3956,6 +4311,7 @@ int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
   const int want = std::max(1, blocks / std::max(1, n_q * L.n_kv_heads));
   return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + min_tokens - 1) / min_tokens)));
 }
+}  // namespace
 
 size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits) {
   return static_cast<size_t>(n_q) * L.n_heads * n_splits * (2 + L.v.dim);
@@ -3971,7 +4327,19 @@ void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q,
   float* acc = scratch + static_cast<size_t>(n_q) * L.n_heads * sp * 2;
   const dim3 grid(L.n_kv_heads, n_q, sp);
   const int G = L.n_heads / L.n_kv_heads;
-  if (const TcKernel tc = tc_kernel_for(L); tc.fn) launch(tc.fn, grid, kTcWarps * 32, tc.bytes, s, L, q, pos, sp, n_tokens, scale, ml, acc);
+  const TiledPlan plan = tiled_plan(L, n_q, n_tokens);
+  if (plan.tiled && plan.tiled + plan.tail == sp) {  // a prefill chunk: the tiled kernel, then the window's part
+    const TiledKernel tk = tiled_kernel_for(L);
+    const int rows_of = kPfRows / G;
+    launch(tk.fn, dim3(L.n_kv_heads, (n_q + rows_of - 1) / rows_of, plan.tiled), kPfWarps * 32, tk.bytes, s, L, q, pos, n_q,
+           sp, n_tokens, scale, ml, acc);
+    if (plan.tail) {
+      const TcKernel tc = tc_kernel_for(L);
+      launch(tc.fn, dim3(L.n_kv_heads, n_q, plan.tail), kTcWarps * 32, tc.bytes, s, L, q, pos, plan.tail, n_tokens, scale,
+             ml, acc, TcTail{plan.tiled, sp});
+    }
+  } else if (const TcKernel tc = tc_kernel_for(L); tc.fn)
+    launch(tc.fn, grid, kTcWarps * 32, tc.bytes, s, L, q, pos, sp, n_tokens, scale, ml, acc, TcTail{});
   else if (G == 1) launch_attention<1>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
   else if (G == 2) launch_attention<2>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);
   else if (G <= 4) launch_attention<4>(L, grid, s, q, pos, sp, n_tokens, scale, ml, acc);

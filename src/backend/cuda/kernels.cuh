@@ -213,8 +213,12 @@ void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t firs
 // attention_scratch_floats.
 // Attention on tensor cores where the layer fits (fp16 rows or 2/3/4/8-bit codes, dim 64,
 // 128 or 256; default) else the float kernel; TQ_CUDA_ATTN_TC=0 or set_attention_tc(false):
-// the float kernel everywhere.
+// the float kernel everywhere. Prefill chunks of ≥ 16 queries on tensor cores take the
+// query-tiled kernel (each tile of the prefix read once per 64 (position, head) rows, not
+// once per query; a windowed code cache's window by the per-query kernel); g_attention_tiled
+// = false or TQ_CUDA_ATTN_TILED=0: the per-query kernel for them too.
 extern bool g_attention_tc;
+extern bool g_attention_tiled;
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens);
 size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits);
 void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, size_t n_tokens, int n_splits,
