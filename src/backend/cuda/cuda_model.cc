@@ -821,9 +821,9 @@ class CudaModel final : public Model {
       size_t n;
     };
     DevKVLayer probe;  // the most splits one query gets (a prefill chunk gets fewer per query:
-    probe.n_kv_heads = std::max(1, m.n_kv_heads);  // n_q × splits ≤ 2n through the tiled kernel)
+    probe.n_kv_heads = std::max(1, m.n_kv_heads);  // n_q × splits ≤ 3n through the tiled kernel)
     const size_t max_sp = static_cast<size_t>(splits_for(probe, 1, SIZE_MAX / 2));
-    const size_t att_scr = (2 * n + max_sp) * m.n_heads * (2 + std::max<size_t>(256, hd));
+    const size_t att_scr = (3 * n + max_sp) * m.n_heads * (2 + std::max<size_t>(256, hd));
     std::vector<Want> want = {{&x_, n * H}, {&xb_, n * H}, {&o_, n * H}, {&g_, n * m.intermediate},
                               {&u_, n * m.intermediate}, {&qg_, n * 2 * m.n_heads * hd}, {&q_, n * m.n_heads * hd},
                               {&gt_, n * m.n_heads * hd}, {&att_, n * m.n_heads * hd}, {&k_, n * m.n_kv_heads * hd},

@@ -2045,39 +2045,57 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
 constexpr int kPfWarps = 4, kPfRows = 16 * kPfWarps, kPfTok = 32;
 constexpr int kTiledMinQ = 16;  // queries in a chunk from which it takes the tiled kernel
 
-// Shared memory of attention_tiled_kernel, bytes (the host sizes the launch with the same).
+// Shared memory of attention_tiled_kernel, bytes (the host sizes the launch with the same):
+// one stage, so that two blocks fit an SM (one block's loads and decode overlap the other's
+// products) — for 256-dim heads ≤ 113 KB.
 struct PfLayout {
-  int R;                  // halves per tile row: D + 8 (rows 16 bytes apart in banks: conflict-free ldmatrix)
-  int q, lut, tile;       // queries hi/lo [2][kPfRows][R] halves; tables [K, V][256] half2; one side's tile [kPfTok][R]
-  int raw, norms, stage;  // code rows of K then V as stored; the tile's K, V norms; a stage: K, V tiles + raw + norms
-  int kraw;
+  int R;         // halves per tile row: D + 8 (rows 16 bytes apart in banks: conflict-free ldmatrix)
+  int q, lut;    // queries hi/lo [2][kPfRows][R] halves; tables [K, V][256] half2 (2/4/8-bit sides)
+  int tile;      // one side's tile [kPfTok][R] halves (K then V)
+  int kraw, raw; // code rows of K then V as stored, with their norms after them
+  int scales;    // the tile's token scales [K, V][kPfTok] floats (codes: norm/√D)
   __host__ __device__ PfLayout(const DevKVLayer& L, int D) : R(D + 8) {
+    auto lut_side = [](int b) { return b == 2 || b == 4 || b == 8; };
     q = 2 * kPfRows * R * 2;
-    lut = 2 * 256 * 4;
+    lut = lut_side(L.k.bits) || lut_side(L.v.bits) ? 2 * 256 * 4 : 0;
     tile = kPfTok * R * 2;
     kraw = L.k.bits < 16 ? kPfTok * L.k.row_bytes : 0;
-    raw = (kraw + (L.v.bits < 16 ? kPfTok * L.v.row_bytes : 0) + 15) / 16 * 16;
-    norms = 2 * kPfTok * 2;
-    stage = 2 * tile + raw + norms;
+    raw = (kraw + (L.v.bits < 16 ? kPfTok * L.v.row_bytes : 0) + 2 * kPfTok * 2 + 15) / 16 * 16;
+    scales = 2 * kPfTok * 4;
   }
-  __host__ __device__ int bytes() const { return q + lut + 2 * stage + 16 * kPfWarps; }
+  __host__ __device__ int bytes() const { return q + lut + 2 * tile + raw + scales + 16 * kPfWarps; }
 };
 
 // A tile's kPfTok code rows of one side (as stored, rb bytes each) → their fp16 centroids in
-// tile [kPfTok][D + 8] (without the tokens' norms), by the whole block, 8 dims per job.
-// B: the side's width compiled in (0: bits, read at run time).
+// tile [kPfTok][D + 8] (without the tokens' norms), by the whole block: 3-bit codes a group
+// of 32 per job (its three nib3 words), others 8 per job. B: the side's width compiled in
+// (0: bits, read at run time).
 template <int D, int B>
 __device__ __forceinline__ void pf_decode(const uint32_t* raw, int rb, int bits, const Prmt8& t3, const __half2* lut,
                                           __half* tile) {
   if constexpr (B == 16) return;
-  constexpr int R = D + 8, J = D / 8;
+  constexpr int R = D + 8;
   const int b = B ? B : bits;
+  if (b == 3) {  // (3-bit sides are nib3: tc_kernel_for)
+    constexpr int J = D / 32;
+    for (int job = threadIdx.x; job < kPfTok * J; job += blockDim.x) {
+      const int r = job / J, j = job % J;
+      const uint32_t* w = raw + r * (rb / 4) + 3 * j;
+      const uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
+      uint4* out = reinterpret_cast<uint4*>(tile + r * R + 32 * j);
+      out[0] = decode8_sel(w0 & 0x77777777u, t3);
+      out[1] = decode8_sel(w1 & 0x77777777u, t3);
+      out[2] = decode8_sel(w2 & 0x77777777u, t3);
+      out[3] = decode8_sel(((w0 >> 3) & 0x11111111u) | ((w1 >> 2) & 0x22222222u) | ((w2 >> 1) & 0x44444444u), t3);
+    }
+    return;
+  }
+  constexpr int J = D / 8;
   for (int job = threadIdx.x; job < kPfTok * J; job += blockDim.x) {
     const int r = job / J, j = job % J;
     const uint32_t* row = raw + r * (rb / 4);
     uint4 out;
-    if (b == 3) out = decode8_sel(nib3_codes8(row, j / 4, j % 4), t3);  // (3-bit sides are nib3: tc_kernel_for)
-    else if (b == 8) out = decode8<8>(row + 2 * j, 0, lut);
+    if (b == 8) out = decode8<8>(row + 2 * j, 0, lut);
     else if (b == 4) out = decode8<4>(row + j, 0, lut);
     else out = decode8<2>(row + (j >> 1), 16 * (j & 1), lut);
     *reinterpret_cast<uint4*>(tile + r * R + 8 * j) = out;
@@ -2085,7 +2103,7 @@ __device__ __forceinline__ void pf_decode(const uint32_t* raw, int rb, int bits,
 }
 
 template <int D, int KB, int VB>
-__global__ void __launch_bounds__(kPfWarps * 32, 1)
+__global__ void __launch_bounds__(kPfWarps * 32, 2)
     attention_tiled_kernel(DevKVLayer L, const float* q, const int32_t* pos, int n_q, int stride, size_t n_tokens,
                            float scale, float* part_ml, float* part_acc) {
   extern __shared__ __align__(16) unsigned char sm[];
@@ -2096,10 +2114,14 @@ __global__ void __launch_bounds__(kPfWarps * 32, 1)
   const int G = L.n_heads / L.n_kv_heads, hd = L.head_dim, q0 = blockIdx.y * (kPfRows / G);
   const int kb = KB ? KB : L.k.bits, vb = VB ? VB : L.v.bits;
   const int rbk = KB ? kv_row_bytes(D, KB) : L.k.row_bytes, rbv = VB ? kv_row_bytes(D, VB) : L.v.row_bytes;
-  __half* qh = reinterpret_cast<__half*>(sm);                // [hi, lo][kPfRows][R]
-  __half2* lut = reinterpret_cast<__half2*>(sm + lay.q);     // [K, V][256]
-  unsigned char* stages = sm + lay.q + lay.lut;              // [2][stage]
-  size_t* red = reinterpret_cast<size_t*>(stages + 2 * lay.stage);  // [kPfWarps]
+  __half* qh = reinterpret_cast<__half*>(sm);             // [hi, lo][kPfRows][R]
+  __half2* lut = reinterpret_cast<__half2*>(sm + lay.q);  // [K, V][256]
+  __half* kt = reinterpret_cast<__half*>(sm + lay.q + lay.lut);  // the tile's K̂ rows [kPfTok][R], then V̂'s
+  __half* vt = kt + kPfTok * R;
+  unsigned char* raw = reinterpret_cast<unsigned char*>(vt + kPfTok * R);  // K, V code rows, K, V norms
+  const int nrm = lay.kraw + (vb < 16 ? kPfTok * rbv : 0);  // (bytes to the norms)
+  float* tsc = reinterpret_cast<float*>(raw + lay.raw);  // [K, V][kPfTok] token scales (codes)
+  size_t* red = reinterpret_cast<size_t*>(tsc + 2 * kPfTok);  // [kPfWarps]
   // Tables and queries before waiting on the previous kernel (as attention_tc_kernel: the
   // queries come from attention prep, complete before kv_append let this kernel launch).
   Prmt8 t3[2] = {};
@@ -2158,29 +2180,35 @@ __global__ void __launch_bounds__(kPfWarps * 32, 1)
   const size_t per = ((t_end + n_splits - 1) / n_splits + kPfTok - 1) / kPfTok * kPfTok;  // tiles start at multiples of 32
   const size_t t0 = min(static_cast<size_t>(split) * per, t_end), t1 = min(t0 + per, t_end);
   const size_t row0 = static_cast<size_t>(g) * L.cap;
-  // cp.async of tile c's rows into stage st: fp16 rows into their tile (rows at or past t1
-  // zero: their weight is 0, and 0 · garbage could be NaN), code rows and norms as stored
-  // (past t1 they decode to finite centroids; their weights are 0, their norms unused).
-  auto issue = [&](size_t c, int st) {
-    unsigned char* sg = stages + st * lay.stage;
+  // cp.async of tile c: code rows and norms as stored (past t1 they decode to finite
+  // centroids; their weights are 0, their norms unused) ...
+  auto issue_codes = [&](size_t c) {
+#pragma unroll
+    for (int side = 0; side < 2; ++side) {
+      const DevKVSide& S = side ? L.v : L.k;
+      const int rb = side ? rbv : rbk;
+      if ((side ? vb : kb) >= 16) continue;
+      const uint8_t* src = S.rows + (row0 + c) * rb;
+      unsigned char* dst = raw + (side ? lay.kraw : 0);
+      for (int i = tid; i < kPfTok * rb / 16; i += blockDim.x) cp_async16(dst + 16 * i, src + 16 * i, true);
+      if (tid < kPfTok * 2 / 16) cp_async16(raw + nrm + side * kPfTok * 2 + 16 * tid, S.norms + row0 + c + 8 * tid, true);
+    }
+  };
+  // ... and fp16 rows into their tile (rows at or past t1 zero: their weight is 0, and
+  // 0 · garbage could be NaN).
+  auto issue_rows = [&](size_t c) {
     const int nv = static_cast<int>(min(static_cast<size_t>(kPfTok), t1 - c));
 #pragma unroll
     for (int side = 0; side < 2; ++side) {
       const DevKVSide& S = side ? L.v : L.k;
       const int rb = side ? rbv : rbk;
+      if ((side ? vb : kb) < 16) continue;
       const uint8_t* src = S.rows + (row0 + c) * rb;
-      if ((side ? vb : kb) >= 16) {
-        __half* tile = reinterpret_cast<__half*>(sg + side * lay.tile);
-        constexpr int P = D / 8;  // 16-byte pieces per row
-        for (int i = tid; i < kPfTok * P; i += blockDim.x) {
-          const int r = i / P, j = i % P;
-          cp_async16(tile + r * R + 8 * j, src + static_cast<size_t>(r) * rb + 16 * j, r < nv);
-        }
-      } else {
-        unsigned char* raw = sg + 2 * lay.tile + (side ? lay.kraw : 0);
-        for (int i = tid; i < kPfTok * rb / 16; i += blockDim.x) cp_async16(raw + 16 * i, src + 16 * i, true);
-        unsigned char* nd = sg + 2 * lay.tile + lay.raw + side * kPfTok * 2;
-        if (tid < kPfTok * 2 / 16) cp_async16(nd + 16 * tid, S.norms + row0 + c + 8 * tid, true);
+      __half* tile = side ? vt : kt;
+      constexpr int P = D / 8;  // 16-byte pieces per row
+      for (int i = tid; i < kPfTok * P; i += blockDim.x) {
+        const int r = i / P, j = i % P;
+        cp_async16(tile + r * R + 8 * j, src + static_cast<size_t>(r) * rb + 16 * j, r < nv);
       }
     }
   };
@@ -2191,24 +2219,23 @@ __global__ void __launch_bounds__(kPfWarps * 32, 1)
   const float rsd = rsqrtf(static_cast<float>(D));
   const float scale2 = scale * 1.44269504088896341f;  // scores in log2 units: exp2 in the softmax; m leaves as natural
   const __half* qw = qh + 16 * warp * R;
-  int st = 0;
-  if (t0 < t1) issue(t0, 0);
+  const bool codes = kb < 16 || vb < 16, rows = kb >= 16 || vb >= 16;
+  if (t0 < t1) issue_codes(t0), issue_rows(t0);
   cp_async_commit();
-  for (size_t c = t0; c < t1; c += kPfTok, st ^= 1) {
-    if (c + kPfTok < t1) issue(c + kPfTok, st ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    unsigned char* sg = stages + st * lay.stage;
-    __half* kt = reinterpret_cast<__half*>(sg);
-    __half* vt = reinterpret_cast<__half*>(sg + lay.tile);
-    const uint16_t* kn = reinterpret_cast<const uint16_t*>(sg + 2 * lay.tile + lay.raw);
-    const uint16_t* vn = kn + kPfTok;
-    if (kb < 16 || vb < 16) {
-      const uint32_t* raw = reinterpret_cast<const uint32_t*>(sg + 2 * lay.tile);
-      if (kb < 16) pf_decode<D, KB>(raw, rbk, kb, t3[0], lut, kt);
-      if (vb < 16) pf_decode<D, VB>(raw + lay.kraw / 4, rbv, vb, t3[1], lut + 256, vt);
-      __syncthreads();
+  // One stage: the next tile's code rows load during this tile's products, its fp16 rows
+  // after them (the SM's other block computes meanwhile).
+  for (size_t c = t0; c < t1; c += kPfTok) {
+    cp_async_wait<0>();
+    __syncthreads();  // tile c landed; every warp is past tile c − kPfTok's products
+    if (codes) {
+      const uint32_t* rw = reinterpret_cast<const uint32_t*>(raw);
+      if (kb < 16) pf_decode<D, KB>(rw, rbk, kb, t3[0], lut, kt);
+      if (vb < 16) pf_decode<D, VB>(rw + lay.kraw / 4, rbv, vb, t3[1], lut + 256, vt);
+      if (tid < 2 * kPfTok && (tid < kPfTok ? kb : vb) < 16)
+        tsc[tid] = __half2float(__ushort_as_half(reinterpret_cast<const uint16_t*>(raw + nrm)[tid])) * rsd;
+      __syncthreads();  // the codes are consumed: the next tile's load over them
+      if (c + kPfTok < t1) issue_codes(c + kPfTok);
+      cp_async_commit();
     }
     if (c < warp_lim) {  // (warp-uniform: rows whose tokens all lie before c skip the tile)
       // S = Q · K̂ᵀ: 4 n-tiles of 8 tokens; Q's hi and lo parts into separate accumulators.
@@ -2236,7 +2263,7 @@ __global__ void __launch_bounds__(kPfWarps * 32, 1)
         for (int e = 0; e < 4; ++e) {
           const int tt = 8 * j + 2 * tig + (e & 1);
           const size_t t = c + tt;
-          const float ks = kb < 16 ? __half2float(__ushort_as_half(kn[tt])) * rsd : 1.0f;
+          const float ks = kb < 16 ? tsc[tt] : 1.0f;
           sh[j][e] = t < t1 && t < lim[e >> 1] ? (sh[j][e] + sl[j][e]) * ks * scale2 : -INFINITY;
         }
       float corr[2];
@@ -2268,8 +2295,7 @@ __global__ void __launch_bounds__(kPfWarps * 32, 1)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int tt = 8 * j + 2 * tig;
-        const float v0 = vb < 16 ? __half2float(__ushort_as_half(vn[tt])) * rsd : 1.0f;
-        const float v1 = vb < 16 ? __half2float(__ushort_as_half(vn[tt + 1])) * rsd : 1.0f;
+        const float v0 = vb < 16 ? tsc[kPfTok + tt] : 1.0f, v1 = vb < 16 ? tsc[kPfTok + tt + 1] : 1.0f;
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const float x0 = sh[j][2 * hf] > 0 ? sh[j][2 * hf] * v0 : 0.0f;  // (a masked token's norm is not read)
@@ -2293,7 +2319,11 @@ __global__ void __launch_bounds__(kPfWarps * 32, 1)
           mma_16816(o[2 * np + 1], pl[ks], b[2], b[3]);
         }
     }
-    __syncthreads();  // this stage is refilled two tiles on
+    if (rows) {
+      __syncthreads();  // every warp is past the fp16 tiles: the next tile's rows over them
+      if (c + kPfTok < t1) issue_rows(c + kPfTok);
+      cp_async_commit();
+    }
   }
   cp_async_wait<0>();
   // Partials of this split for the rows of real queries (m natural, l, O unnormalized).
@@ -4266,21 +4296,23 @@ TiledKernel tiled_kernel_for(const DevKVLayer& L) {
   }
 }
 // The split slots per (query, head) of a prefill chunk through the tiled kernel and of its
-// window tail ({0, 0}: the per-query kernels). At most 512 / n_q of each, so n_q × slots ≤
-// 2 · max(n_q, 512) (the model's scratch); the tiled kernel's splits fill the SMs once (a
-// block per SM) with at least 64 tokens each.
+// window tail ({0, 0}: the per-query kernels). At most 1024 / n_q and 512 / n_q, so n_q ×
+// slots ≤ 3 · max(n_q, 512) (the model's scratch); the tiled kernel's splits fill the SMs
+// once (two blocks per SM) with at least 64 tokens each.
 struct TiledPlan {
   int tiled = 0, tail = 0;
 };
 int query_splits(const DevKVLayer& L, int n_q, size_t n_tokens);
 TiledPlan tiled_plan(const DevKVLayer& L, int n_q, size_t n_tokens) {
   if (n_q < kTiledMinQ || n_tokens == SIZE_MAX || !tiled_kernel_for(L).fn) return {};
-  const int rows_of = kPfRows / (L.n_heads / L.n_kv_heads), cap = std::max(1, 512 / n_q);
+  const int rows_of = kPfRows / (L.n_heads / L.n_kv_heads);
   const int blocks = L.n_kv_heads * ((n_q + rows_of - 1) / rows_of);
   TiledPlan p;
-  p.tiled = std::min({cap, (sm_count() + blocks - 1) / blocks, static_cast<int>(std::max<size_t>(1, n_tokens / 64))});
+  p.tiled = std::min({std::max(1, 1024 / n_q), (2 * sm_count() + blocks - 1) / blocks,
+                      static_cast<int>(std::max<size_t>(1, n_tokens / 64))});
   if (L.window > 0 && (L.k.bits < 16 || L.v.bits < 16))
-    p.tail = std::min(cap, query_splits(L, n_q, std::min(n_tokens, static_cast<size_t>(L.window) + n_q + 16)));
+    p.tail = std::min(std::max(1, 512 / n_q),
+                      query_splits(L, n_q, std::min(n_tokens, static_cast<size_t>(L.window) + n_q + 16)));
   return p;
 }
 }  // namespace
