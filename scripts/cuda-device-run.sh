@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA backend's evidence on a GPU machine, in one call: parity tests (GPU vs CPU),
 # then speed on the Qwen3.5-9B preset (random MLX 4-bit weights, real shapes): decode at
-# depths 0..128K and prefill per cache policy, copy bandwidth, resident GPU memory; then
+# depths 0..128K and prefill per cache policy (into an empty cache and appended at 32K and
+# 128K: PREFILL_DEPTHS), copy bandwidth, resident GPU memory; then
 # `tq serve --device cuda` (sessions on the GPU): a repeated greedy request, resumed from
 # its session, must give the same text, a multi-turn load test must complete, and after a
 # restart on the same --prompt-cache the request resumes from the session's file.
@@ -28,7 +29,7 @@ if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
   M=/tmp/tq-qwen35-9b-mlx4
   [ -f "$M/config.json" ] || (time "$BIN/tq" make-model --preset 9b --dtype mlx4 --out "$M") 2>&1 | tail -4
   "$BIN/tq" bench-depth -m "$M" --device cuda --kv "$KV" --depths "$DEPTHS" --gen ${GEN:-64} --prefill 512,8192 \
-    --json "$OUT/bench_depth.json" 2>&1 | tee "$OUT/bench_depth.log"
+    --prefill-depths "${PREFILL_DEPTHS:-32768,131072}" --json "$OUT/bench_depth.json" 2>&1 | tee "$OUT/bench_depth.log"
 fi
 if [ "$WHAT" = serve ] || [ "$WHAT" = all ]; then
   # Starts `tq serve --device cuda` on the trained model with policy $1 and prompt cache $2; sets PID and PORT.

@@ -572,10 +572,10 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
       const size_t n_kv = 300, row = static_cast<size_t>(geo.n_kv_heads) * geo.head_dim;
       auto k = test::gaussian(n_kv * row, rng), v = test::gaussian(n_kv * row, rng);
       // Appends in chunks of 64 (the last one 44 tokens) or 150. Queries: the newest position
-      // (decode) and 37 or 130 positions ending there, within the last append as a prefill
-      // chunk's are (from 16 queries the tiled kernel, in splits, with a window's tokens by
-      // the per-query kernel; 130 queries are several tiles of positions for every G).
-      for (const auto& [chunk, nqs] : {std::pair<size_t, std::vector<int>>{64, {1, 37}}, {150, {130}}}) {
+      // (decode) and 9, 37 or 130 positions ending there, within the last append as a prefill
+      // chunk's are (from 8 queries the tiled kernel, in splits, with a window's tokens by the
+      // per-query kernel; 130 queries are several tiles of positions for every G).
+      for (const auto& [chunk, nqs] : {std::pair<size_t, std::vector<int>>{64, {1, 9, 37}}, {150, {130}}}) {
         auto cpu = make_kv_slot(p, geo, 3);
         for (size_t t = 0; t < n_kv; t += chunk) {
           const size_t c = std::min(chunk, n_kv - t);

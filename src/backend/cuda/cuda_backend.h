@@ -46,7 +46,7 @@ bool prefill_int8();
 // set_attention_tc(false) or TQ_CUDA_ATTN_TC=0: the float kernel for every layer.
 void set_attention_tc(bool on);
 bool attention_tc();
-// Prefill chunks of ≥ 16 queries: the query-tiled tensor-core kernel (a tile of the cache
+// Prefill chunks of ≥ 8 queries: the query-tiled tensor-core kernel (a tile of the cache
 // read once per 64 (position, head) rows, not once per query); on by default.
 // set_attention_tiled(false) or TQ_CUDA_ATTN_TILED=0: the per-query kernel for them too.
 void set_attention_tiled(bool on);

@@ -2043,7 +2043,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
 // attention_tc_kernel in tail mode), else up to each row's own position (causal). Partials
 // in attention_tc_kernel's layout: slots [0, gridDim.z) of `stride` per (query, head).
 constexpr int kPfWarps = 4, kPfRows = 16 * kPfWarps, kPfTok = 32;
-constexpr int kTiledMinQ = 16;  // queries in a chunk from which it takes the tiled kernel
+constexpr int kTiledMinQ = 8;  // queries in a chunk from which it takes the tiled kernel (PERF v23)
 
 // Shared memory of attention_tiled_kernel, bytes (the host sizes the launch with the same):
 // one stage, so that two blocks fit an SM (one block's loads and decode overlap the other's

@@ -213,7 +213,7 @@ void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t firs
 // attention_scratch_floats.
 // Attention on tensor cores where the layer fits (fp16 rows or 2/3/4/8-bit codes, dim 64,
 // 128 or 256; default) else the float kernel; TQ_CUDA_ATTN_TC=0 or set_attention_tc(false):
-// the float kernel everywhere. Prefill chunks of ≥ 16 queries on tensor cores take the
+// the float kernel everywhere. Prefill chunks of ≥ 8 queries on tensor cores take the
 // query-tiled kernel (each tile of the prefix read once per 64 (position, head) rows, not
 // once per query; a windowed code cache's window by the per-query kernel); g_attention_tiled
 // = false or TQ_CUDA_ATTN_TILED=0: the per-query kernel for them too.
