@@ -1510,6 +1510,26 @@ __device__ __forceinline__ uint4 decode8_sel(uint32_t s, const Prmt8& t) {
                     __byte_perm(lb, hb, 0x7362));
 }
 
+// The code sides' centroid tables of a block (K, V): 3-bit as register tables (t3), 2/4-bit
+// as shared tables of centroid pairs and 8-bit of single centroids (lut: [K, V][256] half2),
+// filled by the block's threads (kb, vb: the sides' widths; fp16 sides get none).
+__device__ __forceinline__ void kv_tables(const DevKVLayer& L, int kb, int vb, Prmt8 (&t3)[2], __half2* lut) {
+  for (int side = 0; side < 2; ++side) {
+    const DevKVSide& S = side ? L.v : L.k;
+    const int b = side ? vb : kb;
+    t3[side] = {};
+    if (b == 3) {
+      t3[side] = prmt8_table(S.centroids);
+    } else if (b == 2 || b == 4) {
+      for (int i = threadIdx.x; i < (1 << (2 * b)); i += blockDim.x)
+        lut[side * 256 + i] = __floats2half2_rn(S.centroids[i & ((1 << b) - 1)], S.centroids[i >> b]);
+    } else if (b == 8) {
+      for (int i = threadIdx.x; i < 256; i += blockDim.x)
+        reinterpret_cast<__half*>(lut + side * 256)[i] = __float2half_rn(S.centroids[i]);
+    }
+  }
+}
+
 // cp.async of a chunk's 16 rows of one side into its stage: fp16 rows padded to D + 8
 // halves (rows at or past n_valid zero-filled: their weight is 0, and 0 · garbage could be
 // NaN), code rows and their 16 norms as stored. bits, rb: the side's format and bytes per
@@ -1767,19 +1787,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   // from the kernel before that one, which has completed and flushed by the time this one
   // launches (kv_append's blocks let it launch only after their own wait). The cache rows
   // and ring_lo are read after the wait.
-  Prmt8 t3[2] = {};
-  for (int side = 0; side < 2; ++side) {
-    const DevKVSide& S = side ? L.v : L.k;
-    const int b = side ? vb : kb;
-    if (b == 3) {
-      t3[side] = prmt8_table(S.centroids);
-    } else if (b == 2 || b == 4) {
-      for (int i = tid; i < (1 << (2 * b)); i += blockDim.x)
-        lut[side * 256 + i] = __floats2half2_rn(S.centroids[i & ((1 << b) - 1)], S.centroids[i >> b]);
-    } else if (b == 8) {
-      for (int i = tid; i < 256; i += blockDim.x) reinterpret_cast<__half*>(lut + side * 256)[i] = __float2half_rn(S.centroids[i]);
-    }
-  }
+  Prmt8 t3[2];
+  kv_tables(L, kb, vb, t3, lut);
   // Queries as floats in the warps' area (free until the pipeline starts), in K's domain
   // (rotated, with the rotation's 1/√D, when K holds codes), then as hi/lo halves.
   // Every load is issued before any store (one round trip, not one per element: measured the
@@ -2124,19 +2133,8 @@ __global__ void __launch_bounds__(kPfWarps * 32, 2)
   size_t* red = reinterpret_cast<size_t*>(tsc + 2 * kPfTok);  // [kPfWarps]
   // Tables and queries before waiting on the previous kernel (as attention_tc_kernel: the
   // queries come from attention prep, complete before kv_append let this kernel launch).
-  Prmt8 t3[2] = {};
-  for (int side = 0; side < 2; ++side) {
-    const DevKVSide& S = side ? L.v : L.k;
-    const int b = side ? vb : kb;
-    if (b == 3) {
-      t3[side] = prmt8_table(S.centroids);
-    } else if (b == 2 || b == 4) {
-      for (int i = tid; i < (1 << (2 * b)); i += blockDim.x)
-        lut[side * 256 + i] = __floats2half2_rn(S.centroids[i & ((1 << b) - 1)], S.centroids[i >> b]);
-    } else if (b == 8) {
-      for (int i = tid; i < 256; i += blockDim.x) reinterpret_cast<__half*>(lut + side * 256)[i] = __float2half_rn(S.centroids[i]);
-    }
-  }
+  Prmt8 t3[2];
+  kv_tables(L, kb, vb, t3, lut);
   // Row r's query in K's domain (rotated, with the rotation's 1/√D, when K holds codes) as
   // hi/lo halves; rows past n_q zero. A warp per row: lane l holds dims l·E … l·E + E − 1.
   const float qscale = kb < 16 ? rsqrtf(static_cast<float>(D)) : 1.0f;
@@ -4295,33 +4293,8 @@ TiledKernel tiled_kernel_for(const DevKVLayer& L) {
     default: return {};
   }
 }
-// The split slots per (query, head) of a prefill chunk through the tiled kernel and of its
-// window tail ({0, 0}: the per-query kernels). At most 1024 / n_q and 512 / n_q, so n_q ×
-// slots ≤ 3 · max(n_q, 512) (the model's scratch); the tiled kernel's splits fill the SMs
-// once (two blocks per SM) with at least 64 tokens each.
-struct TiledPlan {
-  int tiled = 0, tail = 0;
-};
-int query_splits(const DevKVLayer& L, int n_q, size_t n_tokens);
-TiledPlan tiled_plan(const DevKVLayer& L, int n_q, size_t n_tokens) {
-  if (n_q < kTiledMinQ || n_tokens == SIZE_MAX || !tiled_kernel_for(L).fn) return {};
-  const int rows_of = kPfRows / (L.n_heads / L.n_kv_heads);
-  const int blocks = L.n_kv_heads * ((n_q + rows_of - 1) / rows_of);
-  TiledPlan p;
-  p.tiled = std::min({std::max(1, 1024 / n_q), (2 * sm_count() + blocks - 1) / blocks,
-                      static_cast<int>(std::max<size_t>(1, n_tokens / 64))});
-  if (L.window > 0 && (L.k.bits < 16 || L.v.bits < 16))
-    p.tail = std::min(std::max(1, 512 / n_q),
-                      query_splits(L, n_q, std::min(n_tokens, static_cast<size_t>(L.window) + n_q + 16)));
-  return p;
-}
-}  // namespace
 
-int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
-  if (const TiledPlan p = tiled_plan(L, n_q, n_tokens); p.tiled) return p.tiled + p.tail;
-  return query_splits(L, n_q, n_tokens);
-}
-namespace {
+// Splits of the per-query kernels (decode steps, and prefill chunks the tiled kernel does not take).
 int query_splits(const DevKVLayer& L, int n_q, size_t n_tokens) {
   // Enough blocks to fill the GPU several times over (132 SMs × 8), at least 128 tokens per
   // split (measured: 528 or 2112 blocks, 256 or 512 tokens were no better). The tensor-core
@@ -4343,7 +4316,31 @@ int query_splits(const DevKVLayer& L, int n_q, size_t n_tokens) {
   const int want = std::max(1, blocks / std::max(1, n_q * L.n_kv_heads));
   return static_cast<int>(std::max<size_t>(1, std::min<size_t>(want, (n_tokens + min_tokens - 1) / min_tokens)));
 }
+// The split slots per (query, head) of a prefill chunk through the tiled kernel and of its
+// window tail ({0, 0}: the per-query kernels). At most 1024 / n_q and 512 / n_q, so n_q ×
+// slots ≤ 3 · max(n_q, 512) (the model's scratch); the tiled kernel's splits fill the SMs
+// once (two blocks per SM) with at least 64 tokens each.
+struct TiledPlan {
+  int tiled = 0, tail = 0;
+};
+TiledPlan tiled_plan(const DevKVLayer& L, int n_q, size_t n_tokens) {
+  if (n_q < kTiledMinQ || n_tokens == SIZE_MAX || !tiled_kernel_for(L).fn) return {};
+  const int rows_of = kPfRows / (L.n_heads / L.n_kv_heads);
+  const int blocks = L.n_kv_heads * ((n_q + rows_of - 1) / rows_of);
+  TiledPlan p;
+  p.tiled = std::min({std::max(1, 1024 / n_q), (2 * sm_count() + blocks - 1) / blocks,
+                      static_cast<int>(std::max<size_t>(1, n_tokens / 64))});
+  if (L.window > 0 && (L.k.bits < 16 || L.v.bits < 16))
+    p.tail = std::min(std::max(1, 512 / n_q),
+                      query_splits(L, n_q, std::min(n_tokens, static_cast<size_t>(L.window) + n_q + 16)));
+  return p;
+}
 }  // namespace
+
+int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens) {
+  if (const TiledPlan p = tiled_plan(L, n_q, n_tokens); p.tiled) return p.tiled + p.tail;
+  return query_splits(L, n_q, n_tokens);
+}
 
 size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits) {
   return static_cast<size_t>(n_q) * L.n_heads * n_splits * (2 + L.v.dim);

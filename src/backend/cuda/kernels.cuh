@@ -207,8 +207,8 @@ void attn_prep(const AttnPrep& a, const float* qg, float* q, float* gate, float*
 // value) of k, v [n][n_kv_heads][head_dim].
 void kv_append(DevKVLayer& L, const float* k, const float* v, int n, size_t first, cudaStream_t s,
                const int32_t* first_dev = nullptr);
-// att[n_q][n_heads][head_dim] for queries at pos (device) over tokens [0, pos]; n_tokens
-// cached (SIZE_MAX: every query's own pos + 1, as in a decode step); gate (optional):
+// att[n_q][n_heads][head_dim] for queries at pos (device; ascending, as a chunk's are) over
+// tokens [0, pos]; n_tokens cached (SIZE_MAX: every query's own pos + 1, as in a decode step); gate (optional):
 // att ·= σ(gate); q8: also att as int8 (decode). The tokens are split n_splits ways (splits_for); scratch holds
 // attention_scratch_floats.
 // Attention on tensor cores where the layer fits (fp16 rows or 2/3/4/8-bit codes, dim 64,
