@@ -2053,6 +2053,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
 // in attention_tc_kernel's layout: slots [0, gridDim.z) of `stride` per (query, head).
 constexpr int kPfWarps = 4, kPfRows = 16 * kPfWarps, kPfTok = 32;
 constexpr int kTiledMinQ = 8;  // queries in a chunk from which it takes the tiled kernel (PERF v23)
+static_assert(kPfTok % 8 == 0, "pf_decode deals 3-bit rows out 8 at a time");
 
 // Shared memory of attention_tiled_kernel, bytes (the host sizes the launch with the same):
 // one stage, so that two blocks fit an SM (one block's loads and decode overlap the other's
@@ -2086,9 +2087,13 @@ __device__ __forceinline__ void pf_decode(const uint32_t* raw, int rb, int bits,
   constexpr int R = D + 8;
   const int b = B ? B : bits;
   if (b == 3) {  // (3-bit sides are nib3: tc_kernel_for)
+    // Job → (row, group) with 8 consecutive jobs on 8 rows of one group: each 16-byte store
+    // of a quarter-warp then covers all 32 banks (rows R halves apart), where 8 groups of one
+    // row (64 bytes apart) hit 8 banks 4 times over (ncu, v23: 29% of the kernel's
+    // shared-memory wavefronts were such conflicts).
     constexpr int J = D / 32;
     for (int job = threadIdx.x; job < kPfTok * J; job += blockDim.x) {
-      const int r = job / J, j = job % J;
+      const int r = job % 8 + 8 * (job / (8 * J)), j = (job / 8) % J;
       const uint32_t* w = raw + r * (rb / 4) + 3 * j;
       const uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
       uint4* out = reinterpret_cast<uint4*>(tile + r * R + 32 * j);
@@ -4325,12 +4330,16 @@ struct TiledPlan {
 };
 TiledPlan tiled_plan(const DevKVLayer& L, int n_q, size_t n_tokens) {
   if (n_q < kTiledMinQ || n_tokens == SIZE_MAX || !tiled_kernel_for(L).fn) return {};
+  const bool windowed = L.window > 0 && (L.k.bits < 16 || L.v.bits < 16);
+  // A windowed code cache whose first query's window reaches token 0 has nothing before the
+  // cut (but after a rewind, ring_lo's): the per-query kernel takes all of it.
+  if (windowed && n_tokens < static_cast<size_t>(L.window) + n_q) return {};
   const int rows_of = kPfRows / (L.n_heads / L.n_kv_heads);
   const int blocks = L.n_kv_heads * ((n_q + rows_of - 1) / rows_of);
   TiledPlan p;
   p.tiled = std::min({std::max(1, 1024 / n_q), (2 * sm_count() + blocks - 1) / blocks,
                       static_cast<int>(std::max<size_t>(1, n_tokens / 64))});
-  if (L.window > 0 && (L.k.bits < 16 || L.v.bits < 16))
+  if (windowed)
     p.tail = std::min(std::max(1, 512 / n_q),
                       query_splits(L, n_q, std::min(n_tokens, static_cast<size_t>(L.window) + n_q + 16)));
   return p;
