@@ -1820,7 +1820,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   const size_t p = pos[qi];
   const size_t end_all = min(p + 1, n_tokens);
   const size_t from = tail.stride ? min(window_cut(L, pos, ring_lo), end_all) : 0;  // (a multiple of 16)
-  const size_t per = ((end_all - from + n_splits - 1) / n_splits + kTcTok - 1) / kTcTok * kTcTok;  // chunks start at multiples of 16
+  // chunks start at multiples of 16
+  const size_t per = ((end_all - from + n_splits - 1) / n_splits + kTcTok - 1) / kTcTok * kTcTok;
   const size_t t0 = min(from + static_cast<size_t>(split) * per, end_all), t1 = min(t0 + per, end_all);
   const int slots = tail.stride ? tail.stride : n_splits, slot = tail.base + split;
   size_t bound = end_all;
@@ -2123,8 +2124,8 @@ __global__ void __launch_bounds__(kPfWarps * 32, 2)
   extern __shared__ __align__(16) unsigned char sm[];
   constexpr int R = D + 8, E = D / 32;
   const PfLayout lay(L, D);
-  const int g = blockIdx.x, split = blockIdx.z, n_splits = gridDim.z, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int gid = lane >> 2, tig = lane & 3;
+  const int g = blockIdx.x, split = blockIdx.z, n_splits = gridDim.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gid = lane >> 2, tig = lane & 3;
   const int G = L.n_heads / L.n_kv_heads, hd = L.head_dim, q0 = blockIdx.y * (kPfRows / G);
   const int kb = KB ? KB : L.k.bits, vb = VB ? VB : L.v.bits;
   const int rbk = KB ? kv_row_bytes(D, KB) : L.k.row_bytes, rbv = VB ? kv_row_bytes(D, VB) : L.v.row_bytes;
@@ -2180,7 +2181,8 @@ __global__ void __launch_bounds__(kPfWarps * 32, 2)
   size_t t_end = 0;
 #pragma unroll
   for (int w = 0; w < kPfWarps; ++w) t_end = max(t_end, red[w]);
-  const size_t per = ((t_end + n_splits - 1) / n_splits + kPfTok - 1) / kPfTok * kPfTok;  // tiles start at multiples of 32
+  // tiles start at multiples of 32
+  const size_t per = ((t_end + n_splits - 1) / n_splits + kPfTok - 1) / kPfTok * kPfTok;
   const size_t t0 = min(static_cast<size_t>(split) * per, t_end), t1 = min(t0 + per, t_end);
   const size_t row0 = static_cast<size_t>(g) * L.cap;
   // cp.async of tile c: code rows and norms as stored (past t1 they decode to finite
@@ -2194,7 +2196,8 @@ __global__ void __launch_bounds__(kPfWarps * 32, 2)
       const uint8_t* src = S.rows + (row0 + c) * rb;
       unsigned char* dst = raw + (side ? lay.kraw : 0);
       for (int i = tid; i < kPfTok * rb / 16; i += blockDim.x) cp_async16(dst + 16 * i, src + 16 * i, true);
-      if (tid < kPfTok * 2 / 16) cp_async16(raw + nrm + side * kPfTok * 2 + 16 * tid, S.norms + row0 + c + 8 * tid, true);
+      if (tid < kPfTok * 2 / 16)
+        cp_async16(raw + nrm + side * kPfTok * 2 + 16 * tid, S.norms + row0 + c + 8 * tid, true);
     }
   };
   // ... and fp16 rows into their tile (rows at or past t1 zero: their weight is 0, and
@@ -2335,7 +2338,8 @@ __global__ void __launch_bounds__(kPfWarps * 32, 2)
     const int r = 16 * warp + gid + 8 * hf, qi = q0 + r / G;
     if (qi >= n_q) continue;
     const size_t base = (static_cast<size_t>(qi) * L.n_heads + g * G + r % G) * stride + split;
-    if (tig == 0) part_ml[2 * base] = m[hf] * 0.693147180559945309f, part_ml[2 * base + 1] = l[hf];  // (−∞ stays −∞)
+    if (tig == 0)  // (−∞ stays −∞)
+      part_ml[2 * base] = m[hf] * 0.693147180559945309f, part_ml[2 * base + 1] = l[hf];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
       *reinterpret_cast<float2*>(part_acc + base * D + 8 * n + 2 * tig) = make_float2(o[n][2 * hf], o[n][2 * hf + 1]);
@@ -4285,7 +4289,8 @@ TiledKernel tiled_kernel(const DevKVLayer& L) {
 // The query-tiled prefill kernel for this layer: where the tensor-core kernel takes it, with
 // a whole number of rows of heads per block (G divides kPfRows).
 TiledKernel tiled_kernel_for(const DevKVLayer& L) {
-  if (!g_attention_tiled || !tc_kernel_for(L).fn || L.n_heads % L.n_kv_heads != 0 || kPfRows % (L.n_heads / L.n_kv_heads) != 0)
+  if (!g_attention_tiled || !tc_kernel_for(L).fn || L.n_heads % L.n_kv_heads != 0 ||
+      kPfRows % (L.n_heads / L.n_kv_heads) != 0)
     return {};
   const bool fp16 = L.k.bits == 16 && L.v.bits == 16;
   switch (L.k.dim) {
@@ -4369,12 +4374,12 @@ void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q,
   if (plan.tiled && plan.tiled + plan.tail == sp) {  // a prefill chunk: the tiled kernel, then the window's part
     const TiledKernel tk = tiled_kernel_for(L);
     const int rows_of = kPfRows / G;
-    launch(tk.fn, dim3(L.n_kv_heads, (n_q + rows_of - 1) / rows_of, plan.tiled), kPfWarps * 32, tk.bytes, s, L, q, pos, n_q,
-           sp, n_tokens, scale, ml, acc);
+    launch(tk.fn, dim3(L.n_kv_heads, (n_q + rows_of - 1) / rows_of, plan.tiled), kPfWarps * 32, tk.bytes, s, L, q,
+           pos, n_q, sp, n_tokens, scale, ml, acc);
     if (plan.tail) {
       const TcKernel tc = tc_kernel_for(L);
-      launch(tc.fn, dim3(L.n_kv_heads, n_q, plan.tail), kTcWarps * 32, tc.bytes, s, L, q, pos, plan.tail, n_tokens, scale,
-             ml, acc, TcTail{plan.tiled, sp});
+      launch(tc.fn, dim3(L.n_kv_heads, n_q, plan.tail), kTcWarps * 32, tc.bytes, s, L, q, pos, plan.tail, n_tokens,
+             scale, ml, acc, TcTail{plan.tiled, sp});
     }
   } else if (const TcKernel tc = tc_kernel_for(L); tc.fn)
     launch(tc.fn, grid, kTcWarps * 32, tc.bytes, s, L, q, pos, sp, n_tokens, scale, ml, acc, TcTail{});
