@@ -57,6 +57,7 @@ int run(const O& o) {
   for (auto& t : toks) t = static_cast<int32_t>(rng() % c.vocab);
   std::vector<float> logits(c.vocab);
   std::map<std::string, std::map<size_t, double>> tps;
+  std::map<std::string, std::map<std::pair<int, size_t>, double>> pps;  // prefill tok/s by (tokens, depth)
   if (o.batch > 1) {  // batched decode throughput against one-by-one, same sequences
     check(o.batch <= 64, "--batch: expected 1..64");
     for (const auto& p : policies)
@@ -119,6 +120,7 @@ int run(const O& o) {
       const double rate = static_cast<double>(L) * reps / spent;
       fmt::print("  {:<6} prefill {:>6} tokens: {:8.0f} tok/s\n", p.name(), L, rate);
       out["prefill"].push_back({{"kv", p.name()}, {"tokens", L}, {"depth", 0}, {"tok_per_s", rate}});
+      pps[p.name()][{L, 0}] = rate;
     }
     // Prompts appended to a cache already d tokens deep (a new turn of a long conversation): the
     // state is filled once per depth, and cut back to d after each timed pass (the DeltaNet
@@ -141,6 +143,7 @@ int run(const O& o) {
         const double rate = static_cast<double>(L) * reps / spent;
         fmt::print("  {:<6} prefill {:>6} tokens at depth {:>7}: {:8.0f} tok/s\n", p.name(), L, d, rate);
         out["prefill"].push_back({{"kv", p.name()}, {"tokens", L}, {"depth", d}, {"tok_per_s", rate}});
+        pps[p.name()][{L, d}] = rate;
       }
     }
   }
@@ -155,6 +158,26 @@ int run(const O& o) {
       const double r = tps[p.name()][d];
       const double f = tps.count("fp16") ? tps["fp16"][d] : 0;
       fmt::print(" {:.1f}{} |", r, f > 0 && p.name() != "fp16" ? fmt::format(" ({:.2f}x)", r / f) : "");
+    }
+    fmt::print("\n");
+  }
+  // Prefill: a column per prompt length and depth (ppN, ppN @ d), as llama-bench names them.
+  std::vector<std::pair<int, size_t>> all;
+  for (int L : o.prefill) all.push_back({L, 0});
+  for (size_t d : o.prefill_depths)
+    if (d > 0)
+      for (int L : o.prefill) all.push_back({L, d});
+  fmt::print("\n| kv |");
+  for (const auto& [L, d] : all) fmt::print(" pp{}{} |", L, d > 0 ? fmt::format(" @ {}", d) : "");
+  fmt::print("\n|---|");
+  for (size_t i = 0; i < all.size(); ++i) fmt::print("---:|");
+  fmt::print("\n");
+  for (const auto& p : policies) {
+    fmt::print("| {} |", p.name());
+    for (const auto& c : all) {
+      const double r = pps[p.name()][c];
+      const double f = pps.count("fp16") ? pps["fp16"][c] : 0;
+      fmt::print(" {:.0f}{} |", r, f > 0 && p.name() != "fp16" ? fmt::format(" ({:.2f}x)", r / f) : "");
     }
     fmt::print("\n");
   }
