@@ -3595,14 +3595,16 @@ int device_major() {
   }();
   return major;
 }
+// An attribute of the current GPU.
+int device_attr(cudaDeviceAttr a) {
+  int dev = 0, v = 0;
+  TQ_CUDA_CHECK(cudaGetDevice(&dev));
+  TQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, a, dev));
+  return v;
+}
 // The GPU's SM count (at least 1).
 int sm_count() {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    TQ_CUDA_CHECK(cudaGetDevice(&dev));
-    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return std::max(1, n);
-  }();
+  static const int sms = std::max(1, device_attr(cudaDevAttrMultiProcessorCount));
   return sms;
 }
 
@@ -4274,12 +4276,7 @@ struct TiledKernel {
 };
 template <int D, int KB, int VB>
 TiledKernel tiled_kernel(const DevKVLayer& L) {
-  static const int optin = [] {
-    int dev = 0, v = 0;
-    TQ_CUDA_CHECK(cudaGetDevice(&dev));
-    TQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    return v;
-  }();
+  static const int optin = device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   TiledKernel k{attention_tiled_kernel<D, KB, VB>, static_cast<size_t>(PfLayout(L, D).bytes())};
   if (k.bytes > static_cast<size_t>(optin)) return {};
   static size_t allowed = 48 << 10;  // (per instantiation)
