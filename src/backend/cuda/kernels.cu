@@ -4329,9 +4329,12 @@ int query_splits(const DevKVLayer& L, int n_q, size_t n_tokens) {
 // once (two blocks per SM) with at least 64 tokens each.
 struct TiledPlan {
   int tiled = 0, tail = 0;
+  TiledKernel kernel;  // (the tiled kernel for the layer, when tiled > 0)
 };
 TiledPlan tiled_plan(const DevKVLayer& L, int n_q, size_t n_tokens) {
-  if (n_q < kTiledMinQ || n_tokens == SIZE_MAX || !tiled_kernel_for(L).fn) return {};
+  if (n_q < kTiledMinQ || n_tokens == SIZE_MAX) return {};
+  const TiledKernel tk = tiled_kernel_for(L);
+  if (!tk.fn) return {};
   const bool windowed = L.window > 0 && (L.k.bits < 16 || L.v.bits < 16);
   // A windowed code cache whose first query's window reaches token 0 has nothing before the
   // cut (but after a rewind, ring_lo's): the per-query kernel takes all of it.
@@ -4339,6 +4342,7 @@ TiledPlan tiled_plan(const DevKVLayer& L, int n_q, size_t n_tokens) {
   const int rows_of = kPfRows / (L.n_heads / L.n_kv_heads);
   const int blocks = L.n_kv_heads * ((n_q + rows_of - 1) / rows_of);
   TiledPlan p;
+  p.kernel = tk;
   p.tiled = std::min({std::max(1, 1024 / n_q), (2 * sm_count() + blocks - 1) / blocks,
                       static_cast<int>(std::max<size_t>(1, n_tokens / 64))});
   if (windowed)
@@ -4369,10 +4373,9 @@ void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q,
   const int G = L.n_heads / L.n_kv_heads;
   const TiledPlan plan = tiled_plan(L, n_q, n_tokens);
   if (plan.tiled && plan.tiled + plan.tail == sp) {  // a prefill chunk: the tiled kernel, then the window's part
-    const TiledKernel tk = tiled_kernel_for(L);
     const int rows_of = kPfRows / G;
-    launch(tk.fn, dim3(L.n_kv_heads, (n_q + rows_of - 1) / rows_of, plan.tiled), kPfWarps * 32, tk.bytes, s, L, q,
-           pos, n_q, sp, n_tokens, scale, ml, acc);
+    launch(plan.kernel.fn, dim3(L.n_kv_heads, (n_q + rows_of - 1) / rows_of, plan.tiled), kPfWarps * 32,
+           plan.kernel.bytes, s, L, q, pos, n_q, sp, n_tokens, scale, ml, acc);
     if (plan.tail) {
       const TcKernel tc = tc_kernel_for(L);
       launch(tc.fn, dim3(L.n_kv_heads, n_q, plan.tail), kTcWarps * 32, tc.bytes, s, L, q, pos, plan.tail, n_tokens,
