@@ -1530,6 +1530,16 @@ __device__ __forceinline__ void kv_tables(const DevKVLayer& L, int kb, int vb, P
   }
 }
 
+// One nib3 group's 32 codes (its three words w) → their 32 fp16 centroids as 4 uint4 (codes
+// 0-7, 8-15, 16-23 from the words' low nibble bits, 24-31 from their top bits).
+__device__ __forceinline__ void decode_nib3_group(const uint32_t* w, const Prmt8& t3, uint4* out) {
+  const uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
+  out[0] = decode8_sel(w0 & 0x77777777u, t3);
+  out[1] = decode8_sel(w1 & 0x77777777u, t3);
+  out[2] = decode8_sel(w2 & 0x77777777u, t3);
+  out[3] = decode8_sel(((w0 >> 3) & 0x11111111u) | ((w1 >> 2) & 0x22222222u) | ((w2 >> 1) & 0x44444444u), t3);
+}
+
 // cp.async of a chunk's 16 rows of one side into its stage: fp16 rows padded to D + 8
 // halves (rows at or past n_valid zero-filled: their weight is 0, and 0 · garbage could be
 // NaN), code rows and their 16 norms as stored. bits, rb: the side's format and bytes per
@@ -1641,12 +1651,7 @@ __device__ __forceinline__ void decode_tile_nib3(int half, int rb, const uint32_
     }
     uint4* out = reinterpret_cast<uint4*>(tile + i * R + 32 * gg);
     if (plain || i < n_coded) {
-      const uint32_t* w = raw + i * (rb / 4) + 3 * g;
-      const uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
-      out[0] = decode8_sel(w0 & 0x77777777u, t3);
-      out[1] = decode8_sel(w1 & 0x77777777u, t3);
-      out[2] = decode8_sel(w2 & 0x77777777u, t3);
-      out[3] = decode8_sel(((w0 >> 3) & 0x11111111u) | ((w1 >> 2) & 0x22222222u) | ((w2 >> 1) & 0x44444444u), t3);
+      decode_nib3_group(raw + i * (rb / 4) + 3 * g, t3, out);
     } else {
 #pragma unroll
       for (int e = 0; e < 4; ++e) out[e] = i < n_valid ? win[e] : make_uint4(0, 0, 0, 0);
@@ -2095,13 +2100,7 @@ __device__ __forceinline__ void pf_decode(const uint32_t* raw, int rb, int bits,
     constexpr int J = D / 32;
     for (int job = threadIdx.x; job < kPfTok * J; job += blockDim.x) {
       const int r = job % 8 + 8 * (job / (8 * J)), j = (job / 8) % J;
-      const uint32_t* w = raw + r * (rb / 4) + 3 * j;
-      const uint32_t w0 = w[0], w1 = w[1], w2 = w[2];
-      uint4* out = reinterpret_cast<uint4*>(tile + r * R + 32 * j);
-      out[0] = decode8_sel(w0 & 0x77777777u, t3);
-      out[1] = decode8_sel(w1 & 0x77777777u, t3);
-      out[2] = decode8_sel(w2 & 0x77777777u, t3);
-      out[3] = decode8_sel(((w0 >> 3) & 0x11111111u) | ((w1 >> 2) & 0x22222222u) | ((w2 >> 1) & 0x44444444u), t3);
+      decode_nib3_group(raw + r * (rb / 4) + 3 * j, t3, reinterpret_cast<uint4*>(tile + r * R + 32 * j));
     }
     return;
   }
