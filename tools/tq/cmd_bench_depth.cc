@@ -106,45 +106,37 @@ int run(const O& o) {
       out["decode"].push_back({{"kv", p.name()}, {"depth", depth}, {"tok_per_s", rate}, {"kv_bytes", kvb},
                                {"state_bytes", stb}, {"achieved_gbs", gbs}, {"device_memory_used", mem}});
     }
-    for (int L : o.prefill) {
-      auto ps = model->new_state(p);
+    // An L-token prompt's prefill tok/s at depth d: timed passes (short prompts repeated for at
+    // least 0.5 s), each on a state `reset` readies beforehand (outside the timing), then
+    // printed and recorded.
+    auto prefill = [&](int L, size_t d, std::unique_ptr<SequenceState>& ps, auto&& reset) {
       model->forward(*ps, toks.data(), std::min(L, 64), logits.data(), false, pool);  // warm-up
-      double spent = 0;  // short prompts: repeated (fresh state each time) for at least 0.5 s
+      double spent = 0;
       int reps = 0;
       do {
-        ps = model->new_state(p);
+        reset();
         const auto t0 = std::chrono::steady_clock::now();
         model->forward(*ps, toks.data(), L, logits.data(), false, pool);
         spent += seconds_since(t0);
       } while (++reps < 100 && spent < 0.5);
       const double rate = static_cast<double>(L) * reps / spent;
-      fmt::print("  {:<6} prefill {:>6} tokens: {:8.0f} tok/s\n", p.name(), L, rate);
-      out["prefill"].push_back({{"kv", p.name()}, {"tokens", L}, {"depth", 0}, {"tok_per_s", rate}});
-      pps[p.name()][{L, 0}] = rate;
+      fmt::print("  {:<6} prefill {:>6} tokens{}: {:8.0f} tok/s\n", p.name(), L,
+                 d > 0 ? fmt::format(" at depth {:>7}", d) : "", rate);
+      out["prefill"].push_back({{"kv", p.name()}, {"tokens", L}, {"depth", d}, {"tok_per_s", rate}});
+      pps[p.name()][{L, d}] = rate;
+    };
+    for (int L : o.prefill) {  // into an empty cache: a fresh state per pass
+      auto ps = model->new_state(p);
+      prefill(L, 0, ps, [&] { ps = model->new_state(p); });
     }
     // Prompts appended to a cache already d tokens deep (a new turn of a long conversation): the
-    // state is filled once per depth, and cut back to d after each timed pass (the DeltaNet
+    // state is filled once per depth, and cut back to d before each timed pass (the DeltaNet
     // states run on from there; their speed does not depend on their values).
     for (size_t d : o.prefill_depths) {
       if (d == 0) continue;  // (measured above)
       auto ps = model->new_state(p);
       model->fill_synthetic(*ps, d, 1234, pool);
-      for (int L : o.prefill) {
-        model->forward(*ps, toks.data(), std::min(L, 64), logits.data(), false, pool);  // warm-up
-        ps->truncate(d);
-        double spent = 0;
-        int reps = 0;
-        do {
-          const auto t0 = std::chrono::steady_clock::now();
-          model->forward(*ps, toks.data(), L, logits.data(), false, pool);
-          spent += seconds_since(t0);
-          ps->truncate(d);
-        } while (++reps < 100 && spent < 0.5);
-        const double rate = static_cast<double>(L) * reps / spent;
-        fmt::print("  {:<6} prefill {:>6} tokens at depth {:>7}: {:8.0f} tok/s\n", p.name(), L, d, rate);
-        out["prefill"].push_back({{"kv", p.name()}, {"tokens", L}, {"depth", d}, {"tok_per_s", rate}});
-        pps[p.name()][{L, d}] = rate;
-      }
+      for (int L : o.prefill) prefill(L, d, ps, [&] { ps->truncate(d); });
     }
   }
   fmt::print("\n| kv |");
