@@ -1677,10 +1677,14 @@ __device__ __forceinline__ void decode_tile(int half, int b, int rb, const uint3
 //   selector's 8 centroids are the A words of two k-steps (the queries are laid out in
 //   shared memory in this order: direct_q_dim);
 // - values: m-tile mt's rows gid and gid + 8 are stored dims 32·gid + 2·mt and + 1, so a
-//   lane's 32 dims are nib3 group gid; the words of two tokens are paired by one prmt each.
+//   lane's 32 dims are nib3 group gid; two tokens' selectors are merged before the decode,
+//   so that it yields token pairs of one dim (decode16_token_pairs).
 __host__ __device__ constexpr int direct_q_dim(int p) {  // stored dim at column p of the scores' k order
   return 64 * ((p & 7) >> 1) + 4 * (p >> 4) + (p & 1) + 2 * ((p >> 3) & 1);
 }
+// A chunk's rows as the direct path reads them: every token coded (kPlain), every token in
+// the fp16 window (kRing: no codes are copied or decoded), or both (kMixed).
+enum DirectRows { kMixed, kPlain, kRing };
 // One chunk row (token r) as the direct path reads it: its code words in the stage and, in
 // chunks that reach the window, its fp16 window row — read unconditionally (any row of
 // the ring buffer; the value is used only for tokens in the window), so that the loads of
@@ -1690,40 +1694,56 @@ struct DirectRow {
   const __half* ring;
   bool coded, valid;
 };
-template <bool kPlain>
+template <int kRows>
 __device__ __forceinline__ DirectRow direct_row(const uint32_t* raw, int rw, int r, int n_valid, int n_coded,
                                                 const __half* ring, int ring_rows, int c_mod) {
-  return {raw + r * rw, kPlain ? nullptr : ring + ((c_mod + r) % ring_rows) * 256, kPlain || r < n_coded, r < n_valid};
+  return {raw + r * rw, kRows == kPlain ? nullptr : ring + ((c_mod + r) % ring_rows) * 256,
+          kRows == kPlain || (kRows == kMixed && r < n_coded), r < n_valid};
 }
 // 8 centroids of one selector of a row (stored dims d0 … d0 + 7, d0 a multiple of 8): codes
 // when coded, the window row's values when valid, else zeros.
-template <bool kPlain>
+template <int kRows>
 __device__ __forceinline__ uint4 direct_words(const DirectRow& row, int g, int part, const Prmt8& t, int d0) {
-  const uint4 d = decode8_sel(nib3_codes8(row.raw, g, part), t);
-  if (kPlain) return d;
+  if constexpr (kRows == kPlain) return decode8_sel(nib3_codes8(row.raw, g, part), t);
   const uint4 w = *reinterpret_cast<const uint4*>(row.ring + d0);
+  if constexpr (kRows == kRing) return row.valid ? w : make_uint4(0, 0, 0, 0);
+  const uint4 d = decode8_sel(nib3_codes8(row.raw, g, part), t);
   return row.coded ? d : row.valid ? w : make_uint4(0, 0, 0, 0);
+}
+// The centroids of two tokens' 8 codes of the same dims d0 … d0 + 7 (selectors s0, s1) as
+// token pairs of one dim — the words of the values' A operand — without permutes after the
+// decode: the selectors are merged byte by byte (nibbles t0 d0, t0 d1, t1 d0, t1 d1, … ) and
+// each decoded word takes the two tokens' halves of one dim. out[i]: dim d0 + i.
+__device__ __forceinline__ void decode16_token_pairs(uint32_t s0, uint32_t s1, const Prmt8& t, uint32_t (&out)[8]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {  // dims 0-3, 4-7
+    const uint32_t m = __byte_perm(s0, s1, h ? 0x7362 : 0x5140), mb = m >> 16;
+    const uint32_t la = __byte_perm(t.lo0, t.lo1, m), ha = __byte_perm(t.hi0, t.hi1, m);
+    const uint32_t lb = __byte_perm(t.lo0, t.lo1, mb), hb = __byte_perm(t.hi0, t.hi1, mb);
+    out[4 * h] = __byte_perm(la, ha, 0x6240), out[4 * h + 1] = __byte_perm(la, ha, 0x7351);
+    out[4 * h + 2] = __byte_perm(lb, hb, 0x6240), out[4 * h + 3] = __byte_perm(lb, hb, 0x7351);
+  }
 }
 // With at most 4 query heads per KV head, the 8 columns of the B operands hold the queries'
 // (and the weights') fp16 hi parts in columns 0-3 and lo parts in 4-7: one mma per tile
 // gives both, added across lanes tig and tig ^ 2 (scores) or at the end (values).
 // s += K̂ · [Q hi | Q lo] over the chunk, K̂ straight from the raw rows (stride rw words).
 // Even and odd k-step pairs accumulate apart (s, s2: two independent mma chains of 8).
-template <bool kPlain>
+template <int kRows>
 __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], const uint32_t* kr, int rw, const __half* qh, int R,
                                               const Prmt8& t, int lane, int n_valid, int n_coded, const __half* ring,
                                               int ring_rows, int c_mod) {
   const int gid = lane >> 2, tig = lane & 3;
-  const DirectRow r0 = direct_row<kPlain>(kr, rw, gid, n_valid, n_coded, ring, ring_rows, c_mod);
-  const DirectRow r1 = direct_row<kPlain>(kr, rw, gid + 8, n_valid, n_coded, ring, ring_rows, c_mod);
+  const DirectRow r0 = direct_row<kRows>(kr, rw, gid, n_valid, n_coded, ring, ring_rows, c_mod);
+  const DirectRow r1 = direct_row<kRows>(kr, rw, gid + 8, n_valid, n_coded, ring, ring_rows, c_mod);
 #pragma unroll
   for (int gq = 0; gq < 2; ++gq) {
     uint4 u0[4], u1[4];  // rows gid, gid + 8
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int d0 = 64 * tig + 32 * gq + 8 * j;
-      u0[j] = direct_words<kPlain>(r0, 2 * tig + gq, j, t, d0);
-      u1[j] = direct_words<kPlain>(r1, 2 * tig + gq, j, t, d0);
+      u0[j] = direct_words<kRows>(r0, 2 * tig + gq, j, t, d0);
+      u1[j] = direct_words<kRows>(r1, 2 * tig + gq, j, t, d0);
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -1736,7 +1756,7 @@ __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], con
   }
 }
 // acc += V̂ᵀ · [P hi | P lo] (b0, b1) over the chunk, V̂ straight from the raw rows.
-template <bool kPlain>
+template <int kRows>
 __device__ __forceinline__ void direct_values(float (&acc)[16][4], const uint32_t* vr, int rw, uint32_t b0, uint32_t b1,
                                               const Prmt8& t, int lane, int n_valid, int n_coded, const __half* ring,
                                               int ring_rows, int c_mod) {
@@ -1744,12 +1764,23 @@ __device__ __forceinline__ void direct_values(float (&acc)[16][4], const uint32_
   DirectRow rows[4];  // tokens 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9
 #pragma unroll
   for (int u = 0; u < 4; ++u)
-    rows[u] = direct_row<kPlain>(vr, rw, 2 * tig + (u & 1) + 8 * (u >> 1), n_valid, n_coded, ring, ring_rows, c_mod);
+    rows[u] = direct_row<kRows>(vr, rw, 2 * tig + (u & 1) + 8 * (u >> 1), n_valid, n_coded, ring, ring_rows, c_mod);
 #pragma unroll
   for (int part = 0; part < 4; ++part) {
+    if constexpr (kRows == kPlain) {  // token pairs straight from the codes
+      uint32_t p01[8], p23[8];
+      decode16_token_pairs(nib3_codes8(rows[0].raw, gid, part), nib3_codes8(rows[1].raw, gid, part), t, p01);
+      decode16_token_pairs(nib3_codes8(rows[2].raw, gid, part), nib3_codes8(rows[3].raw, gid, part), t, p23);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t a[4] = {p01[2 * i], p01[2 * i + 1], p23[2 * i], p23[2 * i + 1]};
+        mma_16816(acc[4 * part + i], a, b0, b1);
+      }
+      continue;
+    }
     uint4 w[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) w[u] = direct_words<kPlain>(rows[u], gid, part, t, 32 * gid + 8 * part);
+    for (int u = 0; u < 4; ++u) w[u] = direct_words<kRows>(rows[u], gid, part, t, 32 * gid + 8 * part);
     const uint32_t* w0 = &w[0].x;
     const uint32_t* w1 = &w[1].x;
     const uint32_t* w2 = &w[2].x;
@@ -1838,8 +1869,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   auto issue = [&](size_t c, int st) {
     unsigned char* sg = mine + st * lay.stage;
     const int nv = valid_in(c);
-    issue_side<D>(L.k, kb, rbk, row0 + c, sg, sg + lay.k_raw + lay.v_raw, lane, nv);
-    issue_side<D>(L.v, vb, rbv, row0 + c, sg + lay.k_raw, sg + lay.k_raw + lay.v_raw + 32, lane, nv);
+    const bool in_window = c >= bound;  // every token of the chunk in the fp16 ring: a code side's rows unread
+    if (kb >= 16 || !in_window) issue_side<D>(L.k, kb, rbk, row0 + c, sg, sg + lay.k_raw + lay.v_raw, lane, nv);
+    if (vb >= 16 || !in_window)
+      issue_side<D>(L.v, vb, rbv, row0 + c, sg + lay.k_raw, sg + lay.k_raw + lay.v_raw + 32, lane, nv);
   };
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // heads 2·tig, 2·tig + 1
@@ -1901,8 +1934,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     const int c_mod = plain || L.ring_rows == 0 ? 0 : static_cast<int>(c % L.ring_rows);
     if constexpr (DIRECT) {
       const uint32_t* kr = reinterpret_cast<const uint32_t*>(sg);
-      if (plain) direct_scores<true>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
-      else direct_scores<false>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, kring, L.ring_rows, c_mod);
+      if (plain) direct_scores<kPlain>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
+      else if (n_coded == 0)
+        direct_scores<kRing>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
+      else direct_scores<kMixed>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, kring, L.ring_rows, c_mod);
 #pragma unroll
       for (int k = 0; k < 4; ++k) sa[k] += sb[k], sb[k] = 0, sa[k] += __shfl_xor_sync(0xffffffffu, sa[k], 2);  // hi + lo columns
     } else if (kb < 16) {
@@ -1979,8 +2014,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     };
     if constexpr (DIRECT) {
       const uint32_t* vr = reinterpret_cast<const uint32_t*>(sg + lay.k_raw);
-      if (plain) direct_values<true>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, n_coded, nullptr, 1, 0);
-      else direct_values<false>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, n_coded, vring, L.ring_rows, c_mod);
+      if (plain) direct_values<kPlain>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, n_coded, nullptr, 1, 0);
+      else if (n_coded == 0)
+        direct_values<kRing>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, 0, vring, L.ring_rows, c_mod);
+      else direct_values<kMixed>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, n_coded, vring, L.ring_rows, c_mod);
     } else if (vb < 16) {
       auto pass = [&](int half) {  // (called with constants: acc stays in registers)
         decode_tile<D>(half, vb, rbv, reinterpret_cast<const uint32_t*>(sg + lay.k_raw), t3[1], lut + 256, tile, lane,
