@@ -545,16 +545,22 @@ TEST(Cuda, DeltaStepMatchesCpu) {
 // policy (same seeds, same chunked appends): decode and a causal block of queries, with the
 // tensor-core kernel (where the layer fits it) and with the float kernel over the same GPU
 // cache, so their difference is the kernels' alone.
+// (i8: the direct path's int8 scores, here in every split: the test's caches are short)
 struct AttentionKernel {
-  AttentionKernel(bool tc, bool tiled) : saved(cuda::attention_tc()), saved_tiled(cuda::attention_tiled()) {
+  AttentionKernel(bool tc, bool tiled, bool i8 = true)
+      : saved(cuda::attention_tc()), saved_tiled(cuda::attention_tiled()), saved_i8(cuda::attention_int8()),
+        saved_i8_min(cuda::attention_int8_min_split()) {
     cuda::set_attention_tc(tc);
     cuda::set_attention_tiled(tiled);
+    cuda::set_attention_int8(i8, 0);
   }
   ~AttentionKernel() {
     cuda::set_attention_tc(saved);
     cuda::set_attention_tiled(saved_tiled);
+    cuda::set_attention_int8(saved_i8, saved_i8_min);
   }
-  bool saved, saved_tiled;
+  bool saved, saved_tiled, saved_i8;
+  int saved_i8_min;
 };
 
 TEST(Cuda, AttentionMatchesCpuSlot) {
@@ -588,13 +594,17 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
           auto q = test::gaussian(static_cast<size_t>(nq) * geo.n_heads * geo.head_dim, rng);
           std::vector<float> ref(q.size());
           cpu->attend(q, pos, ref, 0, pool);
-          std::vector<float> got[2], per_query;
+          std::vector<float> got[2], fp16_scores, per_query;
           for (bool tc : {true, false}) {
             const AttentionKernel kernel(tc, true);
             got[tc] = cuda::ops::attention(p, geo, 3, k, v, n_kv, chunk, q, pos);
           }
+          {  // the same kernels with the direct path's scores in their fp16 form (int8 tables off)
+            const AttentionKernel kernel(true, true, false);
+            fp16_scores = cuda::ops::attention(p, geo, 3, k, v, n_kv, chunk, q, pos);
+          }
           {
-            const AttentionKernel kernel(true, false);
+            const AttentionKernel kernel(true, false, false);
             per_query = cuda::ops::attention(p, geo, 3, k, v, n_kv, chunk, q, pos);
           }
           const std::string what = std::string(pol) + " heads " + std::to_string(geo.n_heads) + "/" +
@@ -612,15 +622,22 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
           // The two kernels over the same GPU cache: queries and weights enter the tensor cores
           // as fp16 hi + lo pairs (≈ 2^-22 relative); code values as fp16 centroids, each off
           // by ≤ 2^-11 relative (half an fp16 ulp) in K and V alike, independently: the outputs
-          // differ by about that (measured 2.6e-4 … 6.2e-4 over 6 seeds), bound 3 · 2^-11.
+          // differ by about that (measured 2.6e-4 … 6.2e-4 over 6 seeds), bound 3 · 2^-11. The
+          // direct path (3-bit, dim 256, ≤ 4 query heads per KV head) takes K's centroids of
+          // fully coded chunks as int8, each off by ≤ e8 relative to the codebook's rms entry
+          // (attention_int8_error), and the queries as int16: bound 3 · (2^-11 + e8).
+          const bool direct =
+              p.k_bits == 3 && p.v_bits == 3 && geo.head_dim == 256 && geo.n_heads <= 4 * geo.n_kv_heads;
+          const double e8 = direct ? cuda::attention_int8_error(256) : 0.0;
           const double ek = rel_err(got[1], got[0]);
           worst_kernels = std::max(worst_kernels, ek);
-          EXPECT_LT(ek, p.dense ? 1e-5 : 3.0 / 2048) << what << ": tensor cores vs float kernel";
+          EXPECT_LT(ek, p.dense ? 1e-5 : 3.0 * (1.0 / 2048 + e8)) << what << ": tensor cores vs float kernel";
+          EXPECT_LT(rel_err(fp16_scores, got[0]), p.dense ? 1e-5 : 3.0 / 2048) << what << ": fp16 scores vs float";
           // The tiled and the per-query tensor-core kernels take the same operands (fp16 hi + lo
           // queries and weights, the same fp16 centroids and norms) and add them in other orders
           // and splits: they differ by f32 rounding over ≤ 300 tokens (≤ 300 · 2^-24 ≈ 1.8e-5
           // relative at worst, ≈ √300 · 2^-24 ≈ 1e-6 typically).
-          const double et = rel_err(got[1], per_query);
+          const double et = rel_err(fp16_scores, per_query);
           worst_tiled = std::max(worst_tiled, et);
           EXPECT_LT(et, 2e-5) << what << ": tiled vs per-query tensor-core kernel";
           EXPECT_LT(rel_err(per_query, ref), p.dense ? 1e-5 : 5e-3) << what << " per-query tensor cores";

@@ -20,6 +20,10 @@ void set_attention_tc(bool) {}
 bool attention_tc() { return false; }
 void set_attention_tiled(bool) {}
 bool attention_tiled() { return false; }
+void set_attention_int8(bool, int) {}
+bool attention_int8() { return false; }
+int attention_int8_min_split() { return 0; }
+double attention_int8_error(int) { return 0; }
 double copy_bandwidth_gbs(size_t) { fail("{}", kWhy); }
 
 namespace ops {

@@ -1794,6 +1794,40 @@ __device__ __forceinline__ void direct_values(float (&acc)[16][4], const uint32_
   }
 }
 
+// c += a (16×32, row, int8) · b (32×8, col, int8) in int32.
+__device__ __forceinline__ void mma_16832_s8(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  TQ_SM80(asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)));
+}
+// The direct path's scores of a fully coded chunk on the int8 tensor cores: K̂'s centroids as
+// int8 from one permute per 4 codes (the 8-entry table in two words, K.i8_t; the fp16 form
+// takes 8 per 8 codes: 4 for the byte planes, 4 to interleave them — the ALU pipe, the
+// kernel's busiest, is what it saves: PERF v24), queries as int16 in hi and lo int8
+// columns (qi8: the B fragments in lane order). k-step ks (32 dims) of lane (gid, tig) holds
+// the 8 codes of nib3 group 2·tig + (ks >> 2), part ks & 3 of rows gid and gid + 8 (the same
+// stored dims per lane as direct_scores). s: the scores in direct_scores' C layout, each
+// column scaled by f (its head's query scale, hi or lo weight, 1/α).
+__device__ __forceinline__ void direct_scores_i8(float (&s)[4], const uint32_t* kr, int rw, const uint2* qi8,
+                                                 const DevKVSide& K, float2 f, int lane) {
+  const int gid = lane >> 2, tig = lane & 3;
+  const uint32_t* r0 = kr + gid * rw;
+  const uint32_t* r1 = kr + (gid + 8) * rw;
+  int c[2][4] = {};  // even and odd k-steps apart: two independent mma chains
+#pragma unroll
+  for (int ks = 0; ks < 8; ++ks) {
+    const int g = 2 * tig + (ks >> 2), part = ks & 3;
+    const uint32_t s0 = nib3_codes8(r0, g, part), s1 = nib3_codes8(r1, g, part);
+    const uint2 b = qi8[ks * 32 + lane];
+    const uint32_t a[4] = {__byte_perm(K.i8_t[0], K.i8_t[1], s0), __byte_perm(K.i8_t[0], K.i8_t[1], s1),
+                           __byte_perm(K.i8_t[0], K.i8_t[1], s0 >> 16), __byte_perm(K.i8_t[0], K.i8_t[1], s1 >> 16)};
+    mma_16832_s8(c[ks & 1], a, b.x, b.y);
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) s[k] = static_cast<float>(c[0][k] + c[1][k]) * (k & 1 ? f.y : f.x);
+}
+
 // D: the padded dim of both sides (64, 128, 256); KB, VB: the sides' formats compiled in
 // (16: fp16 rows, else code bits; 0: the layer's, read at run time); DIRECT: the direct
 // path above (D = 256, KB = VB = 3, at most 4 query heads per KV head).
@@ -1849,6 +1883,50 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     const int h = i / D, d = i % D;
     if (DIRECT) split_f16(qf[h * D + direct_q_dim(d)] * qscale, qh[h * R + d], qh[(4 + h) * R + d]);
     else split_f16(qf[i] * qscale, qh[h * R + d], qh[8 * R + h * R + d]);
+  }
+  // The int8 scores (direct_scores_i8): each head's queries as int16 q = sq·(256·hi + lo) with
+  // |q| ≤ 32639·sq (so that hi fits int8), the B fragments in lane order in the tables' area
+  // (the direct path keeps its tables in registers): [k-step][lane][8 dims], columns 0-3 the
+  // heads' hi parts, 4-7 their lo parts. i8f: this lane's columns' scales.
+  // Only blocks whose split starts with a fully coded chunk (assuming no rewind: the decode
+  // position is written by the host, before the graph, so it is read before the wait) pay for
+  // it; a shallow step's window split (the critical one) does not.
+  __shared__ float i8_sq[4];
+  __shared__ float2 i8_f[4];  // the scales of lanes tig's two columns (read per chunk: registers are full)
+  uint2* qi8 = reinterpret_cast<uint2*>(lut);
+  bool use_i8 = false;
+  if (DIRECT && L.k.i8_inv != 0 && tail.stride == 0) {
+    const size_t p0 = pos[qi], end0 = min(p0 + 1, n_tokens);
+    const size_t per0 = ((end0 + n_splits - 1) / n_splits + kTcTok - 1) / kTcTok * kTcTok;
+    const size_t t00 = min(static_cast<size_t>(split) * per0, end0);
+    use_i8 = per0 >= static_cast<size_t>(L.k.i8_min_split) && t00 < end0 &&
+             t00 + kTcTok + static_cast<size_t>(L.window) <= p0 + 1;
+  }
+  if (use_i8) {
+    if (warp < 4) {  // (kTcWarps = 4: a warp per head; heads ≥ G hold zeros)
+      float mx = 0;
+      for (int d = lane; d < D; d += 32) mx = fmaxf(mx, fabsf(qf[warp * D + d]));
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      if (lane == 0) i8_sq[warp] = mx > 0 ? mx * qscale / 32639.0f : 1.0f;
+    }
+    __syncthreads();
+    for (int j = tid; j < 8 * 32; j += blockDim.x) {  // fragment (k-step j / 32, lane j % 32): 8 dims
+      const int ln = j & 31, col = ln >> 2, h = col & 3;
+      const float* src = qf + h * D + 64 * (ln & 3) + 32 * (j >> 7) + 8 * ((j >> 5) & 3);
+      const float4 x0 = reinterpret_cast<const float4*>(src)[0], x1 = reinterpret_cast<const float4*>(src)[1];
+      const float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w}, r = qscale / i8_sq[h];
+      uint32_t w[2] = {0, 0};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int v = max(-32639, min(32639, __float2int_rn(xs[e] * r))), hi = (v + 128) >> 8;
+        w[e >> 2] |= (static_cast<uint32_t>(col < 4 ? hi : v - 256 * hi) & 0xFFu) << (8 * (e & 3));
+      }
+      qi8[j] = make_uint2(w[0], w[1]);
+    }
+    if (tid < 4)
+      i8_f[tid] = make_float2(i8_sq[(2 * tid) & 3] * (tid < 2 ? 256.0f : 1.0f) * L.k.i8_inv,
+                              i8_sq[(2 * tid + 1) & 3] * (tid < 2 ? 256.0f : 1.0f) * L.k.i8_inv);
   }
   __syncthreads();
   pdl_enter();
@@ -1934,7 +2012,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     const int c_mod = plain || L.ring_rows == 0 ? 0 : static_cast<int>(c % L.ring_rows);
     if constexpr (DIRECT) {
       const uint32_t* kr = reinterpret_cast<const uint32_t*>(sg);
-      if (plain) direct_scores<kPlain>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
+      if (plain && use_i8) direct_scores_i8(sa, kr, rbk / 4, qi8, L.k, i8_f[tig], lane);
+      else if (plain) direct_scores<kPlain>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
       else if (n_coded == 0)
         direct_scores<kRing>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
       else direct_scores<kMixed>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, kring, L.ring_rows, c_mod);
@@ -4254,6 +4333,32 @@ void launch_attention(const DevKVLayer& L, dim3 grid, cudaStream_t s, const floa
 
 bool g_attention_tc = !(std::getenv("TQ_CUDA_ATTN_TC") && std::getenv("TQ_CUDA_ATTN_TC")[0] == '0');
 bool g_attention_tiled = !(std::getenv("TQ_CUDA_ATTN_TILED") && std::getenv("TQ_CUDA_ATTN_TILED")[0] == '0');
+
+Int8Centroids int8_centroids(const float* c) {
+  Int8Centroids r;
+  float mx = 0;
+  for (int e = 0; e < 8; ++e) mx = std::max(mx, std::fabs(c[e]));
+  if (mx == 0) return r;
+  // The α ≤ 127 / max|c| whose grid c·α ≈ integer fits all 8 entries best (for the 3-bit
+  // Gaussian levels α ≈ 40.9: each off by ≤ 1.6e-3, against ≤ 1.1e-3 for fp16).
+  auto error_at = [&](double a) {
+    double e = 0;
+    for (int i = 0; i < 8; ++i) e = std::max(e, std::fabs(std::nearbyint(a * c[i]) / a - c[i]));
+    return e;
+  };
+  double alpha = 127.0 / mx;
+  for (int i = 0; i < 4096; ++i) {
+    const double a = 127.0 / mx * (0.25 + 0.75 * i / 4095.0);
+    if (error_at(a) < error_at(alpha)) alpha = a;
+  }
+  for (int e = 0; e < 8; ++e) {
+    const double t = std::nearbyint(alpha * c[e]);
+    r.t[e >> 2] |= (static_cast<uint32_t>(static_cast<int>(t)) & 0xFFu) << (8 * (e & 3));
+    r.err = std::max(r.err, std::fabs(t / alpha - c[e]));
+  }
+  r.inv = static_cast<float>(1.0 / alpha);
+  return r;
+}
 
 namespace {
 using TcKernelFn = void (*)(DevKVLayer, const float*, const int32_t*, int, size_t, float, float*, float*, TcTail);
