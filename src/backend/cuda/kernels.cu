@@ -1944,10 +1944,33 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   const __half* kring = L.k.ring ? L.k.ring + static_cast<size_t>(g) * L.ring_rows * D : nullptr;
   const __half* vring = L.v.ring ? L.v.ring + static_cast<size_t>(g) * L.ring_rows * D : nullptr;
   auto valid_in = [&](size_t c) { return static_cast<int>(min(static_cast<size_t>(kTcTok), t1 - c)); };
+  // The direct path keeps the addresses of the next chunk this warp copies (its code rows and
+  // norms) and advances them by 4 chunks per copy: recomputed from the chunk's index at the
+  // kernel's register cap they took ≈ 40 more instructions per chunk (PERF v24f).
+  const size_t cw = t0 + kTcTok * warp;
+  const uint8_t* kp = DIRECT ? L.k.rows + (row0 + cw) * rbk + 16 * lane : nullptr;
+  const uint8_t* vp = DIRECT ? L.v.rows + (row0 + cw) * rbv + 16 * lane : nullptr;
+  uint32_t nrow = static_cast<uint32_t>(row0 + cw) + 8 * (lane & 1);  // (the norms: lanes 0-1, 16 bytes each)
   auto issue = [&](size_t c, int st) {
     unsigned char* sg = mine + st * lay.stage;
-    const int nv = valid_in(c);
     const bool in_window = c >= bound;  // every token of the chunk in the fp16 ring: a code side's rows unread
+    if constexpr (DIRECT) {  // (both sides 3-bit codes)
+      if (!in_window) {
+#pragma unroll
+        for (int k = 0; k < (rbk + 31) / 32; ++k)  // 16 rows = rb pieces of 16 bytes
+          if (lane + 32 * k < rbk) cp_async16(sg + 16 * (lane + 32 * k), kp + 512 * k, true);
+#pragma unroll
+        for (int k = 0; k < (rbv + 31) / 32; ++k)
+          if (lane + 32 * k < rbv) cp_async16(sg + lay.k_raw + 16 * (lane + 32 * k), vp + 512 * k, true);
+        if (lane < 2) {
+          cp_async16(sg + lay.k_raw + lay.v_raw + 16 * lane, L.k.norms + nrow, true);
+          cp_async16(sg + lay.k_raw + lay.v_raw + 32 + 16 * lane, L.v.norms + nrow, true);
+        }
+      }
+      kp += kTcTok * kTcWarps * rbk, vp += kTcTok * kTcWarps * rbv, nrow += kTcTok * kTcWarps;
+      return;
+    }
+    const int nv = valid_in(c);
     if (kb >= 16 || !in_window) issue_side<D>(L.k, kb, rbk, row0 + c, sg, sg + lay.k_raw + lay.v_raw, lane, nv);
     if (vb >= 16 || !in_window)
       issue_side<D>(L.v, vb, rbv, row0 + c, sg + lay.k_raw, sg + lay.k_raw + lay.v_raw + 32, lane, nv);
