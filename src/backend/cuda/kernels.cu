@@ -1887,12 +1887,12 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   // The int8 scores (direct_scores_i8): each head's queries as int16 q = sq·(256·hi + lo) with
   // |q| ≤ 32639·sq (so that hi fits int8), the B fragments in lane order in the tables' area
   // (the direct path keeps its tables in registers): [k-step][lane][8 dims], columns 0-3 the
-  // heads' hi parts, 4-7 their lo parts. i8f: this lane's columns' scales.
+  // heads' hi parts, 4-7 their lo parts; i8_f: each tig's two columns' scales.
   // Only blocks whose split starts with a fully coded chunk (assuming no rewind: the decode
   // position is written by the host, before the graph, so it is read before the wait) pay for
   // it; a shallow step's window split (the critical one) does not.
   __shared__ float i8_sq[4];
-  __shared__ float2 i8_f[4];  // the scales of lanes tig's two columns (read per chunk: registers are full)
+  __shared__ float2 i8_f[4];  // (read per chunk: the registers are full)
   uint2* qi8 = reinterpret_cast<uint2*>(lut);
   bool use_i8 = false;
   if (DIRECT && L.k.i8_inv != 0 && tail.stride == 0) {
@@ -1950,7 +1950,9 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   const size_t cw = t0 + kTcTok * warp;
   const uint8_t* kp = DIRECT ? L.k.rows + (row0 + cw) * rbk + 16 * lane : nullptr;
   const uint8_t* vp = DIRECT ? L.v.rows + (row0 + cw) * rbv + 16 * lane : nullptr;
-  uint32_t nrow = static_cast<uint32_t>(row0 + cw) + 8 * (lane & 1);  // (the norms: lanes 0-1, 16 bytes each)
+  // (the norms' row, lanes 0-1 taking 8 each: 32 bits hold it, as the code rows of 2^32 tokens —
+  // ≥ 400 GB — could not be allocated)
+  uint32_t nrow = static_cast<uint32_t>(row0 + cw) + 8 * (lane & 1);
   auto issue = [&](size_t c, int st) {
     unsigned char* sg = mine + st * lay.stage;
     const bool in_window = c >= bound;  // every token of the chunk in the fp16 ring: a code side's rows unread
