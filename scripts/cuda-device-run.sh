@@ -80,5 +80,8 @@ PY
     check "$kv" restart
     kill -TERM "$PID"
     wait "$PID"
+    # The session files (≈ 130 MB in the v24 run) have served their check; left in $OUT they
+    # made the logs too large to bring back from the GPU machine.
+    rm -rf "$OUT/pc_$kv" "$OUT/serve_$kv.first"
   done
 fi
