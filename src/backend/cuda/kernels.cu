@@ -1776,20 +1776,20 @@ __device__ __forceinline__ void direct_values(float (&acc)[16][4], const uint32_
         const uint32_t a[4] = {p01[2 * i], p01[2 * i + 1], p23[2 * i], p23[2 * i + 1]};
         mma_16816(acc[4 * part + i], a, b0, b1);
       }
-      continue;
-    }
-    uint4 w[4];
+    } else {  // window rows: the decoded words of two tokens paired by one permute each
+      uint4 w[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) w[u] = direct_words<kRows>(rows[u], gid, part, t, 32 * gid + 8 * part);
-    const uint32_t* w0 = &w[0].x;
-    const uint32_t* w1 = &w[1].x;
-    const uint32_t* w2 = &w[2].x;
-    const uint32_t* w3 = &w[3].x;
+      for (int u = 0; u < 4; ++u) w[u] = direct_words<kRows>(rows[u], gid, part, t, 32 * gid + 8 * part);
+      const uint32_t* w0 = &w[0].x;
+      const uint32_t* w1 = &w[1].x;
+      const uint32_t* w2 = &w[2].x;
+      const uint32_t* w3 = &w[3].x;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t a[4] = {__byte_perm(w0[i], w1[i], 0x5410), __byte_perm(w0[i], w1[i], 0x7632),
-                             __byte_perm(w2[i], w3[i], 0x5410), __byte_perm(w2[i], w3[i], 0x7632)};
-      mma_16816(acc[4 * part + i], a, b0, b1);
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t a[4] = {__byte_perm(w0[i], w1[i], 0x5410), __byte_perm(w0[i], w1[i], 0x7632),
+                               __byte_perm(w2[i], w3[i], 0x5410), __byte_perm(w2[i], w3[i], 0x7632)};
+        mma_16816(acc[4 * part + i], a, b0, b1);
+      }
     }
   }
 }
