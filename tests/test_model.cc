@@ -79,11 +79,17 @@ TEST(Model, ChunkedPrefillMatchesOnePass) {
   for (auto& t : toks) t = static_cast<int32_t>(3 + rng() % 509);
   ThreadPool pool(2);
   const int V = model->config().vocab;
-  // tq3+w0: every view is bit-identical across chunkings. With a window the fp16 and code
-  // runs split tiles differently, so sums round differently (~1e-7); at head_dim 8 that can
-  // flip a code index near a boundary in a later layer, which this tiny-head model amplifies.
-  // The windowed default is checked on the head_dim-256 model (Qwen35.ChunkedPrefillMatchesOnePassTq3).
+  // tq3+w0: every view is bit-identical across chunkings, but the attention's tile kernels
+  // for different numbers of queries per block (chunks of 1 or 7 against one of 150) add a
+  // dot product's terms in other orders (~1e-7), and at head_dim 8 a coordinate that close to
+  // a codebook boundary lands on the other level in a later layer: one of 8 dims moves by a
+  // step (≈ 0.5σ), which moved the logits by 1.6e-3 of their scale (TQ_TEST_SEED=
+  // 12536223183575685158, chunks 1 and 7) — so 1e-2 of the scale for it, still far below a
+  // wrong chunk boundary or position (O(1)). With a window the fp16 and code runs split tiles
+  // differently too; the windowed default is checked on the head_dim-256 model
+  // (Qwen35.ChunkedPrefillMatchesOnePassTq3), where a flip is diluted over 256 dims.
   for (const char* kv : {"f32", "fp16", "tq3+w0"}) {
+    const bool codes = std::string(kv) == "tq3+w0";
     std::vector<float> ref(V);
     auto s0 = model->new_state(CachePolicy::parse(kv));
     model->forward(*s0, toks.data(), static_cast<int>(toks.size()), ref.data(), false, pool);
@@ -100,7 +106,7 @@ TEST(Model, ChunkedPrefillMatchesOnePass) {
       // through 5 layers of this head_dim-8 model some inputs amplify it to ~1e-4 (seed
       // 10818768230809976010: 1.06e-4 with fp16 and chunks of 7). A wrong chunk boundary or
       // position is O(1).
-      EXPECT_LT(md, 5e-4 * std::max(1.0, mx)) << kv << " chunk " << chunk;
+      EXPECT_LT(md, (codes ? 1e-2 : 5e-4) * std::max(1.0, mx)) << kv << " chunk " << chunk;
     }
   }
 }
