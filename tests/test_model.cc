@@ -79,16 +79,16 @@ TEST(Model, ChunkedPrefillMatchesOnePass) {
   for (auto& t : toks) t = static_cast<int32_t>(3 + rng() % 509);
   ThreadPool pool(2);
   const int V = model->config().vocab;
-  // tq3+w0: every view is bit-identical across chunkings, but the attention blocks its
-  // queries and tiles differently for chunks of 1 or 7 than for one pass of 150 (queries per
-  // block, each block's last tile), so its softmax sums round differently (~1e-7), and at
-  // head_dim 8 a coordinate that close to a codebook boundary lands on the other level in a
-  // later layer: one of 8 dims moves by a step (≈ 0.5σ), which moved the logits by 1.6e-3 of
-  // their scale (TQ_TEST_SEED=12536223183575685158, chunks 1 and 7) — so 1e-2 of the scale
-  // for it, still far below a wrong chunk boundary or position (O(1)). With a window the fp16
-  // and code runs split tiles differently too; the windowed default is checked on the
-  // head_dim-256 model (Qwen35.ChunkedPrefillMatchesOnePassTq3), where a flip is diluted over
-  // 256 dims.
+  // tq3+w0: every view is bit-identical across chunkings, but the matmuls are not: chunks of
+  // up to 8 tokens take each token's own dot products, longer ones (and one pass of 150) the
+  // 4×4 register-blocked kernel (cpu::matmul), which adds in another order (~1e-7). At head_dim
+  // 8 a coordinate that close to a codebook boundary then lands on the other level in a later
+  // layer: one of 8 dims moves by a step (≈ 0.5σ), which moved the logits by 1.6e-3 of their
+  // scale (TQ_TEST_SEED=12536223183575685158, chunks 1 and 7; chunks of 64 passed) — so 1e-2
+  // of the scale for it, still far below a wrong chunk boundary or position (O(1)). With a
+  // window the fp16 and code runs also split tiles differently; the windowed default is
+  // checked on the head_dim-256 model (Qwen35.ChunkedPrefillMatchesOnePassTq3), where a flip
+  // is diluted over 256 dims.
   for (const char* kv : {"f32", "fp16", "tq3+w0"}) {
     const bool codes = std::string(kv) == "tq3+w0";
     std::vector<float> ref(V);
