@@ -987,7 +987,7 @@ TEST(Cuda, SessionsForkAndRewindOnGpu) {
     s.forward(t80.data(), 80, ls.data(), false, pool);
     auto t55 = t80;
     t55.resize(53);
-    t55.push_back(7), t55.push_back(9);
+    t55.push_back(t80[53] == 7 ? 8 : 7), t55.push_back(9);  // (differs from t80[53]: the shared prefix is 53)
     ASSERT_EQ(s.reusable_prefix(t55), 53u);
     s.rewind(53);
     s.forward(t55.data() + 53, 2, ls.data(), false, pool);
