@@ -4371,10 +4371,10 @@ Int8Centroids int8_centroids(const float* c) {
     for (int i = 0; i < 8; ++i) e = std::max(e, std::fabs(std::nearbyint(a * c[i]) / a - c[i]));
     return e;
   };
-  double alpha = 127.0 / mx;
+  double alpha = 127.0 / mx, best = error_at(alpha);
   for (int i = 0; i < 4096; ++i) {
-    const double a = 127.0 / mx * (0.25 + 0.75 * i / 4095.0);
-    if (error_at(a) < error_at(alpha)) alpha = a;
+    const double a = 127.0 / mx * (0.25 + 0.75 * i / 4095.0), e = error_at(a);
+    if (e < best) alpha = a, best = e;
   }
   for (int e = 0; e < 8; ++e) {
     const double t = std::nearbyint(alpha * c[e]);
