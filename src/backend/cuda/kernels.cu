@@ -1444,7 +1444,8 @@ struct TcLayout {
   int k_raw, v_raw;  // a chunk's raw K / V rows in a stage
   int stage;         // K rows, V rows, 16 K norms, 16 V norms
   int tile;          // the decoded fp16 tile, half the dims at a time: [16][D/2 + 8] (0: no code side, direct path)
-  int warp;          // per warp: 2 stages, the tile, P as hi/lo [2][8 heads][16 tokens] halves
+  int warp;          // per warp: 2 stages, the tile, P as hi/lo [2][8 heads][16 tokens] halves (direct path:
+                     // as the values' B words, [8 columns][4][8] words)
   int head;          // before the warps' areas: queries hi/lo [2][8][R] halves, tables [K, V][256] half2
   __host__ __device__ static int raw_bytes(const DevKVSide& S, int R) {
     return S.bits == 16 ? kTcTok * R * 2 : (kTcTok * S.row_bytes + 16 + 15) / 16 * 16;
@@ -1453,7 +1454,7 @@ struct TcLayout {
     k_raw = raw_bytes(L.k, R), v_raw = raw_bytes(L.v, R);
     stage = k_raw + v_raw + 64;
     tile = !direct && (L.k.bits < 16 || L.v.bits < 16) ? kTcTok * (D / 2 + 8) * 2 : 0;
-    warp = 2 * stage + tile + 2 * 8 * kTcTok * 2;
+    warp = 2 * stage + tile + (direct ? 2 : 1) * 2 * 8 * kTcTok * 2;
     if (warp < 32 * D) warp = 32 * D;  // (the end's combine keeps [8 heads][D] floats per warp)
     head = 2 * 8 * R * 2 + 2 * 256 * 4;
   }
@@ -1676,9 +1677,9 @@ __device__ __forceinline__ void decode_tile(int half, int b, int rb, const uint3
 //   so a lane's 64 dims of a row are its two nib3 groups 2·tig and 2·tig + 1, and one
 //   selector's 8 centroids are the A words of two k-steps (the queries are laid out in
 //   shared memory in this order: direct_q_dim);
-// - values: m-tile mt's rows gid and gid + 8 are stored dims 32·gid + 2·mt and + 1, so a
-//   lane's 32 dims are nib3 group gid; two tokens' selectors are merged before the decode,
-//   so that it yields token pairs of one dim (decode16_token_pairs).
+// - values: the mma's inner index pairs a token with a dim parity (direct_values), so an A
+//   word is two dims of one token; m-tile mt's rows gid and gid + 8 are stored dims
+//   32·gid + 4·mt + (0, 1) and (2, 3), so a lane's 32 dims are nib3 group gid.
 __host__ __device__ constexpr int direct_q_dim(int p) {  // stored dim at column p of the scores' k order
   return 64 * ((p & 7) >> 1) + 4 * (p >> 4) + (p & 1) + 2 * ((p >> 3) & 1);
 }
@@ -1710,23 +1711,10 @@ __device__ __forceinline__ uint4 direct_words(const DirectRow& row, int g, int p
   const uint4 d = decode8_sel(nib3_codes8(row.raw, g, part), t);
   return row.coded ? d : row.valid ? w : make_uint4(0, 0, 0, 0);
 }
-// The centroids of two tokens' 8 codes of the same dims d0 … d0 + 7 (selectors s0, s1) as
-// token pairs of one dim — the words of the values' A operand — without permutes after the
-// decode: the selectors are merged byte by byte (nibbles t0 d0, t0 d1, t1 d0, t1 d1, … ) and
-// each decoded word takes the two tokens' halves of one dim. out[i]: dim d0 + i.
-__device__ __forceinline__ void decode16_token_pairs(uint32_t s0, uint32_t s1, const Prmt8& t, uint32_t (&out)[8]) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {  // dims 0-3, 4-7
-    const uint32_t m = __byte_perm(s0, s1, h ? 0x7362 : 0x5140), mb = m >> 16;
-    const uint32_t la = __byte_perm(t.lo0, t.lo1, m), ha = __byte_perm(t.hi0, t.hi1, m);
-    const uint32_t lb = __byte_perm(t.lo0, t.lo1, mb), hb = __byte_perm(t.hi0, t.hi1, mb);
-    out[4 * h] = __byte_perm(la, ha, 0x6240), out[4 * h + 1] = __byte_perm(la, ha, 0x7351);
-    out[4 * h + 2] = __byte_perm(lb, hb, 0x6240), out[4 * h + 3] = __byte_perm(lb, hb, 0x7351);
-  }
-}
 // With at most 4 query heads per KV head, the 8 columns of the B operands hold the queries'
 // (and the weights') fp16 hi parts in columns 0-3 and lo parts in 4-7: one mma per tile
-// gives both, added across lanes tig and tig ^ 2 (scores) or at the end (values).
+// gives both, added across lanes tig and tig ^ 2 (the values take them otherwise:
+// direct_values).
 // s += K̂ · [Q hi | Q lo] over the chunk, K̂ straight from the raw rows (stride rw words).
 // Even and odd k-step pairs accumulate apart (s, s2: two independent mma chains of 8).
 template <int kRows>
@@ -1755,41 +1743,56 @@ __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], con
     }
   }
 }
-// acc += V̂ᵀ · [P hi | P lo] (b0, b1) over the chunk, V̂ straight from the raw rows.
-template <int kRows>
-__device__ __forceinline__ void direct_values(float (&acc)[16][4], const uint32_t* vr, int rw, uint32_t b0, uint32_t b1,
-                                              const Prmt8& t, int lane, int n_valid, int n_coded, const __half* ring,
-                                              int ring_rows, int c_mod) {
+// The values' table of the direct path (PERF v25): V's centroids as bytes u = s + 128 (s: the
+// int8 form of direct_scores_i8, V.i8_t) under a constant high byte 0x50, so that a half is
+// 32 + u/32 = 36 + s/32 — exact, and one permute per 2 codes after one lookup per 4 (the
+// two-plane fp16 table takes 2 lookups per 4 and the same interleaves). The weights enter
+// scaled by 32/α, so Σ w·(36 + s/32) = Σ p·ĉ + 36·Σ w: the constant part is taken once per
+// chunk by an mma of the same weights against 36 (kBias36) and subtracted at the end.
+constexpr uint32_t kHi50 = 0x50505050u, kBias36 = 0x50805080u;  // (36.0 = 0x5080 as fp16)
+__device__ __forceinline__ uint4 decode8_v(uint32_t s, uint32_t t0, uint32_t t1) {
+  const uint32_t la = __byte_perm(t0, t1, s), lb = __byte_perm(t0, t1, s >> 16);
+  return make_uint4(__byte_perm(la, kHi50, 0x4140), __byte_perm(la, kHi50, 0x4342), __byte_perm(lb, kHi50, 0x4140),
+                    __byte_perm(lb, kHi50, 0x4342));
+}
+// acc += V̂ᵀ · [P hi, P lo] over the chunk, V̂ straight from the raw rows. The mma's inner index
+// k = 2·t + e runs over 8 tokens t and a parity e, its columns over (head q, parity e'), and the
+// weights sit at e = e' only (b: [hi, lo][k-step ks][b0, b1], words P or P << 16 by the lane's
+// e' = gid & 1): so an A word is two dims of one token — what a decode or a window row gives —
+// and no permute pairs tokens. Lane (gid, tig) reads tokens 8·ks + tig (+4), dims of nib3
+// group gid; acc[mt][k] is head tig, stored dim 32·gid + 4·mt + k. V8: the byte table (vt0,
+// vt1; plain chunks only), its constant part into bias.
+template <int kRows, bool V8>
+__device__ __forceinline__ void direct_values(float (&acc)[8][4], float (&bias)[4], const uint32_t* vr, int rw,
+                                              const uint32_t (&b)[2][2][2], const Prmt8& t, uint32_t vt0, uint32_t vt1,
+                                              int lane, int n_valid, int n_coded, const __half* ring, int ring_rows,
+                                              int c_mod) {
   const int gid = lane >> 2, tig = lane & 3;
-  DirectRow rows[4];  // tokens 2·tig, 2·tig + 1, 2·tig + 8, 2·tig + 9
 #pragma unroll
-  for (int u = 0; u < 4; ++u)
-    rows[u] = direct_row<kRows>(vr, rw, 2 * tig + (u & 1) + 8 * (u >> 1), n_valid, n_coded, ring, ring_rows, c_mod);
+  for (int ks = 0; ks < 2; ++ks) {
+    const DirectRow r0 = direct_row<kRows>(vr, rw, 8 * ks + tig, n_valid, n_coded, ring, ring_rows, c_mod);
+    const DirectRow r4 = direct_row<kRows>(vr, rw, 8 * ks + tig + 4, n_valid, n_coded, ring, ring_rows, c_mod);
 #pragma unroll
-  for (int part = 0; part < 4; ++part) {
-    if constexpr (kRows == kPlain) {  // token pairs straight from the codes
-      uint32_t p01[8], p23[8];
-      decode16_token_pairs(nib3_codes8(rows[0].raw, gid, part), nib3_codes8(rows[1].raw, gid, part), t, p01);
-      decode16_token_pairs(nib3_codes8(rows[2].raw, gid, part), nib3_codes8(rows[3].raw, gid, part), t, p23);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t a[4] = {p01[2 * i], p01[2 * i + 1], p23[2 * i], p23[2 * i + 1]};
-        mma_16816(acc[4 * part + i], a, b0, b1);
+    for (int part = 0; part < 4; ++part) {
+      uint4 w0, w4;
+      if constexpr (V8) {
+        w0 = decode8_v(nib3_codes8(r0.raw, gid, part), vt0, vt1);
+        w4 = decode8_v(nib3_codes8(r4.raw, gid, part), vt0, vt1);
+      } else {
+        w0 = direct_words<kRows>(r0, gid, part, t, 32 * gid + 8 * part);
+        w4 = direct_words<kRows>(r4, gid, part, t, 32 * gid + 8 * part);
       }
-    } else {  // window rows: the decoded words of two tokens paired by one permute each
-      uint4 w[4];
+      const uint32_t a0[4] = {w0.x, w0.y, w4.x, w4.y}, a1[4] = {w0.z, w0.w, w4.z, w4.w};
 #pragma unroll
-      for (int u = 0; u < 4; ++u) w[u] = direct_words<kRows>(rows[u], gid, part, t, 32 * gid + 8 * part);
-      const uint32_t* w0 = &w[0].x;
-      const uint32_t* w1 = &w[1].x;
-      const uint32_t* w2 = &w[2].x;
-      const uint32_t* w3 = &w[3].x;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t a[4] = {__byte_perm(w0[i], w1[i], 0x5410), __byte_perm(w0[i], w1[i], 0x7632),
-                               __byte_perm(w2[i], w3[i], 0x5410), __byte_perm(w2[i], w3[i], 0x7632)};
-        mma_16816(acc[4 * part + i], a, b0, b1);
+      for (int hl = 0; hl < 2; ++hl) {
+        mma_16816(acc[2 * part], a0, b[hl][ks][0], b[hl][ks][1]);
+        mma_16816(acc[2 * part + 1], a1, b[hl][ks][0], b[hl][ks][1]);
       }
+    }
+    if constexpr (V8) {
+      const uint32_t a[4] = {kBias36, kBias36, kBias36, kBias36};
+#pragma unroll
+      for (int hl = 0; hl < 2; ++hl) mma_16816(bias, a, b[hl][ks][0], b[hl][ks][1]);
     }
   }
 }
@@ -1838,7 +1841,10 @@ struct TcTail {
   int base = 0, stride = 0;
 };
 template <int D, int KB, int VB, bool DIRECT = false>
-__global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
+#ifndef TQ_DIRECT_MIN_BLOCKS  // (blocks per SM the direct path is compiled for; 4 spills at 128 registers: PERF v25)
+#define TQ_DIRECT_MIN_BLOCKS 3
+#endif
+__global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS : 3) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
                                                                      int n_splits, size_t n_tokens, float scale,
                                                                      float* part_ml, float* part_acc, TcTail tail) {
   extern __shared__ __align__(16) unsigned char sm[];
@@ -1979,11 +1985,18 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   };
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // heads 2·tig, 2·tig + 1
-  float acc[D / 16][4];  // Oᵀ: dims 16·mt + gid (+8) × heads 2·tig (+1)
+  constexpr int MT = DIRECT ? D / 32 : D / 16;
+  float acc[MT][4];  // Oᵀ: dims 16·mt + gid (+8) × heads 2·tig (+1); direct path: see direct_values
 #pragma unroll
-  for (int mt = 0; mt < D / 16; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0;
+  for (int mt = 0; mt < MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0;
+  float bias[4] = {0, 0, 0, 0};  // direct path, V's byte table: 36 · Σ w per column (direct_values)
+  // The direct path's byte table of V (direct_values) where the int8 tables are on.
+  const bool v8 = DIRECT && L.v.i8_inv != 0;
+  const uint32_t vt0 = L.v.i8_t[0] ^ 0x80808080u, vt1 = L.v.i8_t[1] ^ 0x80808080u;
+  const float v8_scale = 32.0f * L.v.i8_inv;
   __half* tile = reinterpret_cast<__half*>(mine + 2 * lay.stage);
   __half* pb = reinterpret_cast<__half*>(mine + 2 * lay.stage + lay.tile);  // [hi, lo][8 heads][16 tokens]
+  uint32_t* pbw = reinterpret_cast<uint32_t*>(pb);  // direct path: [column gid][tig][hi, lo][ks][b0, b1]
   const float rsd = rsqrtf(static_cast<float>(D));
   const float scale2 = scale * 1.44269504088896341f;  // scores in log2 units: exp2 in the softmax; m leaves as natural
   // The direct path reads a window chunk's fp16 ring rows with plain loads after its codes
@@ -1997,8 +2010,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
         prefetch_l1(kring + static_cast<size_t>((cm + gid) % L.ring_rows) * D + 64 * tig);
         prefetch_l1(kring + static_cast<size_t>((cm + gid + 8) % L.ring_rows) * D + 64 * tig);
 #pragma unroll
-        for (int u = 0; u < 4; ++u)
-          prefetch_l1(vring + static_cast<size_t>((cm + 2 * tig + (u & 1) + 8 * (u >> 1)) % L.ring_rows) * D + 32 * gid);
+        for (int u = 0; u < 4; ++u) prefetch_l1(vring + static_cast<size_t>((cm + tig + 4 * u) % L.ring_rows) * D + 32 * gid);
       }
     }
   };
@@ -2071,6 +2083,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
       for (int j = 0; j < 2; ++j) sc[2 * hf + j] = valid[hf] ? (sa[2 * hf + j] + sb[2 * hf + j]) * ks * scale2 : -INFINITY;
     }
     float corr[2];
+    const float vsc = DIRECT && plain && v8 ? v8_scale : 1.0f;  // (direct_values)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       float mx = fmaxf(sc[j], sc[2 + j]);
@@ -2087,24 +2100,38 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
       l[j] = l[j] * corr[j] + sum;
       m[j] = mn;
       const int h = 2 * tig + j;
-      if constexpr (DIRECT) {  // column h: head h & 3, its hi (h < 4) or lo part
-        __half hi, lo;
-        split_f16(valid[0] ? p0 * vs[0] : 0.0f, hi, lo);
-        pb[h * 16 + gid] = tig < 2 ? hi : lo;
-        split_f16(valid[1] ? p1 * vs[1] : 0.0f, hi, lo);
-        pb[h * 16 + gid + 8] = tig < 2 ? hi : lo;
+      if constexpr (DIRECT) {  // head h & 3, its hi (tig < 2) or lo part, as B words of columns (head, e' = 0, 1)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          __half hi, lo;
+          split_f16(valid[hf] ? (hf ? p1 : p0) * vs[hf] * vsc : 0.0f, hi, lo);
+          const uint32_t w = __half_as_ushort(tig < 2 ? hi : lo);
+          const int t = gid + 8 * hf, o = ((2 * (h & 3) * 4 + (t & 3)) * 2 + (tig >> 1)) * 4 + (t >> 3) * 2 + ((t >> 2) & 1);
+          pbw[o] = w, pbw[o + 32] = w << 16;
+        }
       } else {
         split_f16(valid[0] ? p0 * vs[0] : 0.0f, pb[h * 16 + gid], pb[128 + h * 16 + gid]);
         split_f16(valid[1] ? p1 * vs[1] : 0.0f, pb[h * 16 + gid + 8], pb[128 + h * 16 + gid + 8]);
       }
     }
-    if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f))
+    if (__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) {
+      if constexpr (DIRECT) {  // every column of this lane is head tig: its factor from lane (gid, tig / 2)
+        const int src = (lane & ~3) | (tig >> 1);
+        const float c0 = __shfl_sync(0xffffffffu, corr[0], src), c1 = __shfl_sync(0xffffffffu, corr[1], src);
+        const float cf = tig & 1 ? c1 : c0;
 #pragma unroll
-      for (int mt = 0; mt < D / 16; ++mt) acc[mt][0] *= corr[0], acc[mt][1] *= corr[1], acc[mt][2] *= corr[0], acc[mt][3] *= corr[1];
+        for (int mt = 0; mt < MT; ++mt) acc[mt][0] *= cf, acc[mt][1] *= cf, acc[mt][2] *= cf, acc[mt][3] *= cf;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) bias[k] *= cf;
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) acc[mt][0] *= corr[0], acc[mt][1] *= corr[1], acc[mt][2] *= corr[0], acc[mt][3] *= corr[1];
+      }
+    }
     __syncwarp();  // P complete
     const uint32_t* pw = reinterpret_cast<const uint32_t*>(pb);  // words [hi, lo][8 heads][8 token pairs]
-    const uint32_t bh0 = pw[gid * 8 + tig], bh1 = pw[gid * 8 + tig + 4];
-    const uint32_t bl0 = pw[64 + gid * 8 + tig], bl1 = pw[64 + gid * 8 + tig + 4];
+    uint32_t bh0 = 0, bh1 = 0, bl0 = 0, bl1 = 0;
+    if constexpr (!DIRECT) bh0 = pw[gid * 8 + tig], bh1 = pw[gid * 8 + tig + 4], bl0 = pw[64 + gid * 8 + tig], bl1 = pw[64 + gid * 8 + tig + 4];
     // acc[mt] += V̂ᵀ · P for m-tiles [m0, m1) with V̂'s column 16·m0 at vt (rows `stride` halves apart).
     auto values = [&](const __half* vt, int stride, int m0, int m1) {
       const int vo = ((lane & 7) + ((lane >> 4) & 1) * 8) * stride + ((lane >> 3) & 1) * 8;
@@ -2118,10 +2145,18 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     };
     if constexpr (DIRECT) {
       const uint32_t* vr = reinterpret_cast<const uint32_t*>(sg + lay.k_raw);
-      if (plain) direct_values<kPlain>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, n_coded, nullptr, 1, 0);
+      const uint4 bw0 = reinterpret_cast<const uint4*>(pbw)[2 * lane], bw1 = reinterpret_cast<const uint4*>(pbw)[2 * lane + 1];
+      const uint32_t b[2][2][2] = {{{bw0.x, bw0.y}, {bw0.z, bw0.w}}, {{bw1.x, bw1.y}, {bw1.z, bw1.w}}};
+      if (plain && v8)
+        direct_values<kPlain, true>(acc, bias, vr, rbv / 4, b, t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1, 0);
+      else if (plain)
+        direct_values<kPlain, false>(acc, bias, vr, rbv / 4, b, t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1, 0);
       else if (n_coded == 0)
-        direct_values<kRing>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, 0, vring, L.ring_rows, c_mod);
-      else direct_values<kMixed>(acc, vr, rbv / 4, bh0, bh1, t3[1], lane, n_valid, n_coded, vring, L.ring_rows, c_mod);
+        direct_values<kRing, false>(acc, bias, vr, rbv / 4, b, t3[1], vt0, vt1, lane, n_valid, 0, vring, L.ring_rows,
+                                    c_mod);
+      else
+        direct_values<kMixed, false>(acc, bias, vr, rbv / 4, b, t3[1], vt0, vt1, lane, n_valid, n_coded, vring,
+                                     L.ring_rows, c_mod);
     } else if (vb < 16) {
       auto pass = [&](int half) {  // (called with constants: acc stays in registers)
         decode_tile<D>(half, vb, rbv, reinterpret_cast<const uint32_t*>(sg + lay.k_raw), t3[1], lut + 256, tile, lane,
@@ -2143,16 +2178,23 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   float* red = reinterpret_cast<float*>(sm);  // [warp][8 heads][m, l] (the queries are done)
 #pragma unroll
   for (int j = 0; j < 2; ++j) m[j] *= 0.693147180559945309f;  // (−∞ stays −∞)
-  if constexpr (DIRECT)  // the lo columns' values onto the hi ones (lanes tig ^ 2 hold the same dims and m, l)
-#pragma unroll
-    for (int mt = 0; mt < D / 16; ++mt)
-#pragma unroll
-      for (int k = 0; k < 4; ++k) acc[mt][k] += __shfl_xor_sync(0xffffffffu, acc[mt][k], 2);
   if (gid == 0 && (!DIRECT || tig < 2))
 #pragma unroll
     for (int j = 0; j < 2; ++j) red[(warp * 8 + 2 * tig + j) * 2] = m[j], red[(warp * 8 + 2 * tig + j) * 2 + 1] = l[j];
   __syncthreads();
   float* wacc = reinterpret_cast<float*>(mine);  // [8 heads][D] (32·D bytes ≤ a warp's area)
+  if constexpr (DIRECT) {  // lane (gid, tig): head tig, stored dims 32·gid + 4·mt + k
+    const int h = tig;
+    float M = -INFINITY;
+    for (int w = 0; w < kTcWarps; ++w) M = fmaxf(M, red[(w * 8 + h) * 2]);
+    const float mh = red[(warp * 8 + h) * 2], f = mh == -INFINITY ? 0.0f : expf(mh - M);
+    if (h < G)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        reinterpret_cast<float4*>(wacc + h * D + 32 * gid)[mt] =
+            make_float4((acc[mt][0] - bias[0]) * f, (acc[mt][1] - bias[1]) * f, (acc[mt][2] - bias[2]) * f,
+                        (acc[mt][3] - bias[3]) * f);
+  } else {
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     const int h = 2 * tig + j;
@@ -2161,10 +2203,11 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     const float f = m[j] == -INFINITY ? 0.0f : expf(m[j] - M);
     if (h < G)
 #pragma unroll
-      for (int mt = 0; mt < D / 16; ++mt) {  // (rows gid, gid + 8 of m-tile mt: see DIRECT)
-        wacc[h * D + (DIRECT ? 32 * gid + 2 * mt : 16 * mt + gid)] = acc[mt][j] * f;
-        wacc[h * D + (DIRECT ? 32 * gid + 2 * mt + 1 : 16 * mt + gid + 8)] = acc[mt][2 + j] * f;
+      for (int mt = 0; mt < MT; ++mt) {  // (rows gid, gid + 8 of m-tile mt)
+        wacc[h * D + 16 * mt + gid] = acc[mt][j] * f;
+        wacc[h * D + 16 * mt + gid + 8] = acc[mt][2 + j] * f;
       }
+  }
   }
   __syncthreads();
   for (int i = tid; i < G * D; i += blockDim.x) {
