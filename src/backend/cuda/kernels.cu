@@ -1865,6 +1865,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
   // and ring_lo are read after the wait.
   Prmt8 t3[2];
   kv_tables(L, kb, vb, t3, lut);
+  // The direct path reads its fp16 tables (window chunks, the fp16 form) from shared memory
+  // where it uses them: 8 registers fewer held across the chunk loop (PERF v25).
+  __shared__ Prmt8 dir_t3[2];
+  if (DIRECT && tid == 0) dir_t3[0] = t3[0], dir_t3[1] = t3[1];
   // Queries as floats in the warps' area (free until the pipeline starts), in K's domain
   // (rotated, with the rotation's 1/√D, when K holds codes), then as hi/lo halves.
   // Every load is issued before any store (one round trip, not one per element: measured the
@@ -1949,7 +1953,13 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
   const size_t row0 = static_cast<size_t>(g) * L.cap;
   const __half* kring = L.k.ring ? L.k.ring + static_cast<size_t>(g) * L.ring_rows * D : nullptr;
   const __half* vring = L.v.ring ? L.v.ring + static_cast<size_t>(g) * L.ring_rows * D : nullptr;
-  auto valid_in = [&](size_t c) { return static_cast<int>(min(static_cast<size_t>(kTcTok), t1 - c)); };
+  // The loop's positions as 32-bit offsets from t0 (a split's span is far below 2^31 tokens:
+  // the 64-bit forms held registers the loop needs, PERF v25): bnd, the first offset in the
+  // window (clamped to span + kTcTok), t0m = t0 mod the ring's rows.
+  const int span = static_cast<int>(t1 - t0);
+  const int bnd = bound <= t0 ? 0 : static_cast<int>(min(bound - t0, static_cast<size_t>(span) + kTcTok));
+  const int t0m = L.ring_rows > 0 ? static_cast<int>(t0 % L.ring_rows) : 0;
+  auto valid_in = [&](int c) { return min(kTcTok, span - c); };
   // The direct path keeps the addresses of the next chunk this warp copies (its code rows and
   // norms) and advances them by 4 chunks per copy: recomputed from the chunk's index at the
   // kernel's register cap they took ≈ 40 more instructions per chunk (PERF v24f).
@@ -1959,9 +1969,9 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
   // (the norms' row, lanes 0-1 taking 8 each: 32 bits hold it, as the code rows of 2^32 tokens —
   // ≥ 400 GB — could not be allocated)
   uint32_t nrow = static_cast<uint32_t>(row0 + cw) + 8 * (lane & 1);
-  auto issue = [&](size_t c, int st) {
+  auto issue = [&](int c, int st) {
     unsigned char* sg = mine + st * lay.stage;
-    const bool in_window = c >= bound;  // every token of the chunk in the fp16 ring: a code side's rows unread
+    const bool in_window = c >= bnd;  // every token of the chunk in the fp16 ring: a code side's rows unread
     if constexpr (DIRECT) {  // (both sides 3-bit codes)
       if (!in_window) {
 #pragma unroll
@@ -1979,9 +1989,9 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
       return;
     }
     const int nv = valid_in(c);
-    if (kb >= 16 || !in_window) issue_side<D>(L.k, kb, rbk, row0 + c, sg, sg + lay.k_raw + lay.v_raw, lane, nv);
+    if (kb >= 16 || !in_window) issue_side<D>(L.k, kb, rbk, row0 + t0 + c, sg, sg + lay.k_raw + lay.v_raw, lane, nv);
     if (vb >= 16 || !in_window)
-      issue_side<D>(L.v, vb, rbv, row0 + c, sg + lay.k_raw, sg + lay.k_raw + lay.v_raw + 32, lane, nv);
+      issue_side<D>(L.v, vb, rbv, row0 + t0 + c, sg + lay.k_raw, sg + lay.k_raw + lay.v_raw + 32, lane, nv);
   };
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};  // heads 2·tig, 2·tig + 1
@@ -2003,10 +2013,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
   // have landed: pull the lines this lane will read into L1 as the chunk's copies are
   // issued, so that they arrive together (a decode step near the window's start is a chain
   // of such round trips).
-  auto prefetch_ring = [&](size_t cc) {
+  auto prefetch_ring = [&](int cc) {
     if constexpr (DIRECT) {
-      if (kring && cc < t1 && cc + kTcTok > bound) {
-        const int cm = static_cast<int>(cc % L.ring_rows);
+      if (kring && cc < span && cc + kTcTok > bnd) {
+        const int cm = (t0m + cc) % L.ring_rows;
         prefetch_l1(kring + static_cast<size_t>((cm + gid) % L.ring_rows) * D + 64 * tig);
         prefetch_l1(kring + static_cast<size_t>((cm + gid + 8) % L.ring_rows) * D + 64 * tig);
 #pragma unroll
@@ -2015,18 +2025,18 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
     }
   };
   int st = 0;
-  size_t c = t0 + kTcTok * warp;
-  if (c < t1) issue(c, 0), prefetch_ring(c);
+  int c = kTcTok * warp;
+  if (c < span) issue(c, 0), prefetch_ring(c);
   cp_async_commit();
-  for (; c < t1; c += kTcTok * kTcWarps, st ^= 1) {
-    if (c + kTcTok * kTcWarps < t1) issue(c + kTcTok * kTcWarps, st ^ 1), prefetch_ring(c + kTcTok * kTcWarps);
+  for (; c < span; c += kTcTok * kTcWarps, st ^= 1) {
+    if (c + kTcTok * kTcWarps < span) issue(c + kTcTok * kTcWarps, st ^ 1), prefetch_ring(c + kTcTok * kTcWarps);
     cp_async_commit();
     cp_async_wait<1>();
     __syncwarp();
     const unsigned char* sg = mine + st * lay.stage;
     const uint16_t* kn = reinterpret_cast<const uint16_t*>(sg + lay.k_raw + lay.v_raw);
     const uint16_t* vn = kn + 16;
-    const int n_valid = valid_in(c), n_coded = bound > c ? static_cast<int>(min(static_cast<size_t>(kTcTok), bound - c)) : 0;
+    const int n_valid = valid_in(c), n_coded = bnd > c ? min(kTcTok, bnd - c) : 0;
     float sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};  // scores by Q's hi and lo parts
     // K̂ · Q over k-steps [k0, k1) with K̂'s column 16·k0 at kt (rows `stride` halves apart).
     auto scores = [&](const __half* kt, int stride, int k0, int k1) {
@@ -2046,14 +2056,14 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
       }
     };
     const bool plain = n_coded >= n_valid;  // (rows past n_valid decode to finite centroids; their weight is 0)
-    const int c_mod = plain || L.ring_rows == 0 ? 0 : static_cast<int>(c % L.ring_rows);
+    const int c_mod = plain || L.ring_rows == 0 ? 0 : (t0m + c) % L.ring_rows;
     if constexpr (DIRECT) {
       const uint32_t* kr = reinterpret_cast<const uint32_t*>(sg);
       if (plain && use_i8) direct_scores_i8(sa, kr, rbk / 4, qi8, L.k, i8_f[tig], lane);
-      else if (plain) direct_scores<kPlain>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
+      else if (plain) direct_scores<kPlain>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
       else if (n_coded == 0)
-        direct_scores<kRing>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
-      else direct_scores<kMixed>(sa, sb, kr, rbk / 4, qh, R, t3[0], lane, n_valid, n_coded, kring, L.ring_rows, c_mod);
+        direct_scores<kRing>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
+      else direct_scores<kMixed>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, kring, L.ring_rows, c_mod);
 #pragma unroll
       for (int k = 0; k < 4; ++k) sa[k] += sb[k], sb[k] = 0, sa[k] += __shfl_xor_sync(0xffffffffu, sa[k], 2);  // hi + lo columns
     } else if (kb < 16) {
@@ -2148,14 +2158,14 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
       const uint4 bw0 = reinterpret_cast<const uint4*>(pbw)[2 * lane], bw1 = reinterpret_cast<const uint4*>(pbw)[2 * lane + 1];
       const uint32_t b[2][2][2] = {{{bw0.x, bw0.y}, {bw0.z, bw0.w}}, {{bw1.x, bw1.y}, {bw1.z, bw1.w}}};
       if (plain && v8)
-        direct_values<kPlain, true>(acc, bias, vr, rbv / 4, b, t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1, 0);
+        direct_values<kPlain, true>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1, 0);
       else if (plain)
-        direct_values<kPlain, false>(acc, bias, vr, rbv / 4, b, t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1, 0);
+        direct_values<kPlain, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1, 0);
       else if (n_coded == 0)
-        direct_values<kRing, false>(acc, bias, vr, rbv / 4, b, t3[1], vt0, vt1, lane, n_valid, 0, vring, L.ring_rows,
+        direct_values<kRing, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, 0, vring, L.ring_rows,
                                     c_mod);
       else
-        direct_values<kMixed, false>(acc, bias, vr, rbv / 4, b, t3[1], vt0, vt1, lane, n_valid, n_coded, vring,
+        direct_values<kMixed, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, vring,
                                      L.ring_rows, c_mod);
     } else if (vb < 16) {
       auto pass = [&](int half) {  // (called with constants: acc stays in registers)
