@@ -1481,6 +1481,14 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)));
 }
 // x = hi + lo to ≈ 22 bits, both fp16.
+// 2^x by the SFU alone (ex2.approx.ftz: exp2f's own instruction without its range fix-up,
+// 4 instructions → 1), for the softmaxes' weights: x ≤ 8 there, and a result below 2^-126
+// flushes to 0 (it is 0 in the fp16 weights the products take anyway). −∞ → 0.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 __device__ __forceinline__ void split_f16(float x, __half& hi, __half& lo) {
   hi = __float2half_rn(x);
   lo = __float2half_rn(x - __half2float(hi));
@@ -1748,7 +1756,9 @@ __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], con
 // 32 + u/32 = 36 + s/32 — exact, and one permute per 2 codes after one lookup per 4 (the
 // two-plane fp16 table takes 2 lookups per 4 and the same interleaves). The weights enter
 // scaled by 32/α, so Σ w·(36 + s/32) = Σ p·ĉ + 36·Σ w: the constant part is taken once per
-// chunk by an mma of the same weights against 36 (kBias36) and subtracted at the end.
+// k-step by an mma of the same weights against 36 (kBias36) and subtracted at the end. These
+// chunks take the weights' fp16 hi parts alone (rounded to 2^-12 relative, as FlashAttention's
+// fp16 P; the centroids' int8 grid is off by more, attention_int8_error): half the mmas.
 constexpr uint32_t kHi50 = 0x50505050u, kBias36 = 0x50805080u;  // (36.0 = 0x5080 as fp16)
 __device__ __forceinline__ uint4 decode8_v(uint32_t s, uint32_t t0, uint32_t t1) {
   const uint32_t la = __byte_perm(t0, t1, s), lb = __byte_perm(t0, t1, s >> 16);
@@ -1784,7 +1794,7 @@ __device__ __forceinline__ void direct_values(float (&acc)[8][4], float (&bias)[
       }
       const uint32_t a0[4] = {w0.x, w0.y, w4.x, w4.y}, a1[4] = {w0.z, w0.w, w4.z, w4.w};
 #pragma unroll
-      for (int hl = 0; hl < 2; ++hl) {
+      for (int hl = 0; hl < (V8 ? 1 : 2); ++hl) {
         mma_16816(acc[2 * part], a0, b[hl][ks][0], b[hl][ks][1]);
         mma_16816(acc[2 * part + 1], a1, b[hl][ks][0], b[hl][ks][1]);
       }
@@ -1792,7 +1802,7 @@ __device__ __forceinline__ void direct_values(float (&acc)[8][4], float (&bias)[
     if constexpr (V8) {
       const uint32_t a[4] = {kBias36, kBias36, kBias36, kBias36};
 #pragma unroll
-      for (int hl = 0; hl < 2; ++hl) mma_16816(bias, a, b[hl][ks][0], b[hl][ks][1]);
+      mma_16816(bias, a, b[0][ks][0], b[0][ks][1]);
     }
   }
 }
@@ -2059,13 +2069,18 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
     const int c_mod = plain || L.ring_rows == 0 ? 0 : (t0m + c) % L.ring_rows;
     if constexpr (DIRECT) {
       const uint32_t* kr = reinterpret_cast<const uint32_t*>(sg);
-      if (plain && use_i8) direct_scores_i8(sa, kr, rbk / 4, qi8, L.k, i8_f[tig], lane);
-      else if (plain) direct_scores<kPlain>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
-      else if (n_coded == 0)
-        direct_scores<kRing>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
-      else direct_scores<kMixed>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, kring, L.ring_rows, c_mod);
+      if (plain && use_i8) {
+        direct_scores_i8(sa, kr, rbk / 4, qi8, L.k, i8_f[tig], lane);
+      } else {
+        if (plain) direct_scores<kPlain>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
+        else if (n_coded == 0)
+          direct_scores<kRing>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
+        else direct_scores<kMixed>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, kring, L.ring_rows, c_mod);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) sa[k] += sb[k], sb[k] = 0, sa[k] += __shfl_xor_sync(0xffffffffu, sa[k], 2);  // hi + lo columns
+        for (int k = 0; k < 4; ++k) sa[k] += sb[k];  // (the even and odd k-steps' chains)
+      }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) sa[k] += __shfl_xor_sync(0xffffffffu, sa[k], 2);  // hi + lo columns
     } else if (kb < 16) {
       auto pass = [&](int half) {  // (called with constants: the k-steps unroll)
         decode_tile<D>(half, kb, rbk, reinterpret_cast<const uint32_t*>(sg), t3[0], lut, tile, lane, n_valid, n_coded,
@@ -2090,7 +2105,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
       const float ks = kb < 16 && coded ? __half2float(__ushort_as_half(kn[r])) * rsd : 1.0f;
       vs[hf] = vb < 16 && coded ? __half2float(__ushort_as_half(vn[r])) * rsd : 1.0f;
 #pragma unroll
-      for (int j = 0; j < 2; ++j) sc[2 * hf + j] = valid[hf] ? (sa[2 * hf + j] + sb[2 * hf + j]) * ks * scale2 : -INFINITY;
+      for (int j = 0; j < 2; ++j)  // (the direct path's sa holds both parts: x + 0 is an instruction)
+        sc[2 * hf + j] = valid[hf] ? (DIRECT ? sa[2 * hf + j] : sa[2 * hf + j] + sb[2 * hf + j]) * ks * scale2 : -INFINITY;
     }
     float corr[2];
     const float vsc = DIRECT && plain && v8 ? v8_scale : 1.0f;  // (direct_values)
@@ -2102,8 +2118,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
       // The running max moves only when the chunk's exceeds it by 2^8 (weights ≤ 256 in between:
       // exact in f32 and fp16 alike): the rescale of acc below is then rare.
       const float mn = mx > m[j] + 8.0f ? mx : m[j];  // finite: token c is valid (m = −∞ at first)
-      corr[j] = exp2f(m[j] - mn);
-      const float p0 = exp2f(sc[j] - mn), p1 = exp2f(sc[2 + j] - mn);
+      corr[j] = exp2_ftz(m[j] - mn);
+      const float p0 = exp2_ftz(sc[j] - mn), p1 = exp2_ftz(sc[2 + j] - mn);
       float sum = p0 + p1;
 #pragma unroll
       for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
@@ -2474,13 +2490,13 @@ __global__ void __launch_bounds__(kPfWarps * 32, 2)
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float mn = fmaxf(m[hf], mx), base = mn == -INFINITY ? 0.0f : mn;  // (a row with no token yet)
-        corr[hf] = exp2f(m[hf] - base);
+        corr[hf] = exp2_ftz(m[hf] - base);
         m[hf] = mn;
         float sum = 0;
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
-          for (int e = 2 * hf; e < 2 * hf + 2; ++e) sh[j][e] = exp2f(sh[j][e] - base), sum += sh[j][e];
+          for (int e = 2 * hf; e < 2 * hf + 2; ++e) sh[j][e] = exp2_ftz(sh[j][e] - base), sum += sh[j][e];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         l[hf] = l[hf] * corr[hf] + sum;
