@@ -625,8 +625,9 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
           // differ by about that (measured 2.6e-4 … 6.2e-4 over 6 seeds), bound 3 · 2^-11. The
           // direct path (3-bit, dim 256, ≤ 4 query heads per KV head) takes K's and V's centroids
           // of fully coded chunks on the int8 grid (V as bytes under a constant high byte), each
-          // off by ≤ e8 relative to the codebook's rms entry (attention_int8_error), and the
-          // queries as int16: K's and V's errors add, bound 3 · (2^-11 + e8).
+          // off by ≤ e8 relative to the codebook's rms entry (attention_int8_error), the queries as
+          // int16 and those chunks' weights as fp16 hi parts alone (2^-12): K's and V's errors
+          // add, bound 3 · (2^-11 + e8).
           const bool direct =
               p.k_bits == 3 && p.v_bits == 3 && geo.head_dim == 256 && geo.n_heads <= 4 * geo.n_kv_heads;
           const double e8 = direct ? cuda::attention_int8_error(256) : 0.0;
@@ -1067,8 +1068,8 @@ TEST(Cuda, SessionFilesMoveBetweenCpuAndGpu) {
     // decode steps read x as int8, where a rounding flip moves a product by up to 0.4%, so a
     // CPU history's last-bit differences can move its logits more: measured up to 3.9e-3 with
     // fp16 rows, 3.8e-3 with codes over two seeds on the H200, then 1.05e-2 (fp16 rows) and
-    // 8.9e-3 (k8v3) with seed 2536698323485578152 — twice the code caches' bound. A history
-    // read wrongly (a transposed state, a misplaced row) moves them by O(1).
+    // 8.9e-3 (k8v3) with seed 2536698323485578152: bound twice the code caches' (2e-2). A
+    // history read wrongly (a transposed state, a misplaced row) moves them by O(1).
     auto c2 = load(fg, *cpu);
     const double e1 = rel_err(cont(*c2), cont(c));
     auto g3 = load(fc, *gpu);

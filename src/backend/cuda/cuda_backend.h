@@ -57,9 +57,9 @@ bool attention_tiled();
 // int8), in splits of at least min_split tokens (the queries' int8 form is a prologue per
 // block: below about 8 chunks per warp it costs more than it saves, PERF v24); and V's
 // centroids of fully coded chunks on the same grid, in every split (as fp16 values 36 + s/32:
-// one permute per 2 codes, PERF v25). On by default for caches made after the call;
-// set_attention_int8(false) or TQ_CUDA_ATTN_I8=0: the fp16 form of both (centroids off by
-// ≤ 2^-11 relative); TQ_CUDA_ATTN_I8_MIN sets min_split's default.
+// one permute per 2 codes; the weights as fp16 hi parts alone, PERF v25). On by default for
+// caches made after the call; set_attention_int8(false) or TQ_CUDA_ATTN_I8=0: the fp16 form of
+// both (centroids off by ≤ 2^-11 relative); TQ_CUDA_ATTN_I8_MIN sets min_split's default.
 constexpr int kAttentionI8MinSplit = 512;
 void set_attention_int8(bool on, int min_split = kAttentionI8MinSplit);
 bool attention_int8();

@@ -1480,7 +1480,6 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)));
 }
-// x = hi + lo to ≈ 22 bits, both fp16.
 // 2^x by the SFU alone (ex2.approx.ftz: exp2f's own instruction without its range fix-up,
 // 4 instructions → 1), for the softmaxes' weights: x ≤ 8 there, and a result below 2^-126
 // flushes to 0 (it is 0 in the fp16 weights the products take anyway). −∞ → 0.
@@ -1489,6 +1488,7 @@ __device__ __forceinline__ float exp2_ftz(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+// x = hi + lo to ≈ 22 bits, both fp16.
 __device__ __forceinline__ void split_f16(float x, __half& hi, __half& lo) {
   hi = __float2half_rn(x);
   lo = __float2half_rn(x - __half2float(hi));
@@ -1801,7 +1801,6 @@ __device__ __forceinline__ void direct_values(float (&acc)[8][4], float (&bias)[
     }
     if constexpr (V8) {
       const uint32_t a[4] = {kBias36, kBias36, kBias36, kBias36};
-#pragma unroll
       mma_16816(bias, a, b[0][ks][0], b[0][ks][1]);
     }
   }
@@ -1851,10 +1850,8 @@ struct TcTail {
   int base = 0, stride = 0;
 };
 template <int D, int KB, int VB, bool DIRECT = false>
-#ifndef TQ_DIRECT_MIN_BLOCKS  // (blocks per SM the direct path is compiled for; 4 spills at 128 registers: PERF v25)
-#define TQ_DIRECT_MIN_BLOCKS 3
-#endif
-__global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS : 3) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
+// (3 blocks per SM: the direct path compiled for 4, at 128 registers, ran 2.5% slower: PERF v25b)
+__global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLayer L, const float* q, const int32_t* pos,
                                                                      int n_splits, size_t n_tokens, float scale,
                                                                      float* part_ml, float* part_acc, TcTail tail) {
   extern __shared__ __align__(16) unsigned char sm[];
@@ -2030,7 +2027,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
         prefetch_l1(kring + static_cast<size_t>((cm + gid) % L.ring_rows) * D + 64 * tig);
         prefetch_l1(kring + static_cast<size_t>((cm + gid + 8) % L.ring_rows) * D + 64 * tig);
 #pragma unroll
-        for (int u = 0; u < 4; ++u) prefetch_l1(vring + static_cast<size_t>((cm + tig + 4 * u) % L.ring_rows) * D + 32 * gid);
+        for (int u = 0; u < 4; ++u)
+          prefetch_l1(vring + static_cast<size_t>((cm + tig + 4 * u) % L.ring_rows) * D + 32 * gid);
       }
     }
   };
@@ -2075,7 +2073,9 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
         if (plain) direct_scores<kPlain>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
         else if (n_coded == 0)
           direct_scores<kRing>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
-        else direct_scores<kMixed>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, kring, L.ring_rows, c_mod);
+        else
+          direct_scores<kMixed>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, kring, L.ring_rows,
+                                c_mod);
 #pragma unroll
         for (int k = 0; k < 4; ++k) sa[k] += sb[k];  // (the even and odd k-steps' chains)
       }
@@ -2105,8 +2105,10 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
       const float ks = kb < 16 && coded ? __half2float(__ushort_as_half(kn[r])) * rsd : 1.0f;
       vs[hf] = vb < 16 && coded ? __half2float(__ushort_as_half(vn[r])) * rsd : 1.0f;
 #pragma unroll
-      for (int j = 0; j < 2; ++j)  // (the direct path's sa holds both parts: x + 0 is an instruction)
-        sc[2 * hf + j] = valid[hf] ? (DIRECT ? sa[2 * hf + j] : sa[2 * hf + j] + sb[2 * hf + j]) * ks * scale2 : -INFINITY;
+      for (int j = 0; j < 2; ++j) {  // (the direct path's sa holds both parts: x + 0 is an instruction)
+        const float sv = DIRECT ? sa[2 * hf + j] : sa[2 * hf + j] + sb[2 * hf + j];
+        sc[2 * hf + j] = valid[hf] ? sv * ks * scale2 : -INFINITY;
+      }
     }
     float corr[2];
     const float vsc = DIRECT && plain && v8 ? v8_scale : 1.0f;  // (direct_values)
@@ -2132,7 +2134,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
           __half hi, lo;
           split_f16(valid[hf] ? (hf ? p1 : p0) * vs[hf] * vsc : 0.0f, hi, lo);
           const uint32_t w = __half_as_ushort(tig < 2 ? hi : lo);
-          const int t = gid + 8 * hf, o = ((2 * (h & 3) * 4 + (t & 3)) * 2 + (tig >> 1)) * 4 + (t >> 3) * 2 + ((t >> 2) & 1);
+          const int t = gid + 8 * hf;
+          const int o = ((2 * (h & 3) * 4 + (t & 3)) * 2 + (tig >> 1)) * 4 + (t >> 3) * 2 + ((t >> 2) & 1);
           pbw[o] = w, pbw[o + 32] = w << 16;
         }
       } else {
@@ -2151,13 +2154,17 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
         for (int k = 0; k < 4; ++k) bias[k] *= cf;
       } else {
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) acc[mt][0] *= corr[0], acc[mt][1] *= corr[1], acc[mt][2] *= corr[0], acc[mt][3] *= corr[1];
+        for (int mt = 0; mt < MT; ++mt)
+          acc[mt][0] *= corr[0], acc[mt][1] *= corr[1], acc[mt][2] *= corr[0], acc[mt][3] *= corr[1];
       }
     }
     __syncwarp();  // P complete
     const uint32_t* pw = reinterpret_cast<const uint32_t*>(pb);  // words [hi, lo][8 heads][8 token pairs]
     uint32_t bh0 = 0, bh1 = 0, bl0 = 0, bl1 = 0;
-    if constexpr (!DIRECT) bh0 = pw[gid * 8 + tig], bh1 = pw[gid * 8 + tig + 4], bl0 = pw[64 + gid * 8 + tig], bl1 = pw[64 + gid * 8 + tig + 4];
+    if constexpr (!DIRECT) {
+      bh0 = pw[gid * 8 + tig], bh1 = pw[gid * 8 + tig + 4];
+      bl0 = pw[64 + gid * 8 + tig], bl1 = pw[64 + gid * 8 + tig + 4];
+    }
     // acc[mt] += V̂ᵀ · P for m-tiles [m0, m1) with V̂'s column 16·m0 at vt (rows `stride` halves apart).
     auto values = [&](const __half* vt, int stride, int m0, int m1) {
       const int vo = ((lane & 7) + ((lane >> 4) & 1) * 8) * stride + ((lane >> 3) & 1) * 8;
@@ -2171,15 +2178,18 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
     };
     if constexpr (DIRECT) {
       const uint32_t* vr = reinterpret_cast<const uint32_t*>(sg + lay.k_raw);
-      const uint4 bw0 = reinterpret_cast<const uint4*>(pbw)[2 * lane], bw1 = reinterpret_cast<const uint4*>(pbw)[2 * lane + 1];
+      const uint4* bw = reinterpret_cast<const uint4*>(pbw) + 2 * lane;  // this lane's [hi, lo] words
+      const uint4 bw0 = bw[0], bw1 = bw[1];
       const uint32_t b[2][2][2] = {{{bw0.x, bw0.y}, {bw0.z, bw0.w}}, {{bw1.x, bw1.y}, {bw1.z, bw1.w}}};
       if (plain && v8)
-        direct_values<kPlain, true>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1, 0);
+        direct_values<kPlain, true>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1,
+                                    0);
       else if (plain)
-        direct_values<kPlain, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1, 0);
+        direct_values<kPlain, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr,
+                                     1, 0);
       else if (n_coded == 0)
-        direct_values<kRing, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, 0, vring, L.ring_rows,
-                                    c_mod);
+        direct_values<kRing, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, 0, vring,
+                                    L.ring_rows, c_mod);
       else
         direct_values<kMixed, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, vring,
                                      L.ring_rows, c_mod);
@@ -2222,18 +2232,18 @@ __global__ void __launch_bounds__(kTcWarps * 32, DIRECT ? TQ_DIRECT_MIN_BLOCKS :
                         (acc[mt][3] - bias[3]) * f);
   } else {
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const int h = 2 * tig + j;
-    float M = -INFINITY;
-    for (int w = 0; w < kTcWarps; ++w) M = fmaxf(M, red[(w * 8 + h) * 2]);
-    const float f = m[j] == -INFINITY ? 0.0f : expf(m[j] - M);
-    if (h < G)
+    for (int j = 0; j < 2; ++j) {
+      const int h = 2 * tig + j;
+      float M = -INFINITY;
+      for (int w = 0; w < kTcWarps; ++w) M = fmaxf(M, red[(w * 8 + h) * 2]);
+      const float f = m[j] == -INFINITY ? 0.0f : expf(m[j] - M);
+      if (h < G)
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {  // (rows gid, gid + 8 of m-tile mt)
-        wacc[h * D + 16 * mt + gid] = acc[mt][j] * f;
-        wacc[h * D + 16 * mt + gid + 8] = acc[mt][2 + j] * f;
-      }
-  }
+        for (int mt = 0; mt < MT; ++mt) {  // (rows gid, gid + 8 of m-tile mt)
+          wacc[h * D + 16 * mt + gid] = acc[mt][j] * f;
+          wacc[h * D + 16 * mt + gid + 8] = acc[mt][2 + j] * f;
+        }
+    }
   }
   __syncthreads();
   for (int i = tid; i < G * D; i += blockDim.x) {
