@@ -18,9 +18,11 @@ KV=${4:-fp16,tq4,tq3,k8v3}
 OUT=${OUT:-cuda-out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$PWD/$BIN/lib:${LD_LIBRARY_PATH:-}"
-# The test binary has the source tree's absolute path compiled in.
-SRC=$(strings "$BIN/tq_tests" | grep -m1 -o '^/.*/tests/data$' | sed 's|/tests/data$||')
-if [ -n "$SRC" ] && [ ! -e "$SRC" ]; then mkdir -p "$(dirname "$SRC")" && ln -s "$PWD" "$SRC"; fi
+# The test binary has the source tree's absolute path compiled in (its data paths and its
+# sources' names begin with it).
+SRC=$(strings "$BIN/tq_tests" | grep -m1 -oE '^/.*/tests/(data$|data/|test_[a-z0-9_]+\.cc$)' | sed -E 's#/tests/.*##')
+if [ -z "$SRC" ]; then echo "warning: no source path found in $BIN/tq_tests: tests reading tests/data may fail" >&2
+elif [ ! -e "$SRC" ]; then mkdir -p "$(dirname "$SRC")" && ln -s "$PWD" "$SRC"; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
   "$BIN/tq_tests" --gtest_filter='Cuda*' 2>&1 | tee "$OUT/cuda_tests.log" | grep -E '^\[|cuda\]' | grep -v '^\[seed\]'
