@@ -19,6 +19,14 @@ expect_fail("bad tokenizer" "tokenizer.json: not valid JSON" ${TQ} generate -m $
 expect_fail("prompt too long" "does not fit the context" ${TQ} generate -p "a b c d e f g h i j k l m n o p" -c 8)
 expect_fail("bad policy" "valid forms" ${TQ} generate -p hi --kv q8)
 expect_fail("bad device" "--device: expected cpu or cuda" ${TQ} serve --port 0 --device tpu)
+# Where CUDA cannot run (no GPU, or a build without it), serve says so before it listens (where it can, the
+# missing model stops it).
+execute_process(COMMAND ${TQ} serve --port 0 --device cuda -m ${tmp}/nope OUTPUT_VARIABLE o ERROR_VARIABLE e
+                RESULT_VARIABLE rc TIMEOUT 60)
+if(rc EQUAL 0 OR NOT rc MATCHES "^[0-9]+$" OR (e MATCHES "--device cuda:" AND o MATCHES "listening") OR
+   NOT e MATCHES "--device cuda:|not a directory")
+  message(FATAL_ERROR "serve --device cuda without a usable GPU: rc=${rc} stdout=${o} stderr=${e}")
+endif()
 # (the model is loaded after the server listens: its failure must stop the listener and exit)
 expect_fail("serve missing model" "not a directory" ${TQ} serve --port 0 -m ${tmp}/nope)
 # A good run: stdout is only the continuation; --json has the agreed fields.
