@@ -19,6 +19,18 @@ expect_fail("bad tokenizer" "tokenizer.json: not valid JSON" ${TQ} generate -m $
 expect_fail("prompt too long" "does not fit the context" ${TQ} generate -p "a b c d e f g h i j k l m n o p" -c 8)
 expect_fail("bad policy" "valid forms" ${TQ} generate -p hi --kv q8)
 expect_fail("bad device" "--device: expected cpu or cuda" ${TQ} serve --port 0 --device tpu)
+# make-model and convert never write into a directory that holds files (a checkpoint would be overwritten).
+file(MAKE_DIRECTORY ${tmp}/user)
+file(WRITE ${tmp}/user/config.json "{\"mine\": 1}")
+expect_fail("make-model into a non-empty dir" "not empty" ${TQ} make-model --preset tiny --out ${tmp}/user)
+expect_fail("convert into a non-empty dir" "not empty" ${TQ} convert --in ${SRC}/models/stories260K --out ${tmp}/user)
+expect_fail("make-model onto a file" "not a directory" ${TQ} make-model --preset tiny --out ${tmp}/user/config.json)
+file(READ ${tmp}/user/config.json kept)
+file(GLOB user_files ${tmp}/user/*)
+list(LENGTH user_files n_user_files)
+if(NOT kept STREQUAL "{\"mine\": 1}" OR NOT n_user_files EQUAL 1)
+  message(FATAL_ERROR "make-model/convert changed a user's directory: ${user_files}")
+endif()
 # Where CUDA cannot run (no GPU, or a build without it), serve says so before it listens (where it can, the
 # missing model stops it).
 execute_process(COMMAND ${TQ} serve --port 0 --device cuda -m ${tmp}/nope OUTPUT_VARIABLE o ERROR_VARIABLE e

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "io/writer.h"
 
 namespace tq {
 
@@ -86,7 +87,7 @@ void import_llama2c(const std::string& model_bin, const std::string& tokenizer_b
   take(static_cast<size_t>(seq_len) * hd);  // freq_cis_real, freq_cis_imag (recomputed by RoPE)
   const float* wcls = shared ? emb : take(static_cast<size_t>(vocab) * dim);
 
-  std::filesystem::create_directories(out_dir);
+  make_out_dir(out_dir);
   std::vector<std::vector<float>> keep;  // permuted copies
   std::vector<TensorToWrite> ts;
   auto add = [&](const std::string& name, const float* data, std::vector<int64_t> shape) {

@@ -48,6 +48,20 @@ void quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, int g
   });
 }
 
+void make_out_dir(const std::string& out_dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(out_dir, ec)) {
+    check(fs::is_directory(out_dir, ec), "--out {}: exists and is not a directory", out_dir);
+    check(fs::is_empty(out_dir, ec) && !ec,
+          "--out {}: the directory is not empty (expected a new or empty directory: nothing in it is overwritten)",
+          out_dir);
+    return;
+  }
+  fs::create_directories(out_dir, ec);
+  check(!ec, "--out {}: cannot create the directory ({})", out_dir, ec.message());
+}
+
 namespace {
 
 void write_text(const std::string& path, const std::string& text) {
@@ -160,7 +174,7 @@ void make_qwen35_model(const std::string& preset, const std::string& dtype, cons
   const bool q4 = dtype == "mlx4";
   const int hd = 256, K = 4, interval = 4;
   const int kd = p.lin_k_heads * p.lin_dim, vd = p.lin_v_heads * p.lin_dim, conv_dim = 2 * kd + vd;
-  std::filesystem::create_directories(out_dir);
+  make_out_dir(out_dir);
   TensorSet ts;
   std::mt19937_64 rng(seed);
   // Large tensors draw in parallel chunks, each from its own generator seeded by one draw
@@ -284,7 +298,7 @@ void make_llama_family_model(const std::string& arch, const std::string& out_dir
   check(arch == "llama" || arch == "qwen2" || arch == "qwen3",
         "--arch: '{}' is not one of qwen3_5, llama, qwen2, qwen3", arch);
   const int hidden = 128, layers = 2, heads = 4, kv_heads = 2, hd = 32, inter = 256, vocab = 512;
-  std::filesystem::create_directories(out_dir);
+  make_out_dir(out_dir);
   std::mt19937_64 rng(seed);
   auto normal = [&](size_t n, float sd, float mean = 0.0f) {
     std::vector<float> v(n);
@@ -344,7 +358,7 @@ void convert_checkpoint(const std::string& in_dir, const std::string& out_dir, c
   check(fs::weakly_canonical(in_dir) != fs::weakly_canonical(out_dir),
         "--out: must differ from --in (checkpoints are never modified in place)");
   Checkpoint ck(in_dir);  // validates config and files
-  fs::create_directories(out_dir);
+  make_out_dir(out_dir);
   TensorSet ts;
   for (const auto& e : fs::directory_iterator(in_dir)) {
     const std::string n = e.path().filename().string();

@@ -14,6 +14,11 @@ namespace tq {
 void quantize_affine(const float* w, int64_t rows, int64_t cols, int bits, int group, std::vector<uint32_t>& codes,
                      std::vector<uint16_t>& scales, std::vector<uint16_t>& biases);
 
+// The output directory of the commands that write a checkpoint (make-model, convert,
+// import-llama2c): created, or an existing empty one; a directory that holds files is
+// refused (a user's checkpoint would be overwritten), as is a path that is not a directory.
+void make_out_dir(const std::string& out_dir);
+
 // Quantizes every 2-D weight whose input width divides by 64 (embeddings and linears)
 // to 4-bit affine, group 64; copies the rest. Writes config.json with "quantization".
 void convert_checkpoint(const std::string& in_dir, const std::string& out_dir, const std::string& scheme);
