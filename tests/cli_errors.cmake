@@ -31,6 +31,7 @@ list(LENGTH user_files n_user_files)
 if(NOT kept STREQUAL "{\"mine\": 1}" OR NOT n_user_files EQUAL 1)
   message(FATAL_ERROR "make-model/convert changed a user's directory: ${user_files}")
 endif()
+expect_fail("bench into the checkpoint" "checkpoints are read-only" ${TQ} bench -m ${tmp}/user --out ${tmp}/user/.)
 # Where CUDA cannot run (no GPU, or a build without it), serve says so before it listens (where it can, the
 # missing model stops it).
 execute_process(COMMAND ${TQ} serve --port 0 --device cuda -m ${tmp}/nope OUTPUT_VARIABLE o ERROR_VARIABLE e

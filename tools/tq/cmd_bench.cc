@@ -107,6 +107,8 @@ int run(const O& o) {
   const auto policies = CachePolicy::parse_list(o.kv);
   check(o.base >= 1 && o.gen >= 1 && o.repeats >= 1, "--base-tokens, --gen and --repeats must be >= 1");
   for (double s : o.scales) check(s > 0, "--prompt-scales: each scale must be > 0, got {}", s);
+  check(fs::weakly_canonical(o.out) != fs::weakly_canonical(dir),
+        "--out {}: is the checkpoint directory (checkpoints are read-only: give another directory)", o.out);
   auto model = load_model(dir, o.device);
   Tokenizer tok = Tokenizer::load(dir + "/tokenizer.json");
   fs::create_directories(o.out);
