@@ -48,10 +48,7 @@ size_t parse_bytes(const std::string& text, const char* flag) {
 
 void check_device(const std::string& device) {
   check(device == "cpu" || device == "cuda", "--device: expected cpu or cuda, got '{}'", device);
-  if (device == "cuda") {
-    const std::string why = cuda::unavailable_reason();
-    check(why.empty(), "--device cuda: {}", why);
-  }
+  if (device == "cuda") cuda::require_device();
 }
 
 std::unique_ptr<Model> load_model(const std::string& dir, const std::string& device) {

@@ -20,6 +20,8 @@ namespace tq::cuda {
 
 // "" when the backend can run here; otherwise why not (no CUDA build, no GPU).
 std::string unavailable_reason();
+// Throws tq::Error ("--device cuda: " and that reason) unless the backend can run here.
+void require_device();
 // Loads a checkpoint directory onto the GPU. Throws tq::Error when CUDA is unavailable
 // or for what the backend does not support yet (naming it).
 std::unique_ptr<Model> load_model(const std::string& dir);

@@ -128,11 +128,6 @@ DevBuf upload(const std::vector<T>& v) {
   return upload(v.data(), v.size());
 }
 
-void ensure_device() {
-  const std::string why = unavailable_reason();
-  check(why.empty(), "--device cuda: {}", why);
-}
-
 // Weights on the device: MLX 4-bit as stored (codes, bf16 or f32 scales/biases); any
 // other weight dequantized to float32.
 struct Uploaded {
@@ -1095,13 +1090,18 @@ std::string unavailable_reason() {
   return "";
 }
 
+void require_device() {
+  const std::string why = unavailable_reason();
+  check(why.empty(), "--device cuda: {}", why);
+}
+
 std::unique_ptr<Model> load_model(const std::string& dir) {
-  ensure_device();
+  require_device();
   return std::make_unique<CudaModel>(std::make_unique<Checkpoint>(dir));
 }
 
 double copy_bandwidth_gbs(size_t bytes) {
-  ensure_device();
+  require_device();
   DevBuf a(bytes), b(bytes);
   TQ_CUDA_CHECK(cudaMemset(a.get(), 1, bytes));
   cudaEvent_t e0, e1;
@@ -1153,7 +1153,7 @@ size_t device_memory_used() {
 namespace ops {
 
 std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n) {
-  ensure_device();
+  require_device();
   Uploaded u = upload_weight(w);
   DevBuf dx = upload(x), dy(static_cast<size_t>(n) * w.rows * sizeof(float));
   Q8Buf xq(w.cols);
@@ -1165,14 +1165,14 @@ std::vector<float> matmul(const Weight& w, const std::vector<float>& x, int n) {
 }
 
 std::vector<Candidate> top_k(const std::vector<float>& y, int k) {
-  ensure_device();
+  require_device();
   DevBuf dy = upload(y);
   TopKOnDevice sel;
   return sel.select(dy.get<float>(), static_cast<int>(y.size()), k, nullptr);
 }
 
 int32_t argmax(const std::vector<float>& y) {
-  ensure_device();
+  require_device();
   DevBuf dy = upload(y), slot(sizeof(unsigned long long));
   TQ_CUDA_CHECK(cudaMemset(slot.get(), 0, slot.bytes()));
   cuda::argmax(dy.get<float>(), static_cast<int>(y.size()), slot.get<unsigned long long>(), nullptr);
@@ -1182,7 +1182,7 @@ int32_t argmax(const std::vector<float>& y) {
 }
 
 int32_t sample(const std::vector<float>& y, float temperature, double u) {
-  ensure_device();
+  require_device();
   DevBuf dy = upload(y), scr(kSampleScratch * sizeof(float)), out(sizeof(int32_t));
   cuda::sample_row(dy.get<float>(), static_cast<int>(y.size()), temperature, u, scr.get<float>(), out.get<int32_t>(),
                    nullptr);
@@ -1192,7 +1192,7 @@ int32_t sample(const std::vector<float>& y, float temperature, double u) {
 }
 
 void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float>& y, bool chunked) {
-  ensure_device();
+  require_device();
   const size_t n = in.n;
   DevBuf q = upload(in.q, n * in.hk * in.dk), k = upload(in.k, n * in.hk * in.dk), v = upload(in.v, n * in.hv * in.dv);
   DevBuf beta = upload(in.beta, n * in.hv), g = upload(in.g, n * in.hv);
@@ -1208,7 +1208,7 @@ void gated_delta(const DeltaInputs& in, std::vector<float>& s, std::vector<float
 }
 
 std::vector<float> delta_step(const DeltaStepIn& in, std::vector<float>& s) {
-  ensure_device();
+  require_device();
   DeltaDims d{1, in.hk, in.hv, in.dk, in.dv, 0};
   check(delta_step_ok(d), "delta_step: unsupported head dims {} / {}", in.dk, in.dv);
   DevBuf qkv = upload(in.qkv), b = upload(in.b), a = upload(in.a), a_log = upload(in.a_log), dt = upload(in.dt_bias);
@@ -1223,7 +1223,7 @@ std::vector<float> delta_step(const DeltaStepIn& in, std::vector<float>& s) {
 std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int layer, const std::vector<float>& k,
                              const std::vector<float>& v, size_t n_kv, size_t chunk, const std::vector<float>& q,
                              const std::vector<int32_t>& pos) {
-  ensure_device();
+  require_device();
   check(chunk >= 1 && chunk <= static_cast<size_t>(kChunk), "attention: chunk must be in 1..{}", kChunk);
   DevKV kv(p, geo.n_heads, geo.n_kv_heads, geo.head_dim, layer);
   kv.reserve(n_kv, nullptr);
@@ -1248,7 +1248,7 @@ std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int la
 
 SwigluInt8 swiglu_int8(const Weight& gate, const Weight& up, const std::vector<float>& x, const std::vector<float>& norm_w,
                        float eps) {
-  ensure_device();
+  require_device();
   Uploaded ug = upload_weight(gate), uu = upload_weight(up);
   const DevWeight* pair[2] = {&ug.w, &uu.w};
   check(norm_fusable(pair, 2, true), "swiglu_int8: a 4-bit pair the fused norm takes");
@@ -1268,7 +1268,7 @@ SwigluInt8 swiglu_int8(const Weight& gate, const Weight& up, const std::vector<f
 
 NormHandoff norm_handoff(const Weight& w, const std::vector<float>& x, const std::vector<float>& y0,
                          const std::vector<float>& norm_w, float eps, const Weight& gate, const Weight& up) {
-  ensure_device();
+  require_device();
   check(w.rows == gate.cols && x.size() == static_cast<size_t>(w.cols) && y0.size() == static_cast<size_t>(w.rows) &&
             norm_w.size() == y0.size(),
         "norm_handoff: shapes do not chain");
@@ -1296,7 +1296,7 @@ NormHandoff norm_handoff(const Weight& w, const std::vector<float>& x, const std
 }
 
 std::vector<float> matmul_handed(const Weight& w, const std::vector<float>& y, const std::vector<float>& norm_w, float eps) {
-  ensure_device();
+  require_device();
   check(y.size() == static_cast<size_t>(w.cols) && norm_w.size() == y.size() && w.cols % 8 == 0,
         "matmul_handed: shapes do not chain");
   // The producer: a zero 4-bit weight of one 32-column block added into y, so y stays as it

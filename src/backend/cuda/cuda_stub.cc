@@ -10,6 +10,7 @@ const char* kWhy = "this build has no CUDA backend (nvcc was not found when it w
 }
 
 std::string unavailable_reason() { return kWhy; }
+void require_device() { fail("--device cuda: {}", kWhy); }
 std::unique_ptr<Model> load_model(const std::string&) { fail("--device cuda: {}", kWhy); }
 size_t device_memory_used() { return 0; }
 void set_decode_int8(bool) {}
