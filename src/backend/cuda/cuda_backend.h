@@ -93,9 +93,11 @@ struct DeltaStepIn {
 std::vector<float> delta_step(const DeltaStepIn& in, std::vector<float>& s);
 // A KV cache of this policy on the GPU: appends k, v ([n_kv][n_kv_heads][head_dim]) in
 // chunks of at most `chunk` tokens, then attends q ([n_q][n_heads][head_dim]) at `pos`.
+// state (optional): the cache after the appends, as the CPU slot's state bytes (KVSlot::restore
+// makes a CPU slot holding exactly the GPU's codes, norms and window rows).
 std::vector<float> attention(const CachePolicy& p, const KVGeometry& g, int layer, const std::vector<float>& k,
                              const std::vector<float>& v, size_t n_kv, size_t chunk, const std::vector<float>& q,
-                             const std::vector<int32_t>& pos);
+                             const std::vector<int32_t>& pos, std::string* state = nullptr);
 // A decode step's MLP input stage on the int8 path: g = silu(gate·n) ⊙ (up·n) with n =
 // RMSNorm(x)·norm_w built by the matvec's blocks, and the int8 copy of g the next matvec
 // reads — written by the same launch where it can (fused), else by the quantize kernel:

@@ -1222,7 +1222,7 @@ std::vector<float> delta_step(const DeltaStepIn& in, std::vector<float>& s) {
 
 std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int layer, const std::vector<float>& k,
                              const std::vector<float>& v, size_t n_kv, size_t chunk, const std::vector<float>& q,
-                             const std::vector<int32_t>& pos) {
+                             const std::vector<int32_t>& pos, std::string* state) {
   require_device();
   check(chunk >= 1 && chunk <= static_cast<size_t>(kChunk), "attention: chunk must be in 1..{}", kChunk);
   DevKV kv(p, geo.n_heads, geo.n_kv_heads, geo.head_dim, layer);
@@ -1234,6 +1234,7 @@ std::vector<float> attention(const CachePolicy& p, const KVGeometry& geo, int la
     kv_append(kv.layer(), dk.get<float>() + t * row, dv.get<float>() + t * row, static_cast<int>(c), t, nullptr);
     kv.appended(c);
   }
+  if (state) *state = kv.host_state();
   const int n_q = static_cast<int>(pos.size());
   DevBuf dq = upload(q), dpos = upload(pos);
   const int sp = splits_for(kv.layer(), n_q, n_kv);

@@ -33,7 +33,7 @@ void gated_delta(const DeltaInputs&, std::vector<float>&, std::vector<float>&, b
 std::vector<float> delta_step(const DeltaStepIn&, std::vector<float>&) { fail("{}", kWhy); }
 std::vector<float> attention(const CachePolicy&, const KVGeometry&, int, const std::vector<float>&,
                              const std::vector<float>&, size_t, size_t, const std::vector<float>&,
-                             const std::vector<int32_t>&) {
+                             const std::vector<int32_t>&, std::string*) {
   fail("{}", kWhy);
 }
 SwigluInt8 swiglu_int8(const Weight&, const Weight&, const std::vector<float>&, const std::vector<float>&, float) {
