@@ -47,3 +47,31 @@ for r in $(seq 1 "$ROUNDS"); do
     printf '%-12s round %s rc=%s %s\n' "${labels[$i]}" "$r" "$rc" "$(grep -E '^\| [a-z0-9]+ \|' "$log" | grep -v '^| kv' | tr '\n' ' ')"
   done
 done
+# Means over the rounds: decode tok/s per (kv, depth) and variant, each variant against the
+# first (its % change), and each code cache against fp16 within the variant (its ratio).
+echo
+echo "means of $ROUNDS rounds (decode tok/s; vs ${labels[0]}; code caches: x fp16 of the same variant)"
+for i in "${!labels[@]}"; do
+  for r in $(seq 1 "$ROUNDS"); do
+    awk -v label="${labels[$i]}" '$2 == "depth" && $5 == "tok/s" { sub(":", "", $3); print label, $1, $3, $4 }' \
+      "$OUT/${labels[$i]}_$r.log"
+  done
+done | awk -v first="${labels[0]}" '
+  { key = $2 " " $3; s[$1, key] += $4; n[$1, key]++
+    if (!(key in seen)) { seen[key] = 1; keys[++nk] = key }
+    if (!($1 in lab)) { lab[$1] = 1; labs[++nl] = $1 } }
+  END {
+    printf "%-8s %8s", "kv", "depth"; for (j = 1; j <= nl; ++j) printf " %24s", labs[j]; print ""
+    for (k = 1; k <= nk; ++k) {
+      split(keys[k], kd, " "); printf "%-8s %8s", kd[1], kd[2]
+      for (j = 1; j <= nl; ++j) {
+        m = n[labs[j], keys[k]] ? s[labs[j], keys[k]] / n[labs[j], keys[k]] : 0
+        b = n[first, keys[k]] ? s[first, keys[k]] / n[first, keys[k]] : 0
+        f = n[labs[j], "fp16 " kd[2]] ? s[labs[j], "fp16 " kd[2]] / n[labs[j], "fp16 " kd[2]] : 0
+        cell = sprintf("%.1f", m)
+        if (j > 1 && b > 0) cell = cell sprintf(" %+.1f%%", 100 * (m / b - 1))
+        if (kd[1] != "fp16" && f > 0) cell = cell sprintf(" %.3fx", m / f)
+        printf " %24s", cell
+      }
+      print ""
+    } }'
