@@ -608,9 +608,7 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
           cpu->append(std::span<const float>(k.data() + t * row, c * row),
                       std::span<const float>(v.data() + t * row, c * row), c);
         }
-        // (code caches with both sides coded — GPU caches with one dense side have no CPU form
-        // yet —: the GPU's cache after the appends as a CPU slot)
-        const bool mirrored = p.k_bits < 16 && p.v_bits < 16;
+        const bool mirrored = !p.dense;  // (code caches: the GPU's cache after the appends as a CPU slot)
         std::unique_ptr<KVSlot> mirror;
         int flips = 0;
         for (int nq : nqs) {
@@ -1061,7 +1059,8 @@ TEST(Cuda, SessionsForkAndRewindOnGpu) {
 // transposed), has the same size as the CPU's file of the same tokens, loads back on the GPU
 // to continue bit for bit, and loads on the CPU to continue within the GPU-vs-CPU bound;
 // a CPU file loads on the GPU likewise. Code caches with and without a window, mixed code
-// widths, fp16 rows; the hybrid model and an attention-only one (head_dim 8: plain packing).
+// widths, fp16 keys with 3-bit values (no ring for the dense side on the GPU), fp16 rows; the
+// hybrid model and an attention-only one (head_dim 8: plain packing).
 TEST(Cuda, SessionFilesMoveBetweenCpuAndGpu) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(test::fresh_seed());
@@ -1070,6 +1069,7 @@ TEST(Cuda, SessionFilesMoveBetweenCpuAndGpu) {
                                         {TQ_TEST_DATA "/trained_qwen35", "fp16", kFp16Tol},
                                         {TQ_TEST_DATA "/trained_qwen35", "k8v3", kCodesTol},
                                         {TQ_TEST_DATA "/trained_qwen35", "tq4+w0", kCodesTol},
+                                        {TQ_TEST_DATA "/trained_qwen35", "k16v3", kCodesTol},
                                         {TQ_SOURCE_DIR "/models/stories260K", "tq3", kCodesTol}};
   for (const auto& mc : cases) {
     auto cpu = Model::load(mc.dir);

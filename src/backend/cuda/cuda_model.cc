@@ -243,12 +243,13 @@ class DevKV {
   DevKV& operator=(const DevKV&) = delete;
 
   // This cache as the CPU slot's state bytes (KVSlot::state of a TurboQuantKV or DenseKV of
-  // the same policy: per token and KV head the K and V rows, with each code row's fp16 norm;
-  // then for codes the ring size, the window row count and those rows), so sessions on the
-  // GPU save to and load from the CPU's session files. 3-bit codes are repacked between the
-  // GPU's nibble layout and the CPU's bit stream; the rest is stored alike.
+  // the same policy: per token and KV head the K and V rows — a code side's packed codes and
+  // fp16 norm, a dense side's row as stored —; then for TurboQuant policies the ring size, the
+  // window row count and those rows, K's then V's, each of the side's dim in fp16), so sessions
+  // on the GPU save to and load from the CPU's session files. 3-bit codes are repacked between
+  // the GPU's nibble layout and the CPU's bit stream; the rest is stored alike. A dense side of
+  // a TurboQuant policy (k16v3) has no ring on the GPU: its window rows are its fp16 rows.
   std::string host_state() const {
-    const Layout f = layout();
     const size_t n = n_, G = L_.n_kv_heads;
     std::vector<std::vector<uint8_t>> rows[2];
     std::vector<std::vector<uint16_t>> norms[2];
@@ -258,34 +259,34 @@ class DevKV {
         rows[side].emplace_back(n * S.row_bytes);
         TQ_CUDA_CHECK(cudaMemcpy(rows[side][g].data(), S.rows + g * L_.cap * S.row_bytes, n * S.row_bytes,
                                  cudaMemcpyDeviceToHost));
-        if (!f.codes) continue;
+        if (S.bits >= 16) continue;
         norms[side].emplace_back(n);
         TQ_CUDA_CHECK(cudaMemcpy(norms[side][g].data(), S.norms + g * L_.cap, n * 2, cudaMemcpyDeviceToHost));
       }
     }
     std::string out;
-    std::vector<uint8_t> codes(f.D), packed(packed_bytes(f.D, 8));
+    std::vector<uint8_t> codes(std::max(L_.k.dim, L_.v.dim)), packed(codes.size());
     for (size_t t = 0; t < n; ++t)
       for (size_t g = 0; g < G; ++g)
         for (int side = 0; side < 2; ++side) {
           const DevKVSide& S = side ? L_.v : L_.k;
           const uint8_t* row = rows[side][g].data() + t * S.row_bytes;
-          if (!f.codes) {
+          if (S.bits >= 16) {
             out.append(reinterpret_cast<const char*>(row), S.row_bytes);
             continue;
           }
           const uint8_t* src = row;
           if (S.nib3) {
-            for (int d = 0; d < f.D; ++d)
+            for (int d = 0; d < S.dim; ++d)
               codes[d] = static_cast<uint8_t>((nib3_codes8(reinterpret_cast<const uint32_t*>(row), d / 32, d % 32 / 8) >>
                                                (4 * (d % 8))) & 7u);
-            pack_codes(codes.data(), f.D, 3, packed.data());
+            pack_codes(codes.data(), S.dim, 3, packed.data());
             src = packed.data();
           }
-          out.append(reinterpret_cast<const char*>(src), packed_bytes(f.D, S.bits));
+          out.append(reinterpret_cast<const char*>(src), packed_bytes(S.dim, S.bits));
           out.append(reinterpret_cast<const char*>(&norms[side][g][t]), 2);
         }
-    if (!f.codes) return out;
+    if (!turboquant()) return out;
     const size_t W = L_.window;
     const uint64_t rows_out = W == 0 ? 0 : std::clamp<size_t>(L_.ring_rows, W, W + n);
     const size_t from = W == 0 ? n : std::max(ring_lo_, n > W ? n - W : 0);
@@ -295,54 +296,63 @@ class DevKV {
     if (count == 0) return out;
     std::vector<__half> ring[2];
     for (int side = 0; side < 2; ++side) {
-      ring[side].resize(G * L_.ring_rows * f.D);
-      TQ_CUDA_CHECK(cudaMemcpy(ring[side].data(), (side ? L_.v : L_.k).ring, ring[side].size() * 2, cudaMemcpyDeviceToHost));
+      const DevKVSide& S = side ? L_.v : L_.k;
+      if (S.bits >= 16) continue;
+      ring[side].resize(G * L_.ring_rows * S.dim);
+      TQ_CUDA_CHECK(cudaMemcpy(ring[side].data(), S.ring, ring[side].size() * 2, cudaMemcpyDeviceToHost));
     }
     for (size_t t = from; t < n; ++t)
       for (size_t g = 0; g < G; ++g)
-        for (int side = 0; side < 2; ++side)
-          out.append(reinterpret_cast<const char*>(ring[side].data() + (g * L_.ring_rows + t % L_.ring_rows) * f.D),
-                     2 * f.D);
+        for (int side = 0; side < 2; ++side) {
+          const DevKVSide& S = side ? L_.v : L_.k;
+          if (S.bits >= 16)
+            out.append(reinterpret_cast<const char*>(rows[side][g].data() + t * S.row_bytes), S.row_bytes);
+          else
+            out.append(reinterpret_cast<const char*>(ring[side].data() + (g * L_.ring_rows + t % L_.ring_rows) * S.dim),
+                       2 * S.dim);
+        }
     return out;
   }
   // The reverse, into this empty cache (st: KVSlot::state bytes of n tokens).
   void load_host_state(const std::string& st, size_t n, cudaStream_t s) {
     check(n_ == 0, "load_host_state: the cache is not empty");
-    const Layout f = layout();
     const size_t G = L_.n_kv_heads;
-    const size_t per_token =
-        G * (f.codes ? packed_bytes(f.D, L_.k.bits) + packed_bytes(f.D, L_.v.bits) + 4 : L_.k.row_bytes + L_.v.row_bytes);
-    check(st.size() >= n * per_token + (f.codes ? 16 : 0), "KV state: {} bytes for {} tokens, expected at least {}",
-          st.size(), n, n * per_token + (f.codes ? 16 : 0));
+    auto stored = [](const DevKVSide& S) {  // bytes per token and KV head in the state
+      return S.bits >= 16 ? static_cast<size_t>(S.row_bytes) : packed_bytes(S.dim, S.bits) + 2;
+    };
+    const bool tq = turboquant();
+    const size_t per_token = G * (stored(L_.k) + stored(L_.v));
+    check(st.size() >= n * per_token + (tq ? 16 : 0), "KV state: {} bytes for {} tokens, expected at least {}",
+          st.size(), n, n * per_token + (tq ? 16 : 0));
     reserve(std::max<size_t>(n, 1), s);
     std::vector<std::vector<uint8_t>> rows[2];
     std::vector<std::vector<uint16_t>> norms[2];
     for (int side = 0; side < 2; ++side) {
       const DevKVSide& S = side ? L_.v : L_.k;
       rows[side].assign(G, std::vector<uint8_t>(n * S.row_bytes, 0));
-      norms[side].assign(G, std::vector<uint16_t>(f.codes ? n : 0));
+      norms[side].assign(G, std::vector<uint16_t>(S.bits < 16 ? n : 0));
     }
     const char* p = st.data();
-    std::vector<uint8_t> codes(f.D);
+    std::vector<uint8_t> codes(std::max(L_.k.dim, L_.v.dim));
     for (size_t t = 0; t < n; ++t)
       for (size_t g = 0; g < G; ++g)
         for (int side = 0; side < 2; ++side) {
           const DevKVSide& S = side ? L_.v : L_.k;
           uint8_t* row = rows[side][g].data() + t * S.row_bytes;
-          if (!f.codes) {
+          if (S.bits >= 16) {
             std::memcpy(row, p, S.row_bytes), p += S.row_bytes;
             continue;
           }
           if (S.nib3) {
-            unpack_codes(reinterpret_cast<const uint8_t*>(p), f.D, 3, codes.data());
-            for (int w = 0; w < 3 * f.D / 32; ++w) {
+            unpack_codes(reinterpret_cast<const uint8_t*>(p), S.dim, 3, codes.data());
+            for (int w = 0; w < 3 * S.dim / 32; ++w) {
               const uint32_t word = nib3_word(codes.data() + 32 * (w / 3), w % 3);
               std::memcpy(row + 4 * w, &word, 4);
             }
           } else {
-            std::memcpy(row, p, packed_bytes(f.D, S.bits));
+            std::memcpy(row, p, packed_bytes(S.dim, S.bits));
           }
-          p += packed_bytes(f.D, S.bits);
+          p += packed_bytes(S.dim, S.bits);
           std::memcpy(&norms[side][g][t], p, 2), p += 2;
         }
     for (int side = 0; side < 2; ++side) {
@@ -350,27 +360,29 @@ class DevKV {
       for (size_t g = 0; g < G; ++g) {
         TQ_CUDA_CHECK(cudaMemcpy(S.rows + g * L_.cap * S.row_bytes, rows[side][g].data(), n * S.row_bytes,
                                  cudaMemcpyHostToDevice));
-        if (f.codes)
+        if (S.bits < 16)
           TQ_CUDA_CHECK(cudaMemcpy(S.norms + g * L_.cap, norms[side][g].data(), n * 2, cudaMemcpyHostToDevice));
       }
     }
     size_t from = n;
-    if (f.codes) {
+    if (tq) {
       uint64_t rows_in = 0, count = 0;
       std::memcpy(&rows_in, p, 8), std::memcpy(&count, p + 8, 8), p += 16;
-      const size_t W = L_.window;
+      const size_t W = L_.window, wk = 2 * static_cast<size_t>(L_.k.dim), wv = 2 * static_cast<size_t>(L_.v.dim);
       check(count <= n && count <= W, "KV state: window row count {} is inconsistent with {} tokens and window {}", count,
             n, W);
-      check(static_cast<size_t>(st.data() + st.size() - p) == count * G * 4 * f.D,
+      check(static_cast<size_t>(st.data() + st.size() - p) == count * G * (wk + wv),
             "KV state: {} bytes after the codes, expected {} window rows", st.data() + st.size() - p, count);
       from = n - count;
-      for (int side = 0; side < 2 && count > 0; ++side) {
-        std::vector<__half> ring(G * L_.ring_rows * f.D);
+      for (int side = 0; side < 2 && count > 0; ++side) {  // (a dense side's window rows are its rows)
+        const DevKVSide& S = side ? L_.v : L_.k;
+        if (S.bits >= 16) continue;
+        std::vector<__half> ring(G * L_.ring_rows * S.dim);
         for (size_t t = from; t < n; ++t)
           for (size_t g = 0; g < G; ++g)
-            std::memcpy(ring.data() + (g * L_.ring_rows + t % L_.ring_rows) * f.D,
-                        p + ((t - from) * G * 2 + 2 * g + side) * 2 * f.D, 2 * f.D);
-        TQ_CUDA_CHECK(cudaMemcpy((side ? L_.v : L_.k).ring, ring.data(), ring.size() * 2, cudaMemcpyHostToDevice));
+            std::memcpy(ring.data() + (g * L_.ring_rows + t % L_.ring_rows) * S.dim,
+                        p + ((t - from) * G + g) * (wk + wv) + (side ? wk : 0), 2 * S.dim);
+        TQ_CUDA_CHECK(cudaMemcpy(S.ring, ring.data(), ring.size() * 2, cudaMemcpyHostToDevice));
       }
     } else {
       check(p == st.data() + st.size(), "KV state: {} bytes for {} tokens, expected {}", st.size(), n, n * per_token);
@@ -466,18 +478,9 @@ class DevKV {
     s.norms = norms.get<uint16_t>();
   }
 
-  // What the CPU's slot stores: both sides codes (D of them per row, packed_bytes(D, bits)
-  // bytes), or both dense rows; a cache with one dense side has no CPU slot form here.
-  struct Layout {
-    bool codes;
-    int D;
-  };
-  Layout layout() const {
-    const bool kc = L_.k.bits < 16, vc = L_.v.bits < 16;
-    check(kc == vc && L_.k.dim == L_.v.dim,
-          "session files on the GPU: a cache with one dense side is not supported yet");
-    return {kc, L_.k.dim};
-  }
+  // A TurboQuant policy (codes on at least one side: the CPU's TurboQuantKV, whose state ends
+  // with the window part) or a dense one (DenseKV: rows alone).
+  bool turboquant() const { return L_.k.bits < 16 || L_.v.bits < 16; }
 
   DevKVLayer L_;
   size_t n_ = 0, ring_lo_ = 0;
