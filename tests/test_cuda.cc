@@ -541,13 +541,6 @@ TEST(Cuda, DeltaStepMatchesCpu) {
   }
 }
 
-// Attention over a GPU cache of each policy equals attention over the CPU slot of the same
-// policy (same seeds, same chunked appends): decode and a causal block of queries, with the
-// tensor-core kernel (where the layer fits it) and with the float kernel over the same GPU
-// cache, so their difference is the kernels' alone. Code caches are also compared with a CPU
-// slot restored from the GPU cache's own bytes (its mirror): the encoders token by token, and
-// the kernels against the CPU's attention over exactly the GPU's codes.
-// (i8: the direct path's int8 scores, here in every split: the test's caches are short)
 // Token-heads (t, g) whose decoded K or V differ between two slots by more than 1e-3 relative:
 // the GPU's float norm and the CPU's double norm can put a coordinate on either side of a
 // codebook boundary (one level apart: a few percent of the vector); fp16 rounding of norms and
@@ -565,6 +558,13 @@ int encoder_flips(const KVSlot& a, const KVSlot& b, size_t n) {
   return flips;
 }
 
+// Attention over a GPU cache of each policy equals attention over the CPU slot of the same
+// policy (same seeds, same chunked appends): decode and a causal block of queries, with the
+// tensor-core kernel (where the layer fits it) and with the float kernel over the same GPU
+// cache, so their difference is the kernels' alone. Code caches are also compared with a CPU
+// slot restored from the GPU cache's own bytes (its mirror): the encoders token by token, and
+// the kernels against the CPU's attention over exactly the GPU's codes.
+// (i8: the direct path's int8 scores, here in every split: the test's caches are short)
 struct AttentionKernel {
   AttentionKernel(bool tc, bool tiled, bool i8 = true)
       : saved(cuda::attention_tc()), saved_tiled(cuda::attention_tiled()), saved_i8(cuda::attention_int8()),
