@@ -44,7 +44,7 @@ for r in $(seq 1 "$ROUNDS"); do
     env ${envs[$i]} timeout 300 "${bins[$i]}" bench-depth -m "$MODEL" --device "$DEVICE" --kv "$KV" --depths "$DEPTHS" \
       --gen "$GEN" --prefill 16 > "$log" 2>&1
     rc=$?
-    printf '%-12s round %s rc=%s %s\n' "${labels[$i]}" "$r" "$rc" "$(grep -E '^\| [a-z0-9]+ \|' "$log" | grep -v '^| kv' | tr '\n' ' ')"
+    printf '%-12s round %s rc=%s %s\n' "${labels[$i]}" "$r" "$rc" "$(grep -E '^\| [a-z0-9+]+ \|' "$log" | grep -v '^| kv' | tr '\n' ' ')"
   done
 done
 # Means over the rounds: decode tok/s per (kv, depth) and variant, each variant against the

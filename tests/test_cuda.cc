@@ -586,8 +586,8 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
   SKIP_WITHOUT_GPU();
   std::mt19937_64 rng(test::fresh_seed());
   ThreadPool pool(2);
-  // (query heads per KV head: 4, 2, 8, 4, 8, 3, 1, 2; 3-bit codes of dim 256 with ≤ 4 take the
-  // tensor-core kernel's direct path, 8 its tile path)
+  // (query heads per KV head: 4, 2, 8, 4, 8, 3, 1, 2; 3- and 4-bit codes of dim 256 with ≤ 4
+  // take the tensor-core kernel's direct path, 8 its tile path)
   const std::vector<KVGeometry> geos = {{16, 4, 256}, {4, 2, 256}, {16, 2, 256}, {8, 2, 128},
                                         {16, 2, 128}, {6, 2, 64},  {8, 8, 64},   {8, 4, 8}};
   for (const char* pol : {"fp16", "f32", "tq3", "tq4", "k8v3", "tq3+w0", "k16v3", "tq2+w16"}) {
@@ -664,7 +664,7 @@ TEST(Cuda, AttentionMatchesCpuSlot) {
           // of fully coded chunks on the int8 grid (V as bytes under a constant high byte), each
           // off by ≤ e8 relative to the codebook's rms entry (attention_int8_error), the queries as
           // int16 and those chunks' weights as fp16 hi parts alone (2^-12): K's and V's errors
-          // add, bound 3 · (2^-11 + e8).
+          // add, bound 3 · (2^-11 + e8). (Its 4-bit codes keep the fp16 form: e8 = 0.)
           const bool direct =
               p.k_bits == 3 && p.v_bits == 3 && geo.head_dim == 256 && geo.n_heads <= 4 * geo.n_kv_heads;
           const double e8 = direct ? cuda::attention_int8_error(256) : 0.0;

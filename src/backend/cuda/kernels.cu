@@ -1429,8 +1429,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
 // pipeline of raw rows: fp16 rows land padded to R halves (ready for ldmatrix), code rows
 // land as stored and are decoded, half the dims at a time, into an fp16 tile (3-bit codes
 // by prmt from a register table, see nib3; 2/4-bit through a shared table of centroid
-// pairs; 8-bit one lookup per code; 3-bit codes of 256-dim heads with at most 4 query heads
-// per KV head skip the tile: the direct path, below). Scores are K̂ (16 tokens × D) · Q (D × 8 query-head
+// pairs; 8-bit one lookup per code; 3- and 4-bit codes of 256-dim heads with at most 4 query
+// heads per KV head skip the tile: the direct path, below). Scores are K̂ (16 tokens × D) · Q (D × 8 query-head
 // columns); each warp keeps its own online softmax per head (the running max moves only by
 // 2^8, so rescaling is rare); values are added as V̂ᵀ (D × 16 tokens) · P (16 tokens × 8 heads). Queries and weights enter the products as
 // fp16 hi + lo pairs (≈ 22 significant bits), so fp16 caches agree with the CPU to float
@@ -1518,17 +1518,36 @@ __device__ __forceinline__ uint4 decode8_sel(uint32_t s, const Prmt8& t) {
   return make_uint4(__byte_perm(la, ha, 0x5140), __byte_perm(la, ha, 0x7362), __byte_perm(lb, hb, 0x5140),
                     __byte_perm(lb, hb, 0x7362));
 }
+// 8 4-bit codes as the nibbles of w (code j at bits 4j) → their 8 centroids as 4 half2 words,
+// for a codebook symmetric about 0 (lloyd_max_codebook makes it exactly so: c[k] = −c[15 − k])
+// from a table of its upper half t = c[8 … 15]: codes 8-15 are t[k − 8], codes 0-7 are
+// −t[7 − k] — the low 3 bits flipped where bit 3 is clear, then the fp16 sign bit set there.
+__device__ __forceinline__ uint4 decode8_sym4(uint32_t w, const Prmt8& t) {
+  const uint32_t n = ~w & 0x88888888u;  // bit 3 of the codes 0-7 (the negative half)
+  uint4 d = decode8_sel((w ^ ((n >> 1) | (n >> 2) | (n >> 3))) & 0x77777777u, t);
+  // Word k holds codes 2k and 2k + 1: their sign bits (15, 31) from n's bits 8k + 3 and 8k + 7,
+  // i.e. bit 7 of byte k of n << 4 and of n.
+  const uint32_t n4 = n << 4;
+  d.x ^= __byte_perm(n4, n, 0x4000) & 0x80008000u;
+  d.y ^= __byte_perm(n4, n, 0x5010) & 0x80008000u;
+  d.z ^= __byte_perm(n4, n, 0x6020) & 0x80008000u;
+  d.w ^= __byte_perm(n4, n, 0x7030) & 0x80008000u;
+  return d;
+}
 
 // The code sides' centroid tables of a block (K, V): 3-bit as register tables (t3), 2/4-bit
 // as shared tables of centroid pairs and 8-bit of single centroids (lut: [K, V][256] half2),
 // filled by the block's threads (kb, vb: the sides' widths; fp16 sides get none).
-__device__ __forceinline__ void kv_tables(const DevKVLayer& L, int kb, int vb, Prmt8 (&t3)[2], __half2* lut) {
+__device__ __forceinline__ void kv_tables(const DevKVLayer& L, int kb, int vb, Prmt8 (&t3)[2], __half2* lut,
+                                          bool direct = false) {
   for (int side = 0; side < 2; ++side) {
     const DevKVSide& S = side ? L.v : L.k;
     const int b = side ? vb : kb;
     t3[side] = {};
     if (b == 3) {
       t3[side] = prmt8_table(S.centroids);
+    } else if (b == 4 && direct) {  // the direct path's 4-bit codes: the codebook's upper half (decode8_sym4)
+      t3[side] = prmt8_table(S.centroids + 8);
     } else if (b == 2 || b == 4) {
       for (int i = threadIdx.x; i < (1 << (2 * b)); i += blockDim.x)
         lut[side * 256 + i] = __floats2half2_rn(S.centroids[i & ((1 << b) - 1)], S.centroids[i >> b]);
@@ -1677,8 +1696,9 @@ __device__ __forceinline__ void decode_tile(int half, int b, int rb, const uint3
   else decode_tile_b<D, 8>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c_mod);
 }
 
-// The direct path (3-bit codes on both sides, D = 256): codes decode straight into the mma
-// fragments, no fp16 tile. The products' inner and row indices may follow any order of the
+// The direct path (3- or 4-bit codes on both sides, D = 256): codes decode straight into the
+// mma fragments, no fp16 tile (a group of 32 codes is a nib3 group, or 4 words of 4-bit codes:
+// direct_decode8). The products' inner and row indices may follow any order of the
 // dims as long as both operands (and the output's reader) agree, so each lane is given
 // dims that sit together in storage:
 // - scores: k-step kk's column 2·tig + (e & 1) + 8·(e >> 1) is stored dim 64·tig + 4·kk + e,
@@ -1709,14 +1729,22 @@ __device__ __forceinline__ DirectRow direct_row(const uint32_t* raw, int rw, int
   return {raw + r * rw, kRows == kPlain ? nullptr : ring + ((c_mod + r) % ring_rows) * 256,
           kRows == kPlain || (kRows == kMixed && r < n_coded), r < n_valid};
 }
+// Codes 8·part … 8·part + 7 of group g (32 codes) of a stored row → their 8 centroids: B = 3,
+// the nib3 layout (t: the codebook); B = 4, the plain layout, where word 4g + part holds
+// them as nibbles (t: the codebook's upper half, decode8_sym4).
+template <int B>
+__device__ __forceinline__ uint4 direct_decode8(const uint32_t* raw, int g, int part, const Prmt8& t) {
+  if constexpr (B == 4) return decode8_sym4(raw[4 * g + part], t);
+  else return decode8_sel(nib3_codes8(raw, g, part), t);
+}
 // 8 centroids of one selector of a row (stored dims d0 … d0 + 7, d0 a multiple of 8): codes
 // when coded, the window row's values when valid, else zeros.
-template <int kRows>
+template <int kRows, int B>
 __device__ __forceinline__ uint4 direct_words(const DirectRow& row, int g, int part, const Prmt8& t, int d0) {
-  if constexpr (kRows == kPlain) return decode8_sel(nib3_codes8(row.raw, g, part), t);
+  if constexpr (kRows == kPlain) return direct_decode8<B>(row.raw, g, part, t);
   const uint4 w = *reinterpret_cast<const uint4*>(row.ring + d0);
   if constexpr (kRows == kRing) return row.valid ? w : make_uint4(0, 0, 0, 0);
-  const uint4 d = decode8_sel(nib3_codes8(row.raw, g, part), t);
+  const uint4 d = direct_decode8<B>(row.raw, g, part, t);
   return row.coded ? d : row.valid ? w : make_uint4(0, 0, 0, 0);
 }
 // With at most 4 query heads per KV head, the 8 columns of the B operands hold the queries'
@@ -1725,7 +1753,7 @@ __device__ __forceinline__ uint4 direct_words(const DirectRow& row, int g, int p
 // direct_values).
 // s += K̂ · [Q hi | Q lo] over the chunk, K̂ straight from the raw rows (stride rw words).
 // Even and odd k-step pairs accumulate apart (s, s2: two independent mma chains of 8).
-template <int kRows>
+template <int kRows, int B>
 __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], const uint32_t* kr, int rw, const __half* qh, int R,
                                               const Prmt8& t, int lane, int n_valid, int n_coded, const __half* ring,
                                               int ring_rows, int c_mod) {
@@ -1738,8 +1766,8 @@ __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], con
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int d0 = 64 * tig + 32 * gq + 8 * j;
-      u0[j] = direct_words<kRows>(r0, 2 * tig + gq, j, t, d0);
-      u1[j] = direct_words<kRows>(r1, 2 * tig + gq, j, t, d0);
+      u0[j] = direct_words<kRows, B>(r0, 2 * tig + gq, j, t, d0);
+      u1[j] = direct_words<kRows, B>(r1, 2 * tig + gq, j, t, d0);
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -1772,11 +1800,12 @@ __device__ __forceinline__ uint4 decode8_v(uint32_t s, uint32_t t0, uint32_t t1)
 // and no permute pairs tokens. Lane (gid, tig) reads tokens 8·ks + tig (+4), dims of nib3
 // group gid; acc[mt][k] is head tig, stored dim 32·gid + 4·mt + k. V8: the byte table (vt0,
 // vt1; plain chunks only), its constant part into bias.
-template <int kRows, bool V8>
+template <int kRows, bool V8, int B>
 __device__ __forceinline__ void direct_values(float (&acc)[8][4], float (&bias)[4], const uint32_t* vr, int rw,
                                               const uint32_t (&b)[2][2][2], const Prmt8& t, uint32_t vt0, uint32_t vt1,
                                               int lane, int n_valid, int n_coded, const __half* ring, int ring_rows,
                                               int c_mod) {
+  static_assert(!V8 || B == 3, "the values' byte table is for 3-bit codes");
   const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
   for (int ks = 0; ks < 2; ++ks) {
@@ -1789,8 +1818,8 @@ __device__ __forceinline__ void direct_values(float (&acc)[8][4], float (&bias)[
         w0 = decode8_v(nib3_codes8(r0.raw, gid, part), vt0, vt1);
         w4 = decode8_v(nib3_codes8(r4.raw, gid, part), vt0, vt1);
       } else {
-        w0 = direct_words<kRows>(r0, gid, part, t, 32 * gid + 8 * part);
-        w4 = direct_words<kRows>(r4, gid, part, t, 32 * gid + 8 * part);
+        w0 = direct_words<kRows, B>(r0, gid, part, t, 32 * gid + 8 * part);
+        w4 = direct_words<kRows, B>(r4, gid, part, t, 32 * gid + 8 * part);
       }
       const uint32_t a0[4] = {w0.x, w0.y, w4.x, w4.y}, a1[4] = {w0.z, w0.w, w4.z, w4.w};
 #pragma unroll
@@ -1842,7 +1871,8 @@ __device__ __forceinline__ void direct_scores_i8(float (&s)[4], const uint32_t* 
 
 // D: the padded dim of both sides (64, 128, 256); KB, VB: the sides' formats compiled in
 // (16: fp16 rows, else code bits; 0: the layer's, read at run time); DIRECT: the direct
-// path above (D = 256, KB = VB = 3, at most 4 query heads per KV head).
+// path above (D = 256, KB = VB = 3 or 4, at most 4 query heads per KV head; the int8 forms —
+// K's scores, V's byte table — for 3-bit codes only).
 // TcTail: after attention_tiled_kernel, the window's part of a prefill chunk — tokens from
 // window_cut on, split n_splits ways into the partials' slots [base, base + n_splits) of
 // stride per (query, head); {0, 0}: every token, slots [0, n_splits).
@@ -1871,7 +1901,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   // launches (kv_append's blocks let it launch only after their own wait). The cache rows
   // and ring_lo are read after the wait.
   Prmt8 t3[2];
-  kv_tables(L, kb, vb, t3, lut);
+  kv_tables(L, kb, vb, t3, lut, DIRECT);
   // The direct path reads its fp16 tables (window chunks, the fp16 form) from shared memory
   // where it uses them: 8 registers fewer held across the chunk loop (PERF v25).
   __shared__ Prmt8 dir_t3[2];
@@ -1912,7 +1942,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   __shared__ float2 i8_f[4];  // (read per chunk: the registers are full)
   uint2* qi8 = reinterpret_cast<uint2*>(lut);
   bool use_i8 = false;
-  if (DIRECT && L.k.i8_inv != 0 && tail.stride == 0) {
+  if (DIRECT && KB == 3 && L.k.i8_inv != 0 && tail.stride == 0) {
     const size_t p0 = pos[qi], end0 = min(p0 + 1, n_tokens);
     const size_t per0 = ((end0 + n_splits - 1) / n_splits + kTcTok - 1) / kTcTok * kTcTok;
     const size_t t00 = min(static_cast<size_t>(split) * per0, end0);
@@ -1979,7 +2009,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   auto issue = [&](int c, int st) {
     unsigned char* sg = mine + st * lay.stage;
     const bool in_window = c >= bnd;  // every token of the chunk in the fp16 ring: a code side's rows unread
-    if constexpr (DIRECT) {  // (both sides 3-bit codes)
+    if constexpr (DIRECT) {  // (both sides 3- or 4-bit codes)
       if (!in_window) {
 #pragma unroll
         for (int k = 0; k < (rbk + 31) / 32; ++k)  // 16 rows = rb pieces of 16 bytes
@@ -2008,7 +2038,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   for (int mt = 0; mt < MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0;
   float bias[4] = {0, 0, 0, 0};  // direct path, V's byte table: 36 · Σ w per column (direct_values)
   // The direct path's byte table of V (direct_values) where the int8 tables are on.
-  const bool v8 = DIRECT && L.v.i8_inv != 0;
+  const bool v8 = DIRECT && VB == 3 && L.v.i8_inv != 0;
   const uint32_t vt0 = L.v.i8_t[0] ^ 0x80808080u, vt1 = L.v.i8_t[1] ^ 0x80808080u;
   const float v8_scale = 32.0f * L.v.i8_inv;
   __half* tile = reinterpret_cast<__half*>(mine + 2 * lay.stage);
@@ -2067,15 +2097,16 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     const int c_mod = plain || L.ring_rows == 0 ? 0 : (t0m + c) % L.ring_rows;
     if constexpr (DIRECT) {
       const uint32_t* kr = reinterpret_cast<const uint32_t*>(sg);
-      if (plain && use_i8) {
-        direct_scores_i8(sa, kr, rbk / 4, qi8, L.k, i8_f[tig], lane);
+      if (KB == 3 && plain && use_i8) {
+        if constexpr (KB == 3) direct_scores_i8(sa, kr, rbk / 4, qi8, L.k, i8_f[tig], lane);
       } else {
-        if (plain) direct_scores<kPlain>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
+        if (plain)
+          direct_scores<kPlain, KB>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
         else if (n_coded == 0)
-          direct_scores<kRing>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
+          direct_scores<kRing, KB>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
         else
-          direct_scores<kMixed>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, kring, L.ring_rows,
-                                c_mod);
+          direct_scores<kMixed, KB>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, kring, L.ring_rows,
+                                    c_mod);
 #pragma unroll
         for (int k = 0; k < 4; ++k) sa[k] += sb[k];  // (the even and odd k-steps' chains)
       }
@@ -2181,18 +2212,19 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
       const uint4* bw = reinterpret_cast<const uint4*>(pbw) + 2 * lane;  // this lane's [hi, lo] words
       const uint4 bw0 = bw[0], bw1 = bw[1];
       const uint32_t b[2][2][2] = {{{bw0.x, bw0.y}, {bw0.z, bw0.w}}, {{bw1.x, bw1.y}, {bw1.z, bw1.w}}};
-      if (plain && v8)
-        direct_values<kPlain, true>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr, 1,
-                                    0);
-      else if (plain)
-        direct_values<kPlain, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, nullptr,
-                                     1, 0);
+      if (VB == 3 && plain && v8) {
+        if constexpr (VB == 3)
+          direct_values<kPlain, true, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded,
+                                          nullptr, 1, 0);
+      } else if (plain)
+        direct_values<kPlain, false, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded,
+                                         nullptr, 1, 0);
       else if (n_coded == 0)
-        direct_values<kRing, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, 0, vring,
-                                    L.ring_rows, c_mod);
+        direct_values<kRing, false, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, 0, vring,
+                                        L.ring_rows, c_mod);
       else
-        direct_values<kMixed, false>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, vring,
-                                     L.ring_rows, c_mod);
+        direct_values<kMixed, false, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, vring,
+                                         L.ring_rows, c_mod);
     } else if (vb < 16) {
       auto pass = [&](int half) {  // (called with constants: acc stays in registers)
         decode_tile<D>(half, vb, rbv, reinterpret_cast<const uint32_t*>(sg + lay.k_raw), t3[1], lut + 256, tile, lane,
@@ -4481,7 +4513,13 @@ void allow_smem(void (*kernel)(A...), size_t bytes, size_t& allowed) {
 template <int D, int KB, int VB, bool DIRECT = false>
 TcKernel tc_kernel(const DevKVLayer& L) {
   TcKernel k{attention_tc_kernel<D, KB, VB, DIRECT>, TcLayout(L, D, DIRECT).bytes()};
-  static size_t allowed = 48 << 10;  // (per instantiation)
+  // (per instantiation) The 48 KB a launch gets without opting in hold the kernel's static
+  // shared memory too (the 4-bit direct path's dynamic part is 48 KB exactly).
+  static size_t allowed = [&] {
+    cudaFuncAttributes a{};
+    TQ_CUDA_CHECK(cudaFuncGetAttributes(&a, k.fn));
+    return (size_t{48} << 10) - a.sharedSizeBytes;
+  }();
   allow_smem(k.fn, k.bytes, allowed);
   return k;
 }
@@ -4493,6 +4531,9 @@ TcKernel tc_kernel_dim(const DevKVLayer& L) {
   auto both = [&](int b) { return is(b, b); };
   if constexpr (D == 256) {
     if (both(3) && L.n_heads <= 4 * L.n_kv_heads) return tc_kernel<D, 3, 3, true>(L);
+    // (TQ_CUDA_DIRECT4=0: 4-bit codes through the tile path, for comparison)
+    static const bool direct4 = !(std::getenv("TQ_CUDA_DIRECT4") && std::getenv("TQ_CUDA_DIRECT4")[0] == '0');
+    if (direct4 && both(4) && L.n_heads <= 4 * L.n_kv_heads) return tc_kernel<D, 4, 4, true>(L);
     if (is(8, 3)) return tc_kernel<D, 8, 3>(L);  // (k8v3)
   }
   if (both(3)) return tc_kernel<D, 3, 3>(L);
