@@ -53,22 +53,22 @@ bool attention_tc();
 // set_attention_tiled(false) or TQ_CUDA_ATTN_TILED=0: the per-query kernel for them too.
 void set_attention_tiled(bool on);
 bool attention_tiled();
-// The per-query kernel's 3-bit direct path (dim 256, ≤ 4 query heads per KV head) takes the
-// scores of fully coded chunks on the int8 tensor cores: K's centroids as int8 at the scale
-// that fits them best (each off by ≤ attention_int8_error), the queries as int16 (hi + lo
-// int8), in splits of at least min_split tokens (the queries' int8 form is a prologue per
-// block: below about 8 chunks per warp it costs more than it saves, PERF v24); and V's
-// centroids of fully coded chunks on the same grid, in every split (as fp16 values 36 + s/32:
-// one permute per 2 codes; the weights as fp16 hi parts alone, PERF v25). On by default for
+// The per-query kernel's direct path (3- and 4-bit codes, dim 256, ≤ 4 query heads per KV
+// head) takes the scores of fully coded chunks on the int8 tensor cores: K's centroids as
+// int8 at the scale that fits them best (each off by ≤ attention_int8_error), the queries as
+// int16 (hi + lo int8), in splits of at least min_split tokens (the queries' int8 form is a
+// prologue per block: below about 8 chunks per warp it costs more than it saves, PERF v24);
+// and, for 3-bit V, its centroids of fully coded chunks on the same grid, in every split (as
+// fp16 values 36 + s/32: one permute per 2 codes; the weights as fp16 hi parts alone, PERF v25). On by default for
 // caches made after the call; set_attention_int8(false) or TQ_CUDA_ATTN_I8=0: the fp16 form of
 // both (centroids off by ≤ 2^-11 relative); TQ_CUDA_ATTN_I8_MIN sets min_split's default.
 constexpr int kAttentionI8MinSplit = 512;
 void set_attention_int8(bool on, int min_split = kAttentionI8MinSplit);
 bool attention_int8();
 int attention_int8_min_split();
-// The largest |ĉ − c| of the int8 centroid table for the 3-bit codebook of dim D, relative to
-// the codebook's root mean square entry.
-double attention_int8_error(int D);
+// The largest |ĉ − c| of the int8 centroid table for the codebook of dim D and 3 or 4 bits,
+// relative to the codebook's root mean square entry.
+double attention_int8_error(int D, int bits = 3);
 
 // Bytes of GPU memory in use on the device (cudaMemGetInfo: total − free).
 size_t device_memory_used();

@@ -453,9 +453,10 @@ class DevKV {
     s.signs = tables[0].get<float>();
     s.centroids = tables[1].get<float>();
     s.boundaries = tables[2].get<float>();
-    if (s.nib3 && D == 256 && g_attention_i8) {  // the direct path's int8 scores
-      const Int8Centroids t = int8_centroids(cb.centroids_f.data());
-      s.i8_t[0] = t.t[0], s.i8_t[1] = t.t[1], s.i8_inv = t.inv, s.i8_min_split = g_attention_i8_min;
+    if ((s.nib3 || bits == 4) && D == 256 && g_attention_i8) {  // the direct path's int8 tables
+      const Int8Centroids t = int8_centroids(cb.centroids_f.data(), 1 << bits);
+      for (int w = 0; w < 4; ++w) s.i8_t[w] = t.t[w];
+      s.i8_inv = t.inv, s.i8_min_split = g_attention_i8_min;
     }
   }
   void grow(DevKVSide& s, DevBuf& rows, DevBuf& norms, size_t cap, cudaStream_t st) {
@@ -1140,11 +1141,11 @@ int g_attention_i8_min = std::getenv("TQ_CUDA_ATTN_I8_MIN") ? std::max(0, std::a
 void set_attention_int8(bool on, int min_split) { g_attention_i8 = on, g_attention_i8_min = std::max(0, min_split); }
 bool attention_int8() { return g_attention_i8; }
 int attention_int8_min_split() { return g_attention_i8_min; }
-double attention_int8_error(int D) {
-  const Codebook& cb = lloyd_max_codebook(D, 3);
+double attention_int8_error(int D, int bits) {
+  const Codebook& cb = lloyd_max_codebook(D, bits);
   double ms = 0;
   for (float c : cb.centroids_f) ms += static_cast<double>(c) * c / cb.centroids_f.size();
-  return int8_centroids(cb.centroids_f.data()).err / std::sqrt(ms);
+  return int8_centroids(cb.centroids_f.data(), static_cast<int>(cb.centroids_f.size())).err / std::sqrt(ms);
 }
 
 size_t device_memory_used() {

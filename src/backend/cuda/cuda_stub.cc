@@ -24,7 +24,7 @@ bool attention_tiled() { return false; }
 void set_attention_int8(bool, int) {}
 bool attention_int8() { return false; }
 int attention_int8_min_split() { return 0; }
-double attention_int8_error(int) { return 0; }
+double attention_int8_error(int, int) { return 0; }
 double copy_bandwidth_gbs(size_t) { fail("{}", kWhy); }
 
 namespace ops {

@@ -1842,14 +1842,23 @@ __device__ __forceinline__ void mma_16832_s8(int (&c)[4], const uint32_t (&a)[4]
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)));
 }
+// 4 4-bit codes (the nibbles of x's low 16 bits) → their 4 int8 centroids from a 16-entry
+// table t (codes 0-7 in t[0-1], 8-15 in t[2-3]): both halves by the low 3 bits, bit 3
+// choosing between them through a byte mask (a permute of 0 and ~0).
+__device__ __forceinline__ uint32_t lookup16_i8(uint32_t x, const uint32_t (&t)[4]) {
+  const uint32_t sel = x & 0x7777u, m = __byte_perm(0u, 0xFFFFFFFFu, (x >> 1) & 0x4444u);
+  return (__byte_perm(t[2], t[3], sel) & m) | (__byte_perm(t[0], t[1], sel) & ~m);
+}
 // The direct path's scores of a fully coded chunk on the int8 tensor cores: K̂'s centroids as
-// int8 from one permute per 4 codes (the 8-entry table in two words, K.i8_t; the fp16 form
-// takes 8 per 8 codes: 4 for the byte planes, 4 to interleave them — the ALU pipe, the
-// kernel's busiest, is what it saves: PERF v24), queries as int16 in hi and lo int8
-// columns (qi8: the B fragments in lane order). k-step ks (32 dims) of lane (gid, tig) holds
-// the 8 codes of nib3 group 2·tig + (ks >> 2), part ks & 3 of rows gid and gid + 8 (the same
+// int8 from one permute per 4 codes (3-bit: the 8-entry table in two words, K.i8_t; the fp16
+// form takes 8 per 8 codes: 4 for the byte planes, 4 to interleave them — the ALU pipe, the
+// kernel's busiest, is what it saves: PERF v24; 4-bit: lookup16_i8, 3 permutes and a select
+// per 4 codes against decode8_sym4's 24 instructions per 8), queries as int16 in hi and lo
+// int8 columns (qi8: the B fragments in lane order). k-step ks (32 dims) of lane (gid, tig)
+// holds the 8 codes of group 2·tig + (ks >> 2), part ks & 3 of rows gid and gid + 8 (the same
 // stored dims per lane as direct_scores). s: the scores in direct_scores' C layout, each
 // column scaled by f (its head's query scale, hi or lo weight, 1/α).
+template <int B>
 __device__ __forceinline__ void direct_scores_i8(float (&s)[4], const uint32_t* kr, int rw, const uint2* qi8,
                                                  const DevKVSide& K, float2 f, int lane) {
   const int gid = lane >> 2, tig = lane & 3;
@@ -1859,10 +1868,17 @@ __device__ __forceinline__ void direct_scores_i8(float (&s)[4], const uint32_t* 
 #pragma unroll
   for (int ks = 0; ks < 8; ++ks) {
     const int g = 2 * tig + (ks >> 2), part = ks & 3;
-    const uint32_t s0 = nib3_codes8(r0, g, part), s1 = nib3_codes8(r1, g, part);
     const uint2 b = qi8[ks * 32 + lane];
-    const uint32_t a[4] = {__byte_perm(K.i8_t[0], K.i8_t[1], s0), __byte_perm(K.i8_t[0], K.i8_t[1], s1),
-                           __byte_perm(K.i8_t[0], K.i8_t[1], s0 >> 16), __byte_perm(K.i8_t[0], K.i8_t[1], s1 >> 16)};
+    uint32_t a[4];
+    if constexpr (B == 4) {
+      const uint32_t w0 = r0[4 * g + part], w1 = r1[4 * g + part];
+      a[0] = lookup16_i8(w0, K.i8_t), a[1] = lookup16_i8(w1, K.i8_t);
+      a[2] = lookup16_i8(w0 >> 16, K.i8_t), a[3] = lookup16_i8(w1 >> 16, K.i8_t);
+    } else {
+      const uint32_t s0 = nib3_codes8(r0, g, part), s1 = nib3_codes8(r1, g, part);
+      a[0] = __byte_perm(K.i8_t[0], K.i8_t[1], s0), a[1] = __byte_perm(K.i8_t[0], K.i8_t[1], s1);
+      a[2] = __byte_perm(K.i8_t[0], K.i8_t[1], s0 >> 16), a[3] = __byte_perm(K.i8_t[0], K.i8_t[1], s1 >> 16);
+    }
     mma_16832_s8(c[ks & 1], a, b.x, b.y);
   }
 #pragma unroll
@@ -1942,7 +1958,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   __shared__ float2 i8_f[4];  // (read per chunk: the registers are full)
   uint2* qi8 = reinterpret_cast<uint2*>(lut);
   bool use_i8 = false;
-  if (DIRECT && KB == 3 && L.k.i8_inv != 0 && tail.stride == 0) {
+  if (DIRECT && L.k.i8_inv != 0 && tail.stride == 0) {
     const size_t p0 = pos[qi], end0 = min(p0 + 1, n_tokens);
     const size_t per0 = ((end0 + n_splits - 1) / n_splits + kTcTok - 1) / kTcTok * kTcTok;
     const size_t t00 = min(static_cast<size_t>(split) * per0, end0);
@@ -2097,8 +2113,8 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
     const int c_mod = plain || L.ring_rows == 0 ? 0 : (t0m + c) % L.ring_rows;
     if constexpr (DIRECT) {
       const uint32_t* kr = reinterpret_cast<const uint32_t*>(sg);
-      if (KB == 3 && plain && use_i8) {
-        if constexpr (KB == 3) direct_scores_i8(sa, kr, rbk / 4, qi8, L.k, i8_f[tig], lane);
+      if (plain && use_i8) {
+        direct_scores_i8<KB>(sa, kr, rbk / 4, qi8, L.k, i8_f[tig], lane);
       } else {
         if (plain)
           direct_scores<kPlain, KB>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
@@ -4470,16 +4486,17 @@ void launch_attention(const DevKVLayer& L, dim3 grid, cudaStream_t s, const floa
 bool g_attention_tc = !(std::getenv("TQ_CUDA_ATTN_TC") && std::getenv("TQ_CUDA_ATTN_TC")[0] == '0');
 bool g_attention_tiled = !(std::getenv("TQ_CUDA_ATTN_TILED") && std::getenv("TQ_CUDA_ATTN_TILED")[0] == '0');
 
-Int8Centroids int8_centroids(const float* c) {
+Int8Centroids int8_centroids(const float* c, int n) {
   Int8Centroids r;
+  if (n != 8 && n != 16) cuda_unsupported("int8_centroids: a table of 8 or 16 entries");
   float mx = 0;
-  for (int e = 0; e < 8; ++e) mx = std::max(mx, std::fabs(c[e]));
+  for (int e = 0; e < n; ++e) mx = std::max(mx, std::fabs(c[e]));
   if (mx == 0) return r;
-  // The α ≤ 127 / max|c| whose grid c·α ≈ integer fits all 8 entries best (for the 3-bit
+  // The α ≤ 127 / max|c| whose grid c·α ≈ integer fits all n entries best (for the 3-bit
   // Gaussian levels α ≈ 40.9: each off by ≤ 1.6e-3, against ≤ 1.1e-3 for fp16).
   auto error_at = [&](double a) {
     double e = 0;
-    for (int i = 0; i < 8; ++i) e = std::max(e, std::fabs(std::nearbyint(a * c[i]) / a - c[i]));
+    for (int i = 0; i < n; ++i) e = std::max(e, std::fabs(std::nearbyint(a * c[i]) / a - c[i]));
     return e;
   };
   double alpha = 127.0 / mx, best = error_at(alpha);
@@ -4487,7 +4504,7 @@ Int8Centroids int8_centroids(const float* c) {
     const double a = 127.0 / mx * (0.25 + 0.75 * i / 4095.0), e = error_at(a);
     if (e < best) alpha = a, best = e;
   }
-  for (int e = 0; e < 8; ++e) {
+  for (int e = 0; e < n; ++e) {
     const double t = std::nearbyint(alpha * c[e]);
     r.t[e >> 2] |= (static_cast<uint32_t>(static_cast<int>(t)) & 0xFFu) << (8 * (e & 3));
     r.err = std::max(r.err, std::fabs(t / alpha - c[e]));

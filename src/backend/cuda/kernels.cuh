@@ -48,9 +48,10 @@ struct DevKVSide {
   const float* boundaries = nullptr; // [2^bits − 1] (codes)
   bool norm_correction = true;
   __half* ring = nullptr;  // window: [n_kv_heads][ring_rows][D], rotated domain (codes with window)
-  // 3-bit K of the direct path: the centroids as int8 for its scores on the int8 tensor cores
-  // (int8_centroids), c ≈ t / α with the entries t 4 per word; i8_inv = 1 / α (0: fp16 form).
-  uint32_t i8_t[2] = {0, 0};
+  // 3- and 4-bit K of the direct path: the centroids as int8 for its scores on the int8 tensor
+  // cores (int8_centroids), c ≈ t / α with the entries t 4 per word (8 or 16 entries); i8_inv =
+  // 1 / α (0: fp16 form). (3-bit V: the values' byte table, direct_values.)
+  uint32_t i8_t[4] = {0, 0, 0, 0};
   int i8_min_split = 0;  // ... in splits of at least this many tokens (the query's int8 form costs a prologue)
   float i8_inv = 0;
 };
@@ -226,14 +227,14 @@ extern bool g_attention_tc;
 extern bool g_attention_tiled;
 extern bool g_attention_i8;     // new caches' K tables for the direct path's int8 scores (cuda_backend.h)
 extern int g_attention_i8_min;  // ... taken in splits of at least this many tokens
-// K's centroid table for the direct path's int8 scores (DevKVSide::i8_*), from the 8
-// centroids of a 3-bit codebook; err: the largest |ĉ − c| over the entries.
+// K's centroid table for the direct path's int8 scores (DevKVSide::i8_*), from the n = 8 or 16
+// centroids of a 3- or 4-bit codebook; err: the largest |ĉ − c| over the entries.
 struct Int8Centroids {
-  uint32_t t[2] = {0, 0};
+  uint32_t t[4] = {0, 0, 0, 0};
   float inv = 0;
   double err = 0;
 };
-Int8Centroids int8_centroids(const float* c);
+Int8Centroids int8_centroids(const float* c, int n = 8);
 int splits_for(const DevKVLayer& L, int n_q, size_t n_tokens);
 size_t attention_scratch_floats(const DevKVLayer& L, int n_q, int n_splits);
 void attention(const DevKVLayer& L, const float* q, const int32_t* pos, int n_q, size_t n_tokens, int n_splits,
