@@ -58,8 +58,8 @@ bool attention_tiled();
 // int8 at the scale that fits them best (each off by ≤ attention_int8_error), the queries as
 // int16 (hi + lo int8), in splits of at least min_split tokens (the queries' int8 form is a
 // prologue per block: below about 8 chunks per warp it costs more than it saves, PERF v24);
-// and, for 3-bit V, its centroids of fully coded chunks on the same grid, in every split (as
-// fp16 values 36 + s/32: one permute per 2 codes; the weights as fp16 hi parts alone, PERF v25). On by default for
+// and V's centroids of fully coded chunks on the same grid, in every split (as fp16 values
+// 36 + s/32: one permute per 2 codes; the weights as fp16 hi parts alone, PERF v25). On by default for
 // caches made after the call; set_attention_int8(false) or TQ_CUDA_ATTN_I8=0: the fp16 form of
 // both (centroids off by ≤ 2^-11 relative); TQ_CUDA_ATTN_I8_MIN sets min_split's default.
 constexpr int kAttentionI8MinSplit = 512;

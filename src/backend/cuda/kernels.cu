@@ -1779,6 +1779,13 @@ __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], con
     }
   }
 }
+// 4 4-bit codes (the nibbles of x's low 16 bits) → their 4 int8 centroids from a 16-entry
+// table t (codes 0-7 in t[0-1], 8-15 in t[2-3]): both halves by the low 3 bits, bit 3
+// choosing between them through a byte mask (a permute of 0 and ~0).
+__device__ __forceinline__ uint32_t lookup16_i8(uint32_t x, const uint32_t (&t)[4]) {
+  const uint32_t sel = x & 0x7777u, m = __byte_perm(0u, 0xFFFFFFFFu, (x >> 1) & 0x4444u);
+  return (__byte_perm(t[2], t[3], sel) & m) | (__byte_perm(t[0], t[1], sel) & ~m);
+}
 // The values' table of the direct path (PERF v25): V's centroids as bytes u = s + 128 (s: the
 // int8 form of direct_scores_i8, V.i8_t) under a constant high byte 0x50, so that a half is
 // 32 + u/32 = 36 + s/32 — exact, and one permute per 2 codes after one lookup per 4 (the
@@ -1788,8 +1795,13 @@ __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], con
 // chunks take the weights' fp16 hi parts alone (rounded to 2^-12 relative, as FlashAttention's
 // fp16 P; the centroids' int8 grid is off by more, attention_int8_error): half the mmas.
 constexpr uint32_t kHi50 = 0x50505050u, kBias36 = 0x50805080u;  // (36.0 = 0x5080 as fp16)
-__device__ __forceinline__ uint4 decode8_v(uint32_t s, uint32_t t0, uint32_t t1) {
-  const uint32_t la = __byte_perm(t0, t1, s), lb = __byte_perm(t0, t1, s >> 16);
+// 8 codes → their bytes u, 4 per word (la, lb) → the 4 half2 words. B = 3: s the nib3
+// selectors, t the 8 entries; B = 4: s the nibbles of the plain layout, t the 16 entries
+// (lookup16_i8).
+template <int B>
+__device__ __forceinline__ uint4 decode8_v(uint32_t s, const uint32_t (&t)[4]) {
+  const uint32_t la = B == 4 ? lookup16_i8(s, t) : __byte_perm(t[0], t[1], s);
+  const uint32_t lb = B == 4 ? lookup16_i8(s >> 16, t) : __byte_perm(t[0], t[1], s >> 16);
   return make_uint4(__byte_perm(la, kHi50, 0x4140), __byte_perm(la, kHi50, 0x4342), __byte_perm(lb, kHi50, 0x4140),
                     __byte_perm(lb, kHi50, 0x4342));
 }
@@ -1798,14 +1810,13 @@ __device__ __forceinline__ uint4 decode8_v(uint32_t s, uint32_t t0, uint32_t t1)
 // weights sit at e = e' only (b: [hi, lo][k-step ks][b0, b1], words P or P << 16 by the lane's
 // e' = gid & 1): so an A word is two dims of one token — what a decode or a window row gives —
 // and no permute pairs tokens. Lane (gid, tig) reads tokens 8·ks + tig (+4), dims of nib3
-// group gid; acc[mt][k] is head tig, stored dim 32·gid + 4·mt + k. V8: the byte table (vt0,
-// vt1; plain chunks only), its constant part into bias.
+// group gid; acc[mt][k] is head tig, stored dim 32·gid + 4·mt + k. V8: the byte table (vt;
+// plain chunks only), its constant part into bias.
 template <int kRows, bool V8, int B>
 __device__ __forceinline__ void direct_values(float (&acc)[8][4], float (&bias)[4], const uint32_t* vr, int rw,
-                                              const uint32_t (&b)[2][2][2], const Prmt8& t, uint32_t vt0, uint32_t vt1,
+                                              const uint32_t (&b)[2][2][2], const Prmt8& t, const uint32_t (&vt)[4],
                                               int lane, int n_valid, int n_coded, const __half* ring, int ring_rows,
                                               int c_mod) {
-  static_assert(!V8 || B == 3, "the values' byte table is for 3-bit codes");
   const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
   for (int ks = 0; ks < 2; ++ks) {
@@ -1815,8 +1826,8 @@ __device__ __forceinline__ void direct_values(float (&acc)[8][4], float (&bias)[
     for (int part = 0; part < 4; ++part) {
       uint4 w0, w4;
       if constexpr (V8) {
-        w0 = decode8_v(nib3_codes8(r0.raw, gid, part), vt0, vt1);
-        w4 = decode8_v(nib3_codes8(r4.raw, gid, part), vt0, vt1);
+        w0 = decode8_v<B>(B == 4 ? r0.raw[4 * gid + part] : nib3_codes8(r0.raw, gid, part), vt);
+        w4 = decode8_v<B>(B == 4 ? r4.raw[4 * gid + part] : nib3_codes8(r4.raw, gid, part), vt);
       } else {
         w0 = direct_words<kRows, B>(r0, gid, part, t, 32 * gid + 8 * part);
         w4 = direct_words<kRows, B>(r4, gid, part, t, 32 * gid + 8 * part);
@@ -1841,13 +1852,6 @@ __device__ __forceinline__ void mma_16832_s8(int (&c)[4], const uint32_t (&a)[4]
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1)));
-}
-// 4 4-bit codes (the nibbles of x's low 16 bits) → their 4 int8 centroids from a 16-entry
-// table t (codes 0-7 in t[0-1], 8-15 in t[2-3]): both halves by the low 3 bits, bit 3
-// choosing between them through a byte mask (a permute of 0 and ~0).
-__device__ __forceinline__ uint32_t lookup16_i8(uint32_t x, const uint32_t (&t)[4]) {
-  const uint32_t sel = x & 0x7777u, m = __byte_perm(0u, 0xFFFFFFFFu, (x >> 1) & 0x4444u);
-  return (__byte_perm(t[2], t[3], sel) & m) | (__byte_perm(t[0], t[1], sel) & ~m);
 }
 // The direct path's scores of a fully coded chunk on the int8 tensor cores: K̂'s centroids as
 // int8 from one permute per 4 codes (3-bit: the 8-entry table in two words, K.i8_t; the fp16
@@ -1887,8 +1891,7 @@ __device__ __forceinline__ void direct_scores_i8(float (&s)[4], const uint32_t* 
 
 // D: the padded dim of both sides (64, 128, 256); KB, VB: the sides' formats compiled in
 // (16: fp16 rows, else code bits; 0: the layer's, read at run time); DIRECT: the direct
-// path above (D = 256, KB = VB = 3 or 4, at most 4 query heads per KV head; the int8 forms —
-// K's scores, V's byte table — for 3-bit codes only).
+// path above (D = 256, KB = VB = 3 or 4, at most 4 query heads per KV head).
 // TcTail: after attention_tiled_kernel, the window's part of a prefill chunk — tokens from
 // window_cut on, split n_splits ways into the partials' slots [base, base + n_splits) of
 // stride per (query, head); {0, 0}: every token, slots [0, n_splits).
@@ -2054,8 +2057,9 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   for (int mt = 0; mt < MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0;
   float bias[4] = {0, 0, 0, 0};  // direct path, V's byte table: 36 · Σ w per column (direct_values)
   // The direct path's byte table of V (direct_values) where the int8 tables are on.
-  const bool v8 = DIRECT && VB == 3 && L.v.i8_inv != 0;
-  const uint32_t vt0 = L.v.i8_t[0] ^ 0x80808080u, vt1 = L.v.i8_t[1] ^ 0x80808080u;
+  const bool v8 = DIRECT && L.v.i8_inv != 0;
+  const uint32_t vt[4] = {L.v.i8_t[0] ^ 0x80808080u, L.v.i8_t[1] ^ 0x80808080u, L.v.i8_t[2] ^ 0x80808080u,
+                          L.v.i8_t[3] ^ 0x80808080u};
   const float v8_scale = 32.0f * L.v.i8_inv;
   __half* tile = reinterpret_cast<__half*>(mine + 2 * lay.stage);
   __half* pb = reinterpret_cast<__half*>(mine + 2 * lay.stage + lay.tile);  // [hi, lo][8 heads][16 tokens]
@@ -2228,18 +2232,17 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
       const uint4* bw = reinterpret_cast<const uint4*>(pbw) + 2 * lane;  // this lane's [hi, lo] words
       const uint4 bw0 = bw[0], bw1 = bw[1];
       const uint32_t b[2][2][2] = {{{bw0.x, bw0.y}, {bw0.z, bw0.w}}, {{bw1.x, bw1.y}, {bw1.z, bw1.w}}};
-      if (VB == 3 && plain && v8) {
-        if constexpr (VB == 3)
-          direct_values<kPlain, true, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded,
-                                          nullptr, 1, 0);
-      } else if (plain)
-        direct_values<kPlain, false, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded,
-                                         nullptr, 1, 0);
+      if (plain && v8)
+        direct_values<kPlain, true, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt, lane, n_valid, n_coded, nullptr, 1,
+                                        0);
+      else if (plain)
+        direct_values<kPlain, false, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt, lane, n_valid, n_coded, nullptr,
+                                         1, 0);
       else if (n_coded == 0)
-        direct_values<kRing, false, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, 0, vring,
+        direct_values<kRing, false, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt, lane, n_valid, 0, vring,
                                         L.ring_rows, c_mod);
       else
-        direct_values<kMixed, false, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt0, vt1, lane, n_valid, n_coded, vring,
+        direct_values<kMixed, false, VB>(acc, bias, vr, rbv / 4, b, dir_t3[1], vt, lane, n_valid, n_coded, vring,
                                          L.ring_rows, c_mod);
     } else if (vb < 16) {
       auto pass = [&](int half) {  // (called with constants: acc stays in registers)

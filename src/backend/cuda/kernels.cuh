@@ -50,7 +50,7 @@ struct DevKVSide {
   __half* ring = nullptr;  // window: [n_kv_heads][ring_rows][D], rotated domain (codes with window)
   // 3- and 4-bit K of the direct path: the centroids as int8 for its scores on the int8 tensor
   // cores (int8_centroids), c ≈ t / α with the entries t 4 per word (8 or 16 entries); i8_inv =
-  // 1 / α (0: fp16 form). (3-bit V: the values' byte table, direct_values.)
+  // 1 / α (0: fp16 form). (V: the values' byte table of the same grid, direct_values.)
   uint32_t i8_t[4] = {0, 0, 0, 0};
   int i8_min_split = 0;  // ... in splits of at least this many tokens (the query's int8 form costs a prologue)
   float i8_inv = 0;
