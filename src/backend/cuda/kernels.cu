@@ -1537,16 +1537,17 @@ __device__ __forceinline__ uint4 decode8_sym4(uint32_t w, const Prmt8& t) {
 
 // The code sides' centroid tables of a block (K, V): 3-bit as register tables (t3), 2/4-bit
 // as shared tables of centroid pairs and 8-bit of single centroids (lut: [K, V][256] half2),
-// filled by the block's threads (kb, vb: the sides' widths; fp16 sides get none).
+// filled by the block's threads (kb, vb: the sides' widths; fp16 sides get none); with regs4,
+// 4-bit as register tables of the codebook's upper half (decode8_sym4) instead.
 __device__ __forceinline__ void kv_tables(const DevKVLayer& L, int kb, int vb, Prmt8 (&t3)[2], __half2* lut,
-                                          bool direct = false) {
+                                          bool regs4 = false) {
   for (int side = 0; side < 2; ++side) {
     const DevKVSide& S = side ? L.v : L.k;
     const int b = side ? vb : kb;
     t3[side] = {};
     if (b == 3) {
       t3[side] = prmt8_table(S.centroids);
-    } else if (b == 4 && direct) {  // the direct path's 4-bit codes: the codebook's upper half (decode8_sym4)
+    } else if (b == 4 && regs4) {  // 4-bit codes by decode8_sym4: the codebook's upper half
       t3[side] = prmt8_table(S.centroids + 8);
     } else if (b == 2 || b == 4) {
       for (int i = threadIdx.x; i < (1 << (2 * b)); i += blockDim.x)
@@ -1920,7 +1921,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
   // launches (kv_append's blocks let it launch only after their own wait). The cache rows
   // and ring_lo are read after the wait.
   Prmt8 t3[2];
-  kv_tables(L, kb, vb, t3, lut, DIRECT);
+  kv_tables(L, kb, vb, t3, lut, DIRECT);  // (the tile path decodes 4-bit codes from the shared table)
   // The direct path reads its fp16 tables (window chunks, the fp16 form) from shared memory
   // where it uses them: 8 registers fewer held across the chunk loop (PERF v25).
   __shared__ Prmt8 dir_t3[2];
@@ -2381,7 +2382,7 @@ __device__ __forceinline__ void pf_decode(const uint32_t* raw, int rb, int bits,
     const uint32_t* row = raw + r * (rb / 4);
     uint4 out;
     if (b == 8) out = decode8<8>(row + 2 * j, 0, lut);
-    else if (b == 4) out = decode8<4>(row + j, 0, lut);
+    else if (b == 4) out = decode8_sym4(row[j], t3);  // (a register table, kv_tables)
     else out = decode8<2>(row + (j >> 1), 16 * (j & 1), lut);
     *reinterpret_cast<uint4*>(tile + r * R + 8 * j) = out;
   }
@@ -2410,7 +2411,7 @@ __global__ void __launch_bounds__(kPfWarps * 32, 2)
   // Tables and queries before waiting on the previous kernel (as attention_tc_kernel: the
   // queries come from attention prep, complete before kv_append let this kernel launch).
   Prmt8 t3[2];
-  kv_tables(L, kb, vb, t3, lut);
+  kv_tables(L, kb, vb, t3, lut, true);  // (4-bit codes: decode8_sym4 in pf_decode)
   // Row r's query in K's domain (rotated, with the rotation's 1/√D, when K holds codes) as
   // hi/lo halves; rows past n_q zero. A warp per row: lane l holds dims l·E … l·E + E − 1.
   const float qscale = kb < 16 ? rsqrtf(static_cast<float>(D)) : 1.0f;
@@ -4600,6 +4601,7 @@ TiledKernel tiled_kernel_for(const DevKVLayer& L) {
     case 256:
       if (fp16) return tiled_kernel<256, 16, 16>(L);
       if (L.k.bits == 3 && L.v.bits == 3) return tiled_kernel<256, 3, 3>(L);
+      if (L.k.bits == 4 && L.v.bits == 4) return tiled_kernel<256, 4, 4>(L);
       return tiled_kernel<256, 0, 0>(L);
     case 128: return fp16 ? tiled_kernel<128, 16, 16>(L) : tiled_kernel<128, 0, 0>(L);
     case 64: return fp16 ? tiled_kernel<64, 16, 16>(L) : tiled_kernel<64, 0, 0>(L);
