@@ -1429,8 +1429,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(DevKVLayer L, c
 // pipeline of raw rows: fp16 rows land padded to R halves (ready for ldmatrix), code rows
 // land as stored and are decoded, half the dims at a time, into an fp16 tile (3-bit codes
 // by prmt from a register table, see nib3; 2/4-bit through a shared table of centroid
-// pairs; 8-bit one lookup per code; 3- and 4-bit codes of 256-dim heads with at most 4 query
-// heads per KV head skip the tile: the direct path, below). Scores are K̂ (16 tokens × D) · Q (D × 8 query-head
+// pairs; 8-bit one lookup per code; 3- and 4-bit codes and k8v3 of 256-dim heads with at most
+// 4 query heads per KV head skip the tile: the direct path, below). Scores are K̂ (16 tokens × D) · Q (D × 8 query-head
 // columns); each warp keeps its own online softmax per head (the running max moves only by
 // 2^8, so rescaling is rare); values are added as V̂ᵀ (D × 16 tokens) · P (16 tokens × 8 heads). Queries and weights enter the products as
 // fp16 hi + lo pairs (≈ 22 significant bits), so fp16 caches agree with the CPU to float
@@ -1697,9 +1697,9 @@ __device__ __forceinline__ void decode_tile(int half, int b, int rb, const uint3
   else decode_tile_b<D, 8>(half, rb, raw, lut, tile, lane, n_valid, n_coded, ring, ring_rows, c_mod);
 }
 
-// The direct path (3- or 4-bit codes on both sides, D = 256): codes decode straight into the
-// mma fragments, no fp16 tile (a group of 32 codes is a nib3 group, or 4 words of 4-bit codes:
-// direct_decode8). The products' inner and row indices may follow any order of the
+// The direct path (3- or 4-bit codes on both sides, or 8-bit K with 3-bit V; D = 256): codes
+// decode straight into the mma fragments, no fp16 tile (a group of 32 codes is a nib3 group, 4
+// words of 4-bit codes or 8 of bytes: direct_decode8). The products' inner and row indices may follow any order of the
 // dims as long as both operands (and the output's reader) agree, so each lane is given
 // dims that sit together in storage:
 // - scores: k-step kk's column 2·tig + (e & 1) + 8·(e >> 1) is stored dim 64·tig + 4·kk + e,
@@ -1732,20 +1732,32 @@ __device__ __forceinline__ DirectRow direct_row(const uint32_t* raw, int rw, int
 }
 // Codes 8·part … 8·part + 7 of group g (32 codes) of a stored row → their 8 centroids: B = 3,
 // the nib3 layout (t: the codebook); B = 4, the plain layout, where word 4g + part holds
-// them as nibbles (t: the codebook's upper half, decode8_sym4).
+// them as nibbles (t: the codebook's upper half, decode8_sym4); B = 8, bytes 32g + 8·part …
+// looked up one by one in the shared table lut8 (kv_tables: 256 fp16 centroids).
 template <int B>
-__device__ __forceinline__ uint4 direct_decode8(const uint32_t* raw, int g, int part, const Prmt8& t) {
-  if constexpr (B == 4) return decode8_sym4(raw[4 * g + part], t);
-  else return decode8_sel(nib3_codes8(raw, g, part), t);
+__device__ __forceinline__ uint4 direct_decode8(const uint32_t* raw, int g, int part, const Prmt8& t,
+                                                const __half* lut8) {
+  if constexpr (B == 8) {
+    const uint32_t w[2] = {raw[8 * g + 2 * part], raw[8 * g + 2 * part + 1]};
+    uint32_t h[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) h[e] = __half_as_ushort(lut8[(w[e >> 2] >> (8 * (e & 3))) & 0xFFu]);
+    return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
+  } else if constexpr (B == 4) {
+    return decode8_sym4(raw[4 * g + part], t);
+  } else {
+    return decode8_sel(nib3_codes8(raw, g, part), t);
+  }
 }
 // 8 centroids of one selector of a row (stored dims d0 … d0 + 7, d0 a multiple of 8): codes
 // when coded, the window row's values when valid, else zeros.
 template <int kRows, int B>
-__device__ __forceinline__ uint4 direct_words(const DirectRow& row, int g, int part, const Prmt8& t, int d0) {
-  if constexpr (kRows == kPlain) return direct_decode8<B>(row.raw, g, part, t);
+__device__ __forceinline__ uint4 direct_words(const DirectRow& row, int g, int part, const Prmt8& t, int d0,
+                                              const __half* lut8 = nullptr) {
+  if constexpr (kRows == kPlain) return direct_decode8<B>(row.raw, g, part, t, lut8);
   const uint4 w = *reinterpret_cast<const uint4*>(row.ring + d0);
   if constexpr (kRows == kRing) return row.valid ? w : make_uint4(0, 0, 0, 0);
-  const uint4 d = direct_decode8<B>(row.raw, g, part, t);
+  const uint4 d = direct_decode8<B>(row.raw, g, part, t, lut8);
   return row.coded ? d : row.valid ? w : make_uint4(0, 0, 0, 0);
 }
 // With at most 4 query heads per KV head, the 8 columns of the B operands hold the queries'
@@ -1757,7 +1769,7 @@ __device__ __forceinline__ uint4 direct_words(const DirectRow& row, int g, int p
 template <int kRows, int B>
 __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], const uint32_t* kr, int rw, const __half* qh, int R,
                                               const Prmt8& t, int lane, int n_valid, int n_coded, const __half* ring,
-                                              int ring_rows, int c_mod) {
+                                              int ring_rows, int c_mod, const __half* lut8 = nullptr) {
   const int gid = lane >> 2, tig = lane & 3;
   const DirectRow r0 = direct_row<kRows>(kr, rw, gid, n_valid, n_coded, ring, ring_rows, c_mod);
   const DirectRow r1 = direct_row<kRows>(kr, rw, gid + 8, n_valid, n_coded, ring, ring_rows, c_mod);
@@ -1767,8 +1779,8 @@ __device__ __forceinline__ void direct_scores(float (&s)[4], float (&s2)[4], con
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int d0 = 64 * tig + 32 * gq + 8 * j;
-      u0[j] = direct_words<kRows, B>(r0, 2 * tig + gq, j, t, d0);
-      u1[j] = direct_words<kRows, B>(r1, 2 * tig + gq, j, t, d0);
+      u0[j] = direct_words<kRows, B>(r0, 2 * tig + gq, j, t, d0, lut8);
+      u1[j] = direct_words<kRows, B>(r1, 2 * tig + gq, j, t, d0, lut8);
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -1892,7 +1904,7 @@ __device__ __forceinline__ void direct_scores_i8(float (&s)[4], const uint32_t* 
 
 // D: the padded dim of both sides (64, 128, 256); KB, VB: the sides' formats compiled in
 // (16: fp16 rows, else code bits; 0: the layer's, read at run time); DIRECT: the direct
-// path above (D = 256, KB = VB = 3 or 4, at most 4 query heads per KV head).
+// path above (D = 256, KB = VB = 3 or 4 or KB = 8 with VB = 3, at most 4 query heads per KV head).
 // TcTail: after attention_tiled_kernel, the window's part of a prefill chunk — tokens from
 // window_cut on, split n_splits ways into the partials' slots [base, base + n_splits) of
 // stride per (query, head); {0, 0}: every token, slots [0, n_splits).
@@ -2121,13 +2133,16 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3) attention_tc_kernel(DevKVLay
       if (plain && use_i8) {
         direct_scores_i8<KB>(sa, kr, rbk / 4, qi8, L.k, i8_f[tig], lane);
       } else {
+        const __half* klut = reinterpret_cast<const __half*>(lut);  // (8-bit K: its shared table)
         if (plain)
-          direct_scores<kPlain, KB>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, nullptr, 1, 0);
+          direct_scores<kPlain, KB>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, nullptr, 1, 0,
+                                    klut);
         else if (n_coded == 0)
-          direct_scores<kRing, KB>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod);
+          direct_scores<kRing, KB>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, 0, kring, L.ring_rows, c_mod,
+                                   klut);
         else
           direct_scores<kMixed, KB>(sa, sb, kr, rbk / 4, qh, R, dir_t3[0], lane, n_valid, n_coded, kring, L.ring_rows,
-                                    c_mod);
+                                    c_mod, klut);
 #pragma unroll
         for (int k = 0; k < 4; ++k) sa[k] += sb[k];  // (the even and odd k-steps' chains)
       }
@@ -4552,9 +4567,10 @@ TcKernel tc_kernel_dim(const DevKVLayer& L) {
   auto both = [&](int b) { return is(b, b); };
   if constexpr (D == 256) {
     if (both(3) && L.n_heads <= 4 * L.n_kv_heads) return tc_kernel<D, 3, 3, true>(L);
-    // (TQ_CUDA_DIRECT4=0: 4-bit codes through the tile path, for comparison)
+    // (TQ_CUDA_DIRECT4=0: 4-bit codes and k8v3 through the tile path, for comparison)
     static const bool direct4 = !(std::getenv("TQ_CUDA_DIRECT4") && std::getenv("TQ_CUDA_DIRECT4")[0] == '0');
     if (direct4 && both(4) && L.n_heads <= 4 * L.n_kv_heads) return tc_kernel<D, 4, 4, true>(L);
+    if (direct4 && is(8, 3) && L.n_heads <= 4 * L.n_kv_heads) return tc_kernel<D, 8, 3, true>(L);  // (k8v3)
     if (is(8, 3)) return tc_kernel<D, 8, 3>(L);  // (k8v3)
   }
   if (both(3)) return tc_kernel<D, 3, 3>(L);
