@@ -1730,6 +1730,13 @@ __device__ __forceinline__ DirectRow direct_row(const uint32_t* raw, int rw, int
   return {raw + r * rw, kRows == kPlain ? nullptr : ring + ((c_mod + r) % ring_rows) * 256,
           kRows == kPlain || (kRows == kMixed && r < n_coded), r < n_valid};
 }
+// Codes 8·part … 8·part + 7 of group g (32 codes) of a stored row as the nibbles of one word:
+// B = 3, the nib3 layout's selectors (bit 3 clear); B = 4, word 4g + part of the plain layout.
+template <int B>
+__device__ __forceinline__ uint32_t direct_codes8(const uint32_t* raw, int g, int part) {
+  if constexpr (B == 4) return raw[4 * g + part];
+  else return nib3_codes8(raw, g, part);
+}
 // Codes 8·part … 8·part + 7 of group g (32 codes) of a stored row → their 8 centroids: B = 3,
 // the nib3 layout (t: the codebook); B = 4, the plain layout, where word 4g + part holds
 // them as nibbles (t: the codebook's upper half, decode8_sym4); B = 8, bytes 32g + 8·part …
@@ -1744,9 +1751,9 @@ __device__ __forceinline__ uint4 direct_decode8(const uint32_t* raw, int g, int 
     for (int e = 0; e < 8; ++e) h[e] = __half_as_ushort(lut8[(w[e >> 2] >> (8 * (e & 3))) & 0xFFu]);
     return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
   } else if constexpr (B == 4) {
-    return decode8_sym4(raw[4 * g + part], t);
+    return decode8_sym4(direct_codes8<4>(raw, g, part), t);
   } else {
-    return decode8_sel(nib3_codes8(raw, g, part), t);
+    return decode8_sel(direct_codes8<3>(raw, g, part), t);
   }
 }
 // 8 centroids of one selector of a row (stored dims d0 … d0 + 7, d0 a multiple of 8): codes
@@ -1799,6 +1806,13 @@ __device__ __forceinline__ uint32_t lookup16_i8(uint32_t x, const uint32_t (&t)[
   const uint32_t sel = x & 0x7777u, m = __byte_perm(0u, 0xFFFFFFFFu, (x >> 1) & 0x4444u);
   return (__byte_perm(t[2], t[3], sel) & m) | (__byte_perm(t[0], t[1], sel) & ~m);
 }
+// 4 codes (the low 16 bits of direct_codes8's word) → their 4 int8 table entries: 3-bit one
+// permute of the 8-entry table, 4-bit lookup16_i8.
+template <int B>
+__device__ __forceinline__ uint32_t lookup4_i8(uint32_t x, const uint32_t (&t)[4]) {
+  if constexpr (B == 4) return lookup16_i8(x, t);
+  else return __byte_perm(t[0], t[1], x);
+}
 // The values' table of the direct path (PERF v25): V's centroids as bytes u = s + 128 (s: the
 // int8 form of direct_scores_i8, V.i8_t) under a constant high byte 0x50, so that a half is
 // 32 + u/32 = 36 + s/32 — exact, and one permute per 2 codes after one lookup per 4 (the
@@ -1808,13 +1822,11 @@ __device__ __forceinline__ uint32_t lookup16_i8(uint32_t x, const uint32_t (&t)[
 // chunks take the weights' fp16 hi parts alone (rounded to 2^-12 relative, as FlashAttention's
 // fp16 P; the centroids' int8 grid is off by more, attention_int8_error): half the mmas.
 constexpr uint32_t kHi50 = 0x50505050u, kBias36 = 0x50805080u;  // (36.0 = 0x5080 as fp16)
-// 8 codes → their bytes u, 4 per word (la, lb) → the 4 half2 words. B = 3: s the nib3
-// selectors, t the 8 entries; B = 4: s the nibbles of the plain layout, t the 16 entries
-// (lookup16_i8).
+// 8 codes (direct_codes8's word s) → their bytes u, 4 per word (la, lb, lookup4_i8: t the 8
+// or 16 entries) → the 4 half2 words.
 template <int B>
 __device__ __forceinline__ uint4 decode8_v(uint32_t s, const uint32_t (&t)[4]) {
-  const uint32_t la = B == 4 ? lookup16_i8(s, t) : __byte_perm(t[0], t[1], s);
-  const uint32_t lb = B == 4 ? lookup16_i8(s >> 16, t) : __byte_perm(t[0], t[1], s >> 16);
+  const uint32_t la = lookup4_i8<B>(s, t), lb = lookup4_i8<B>(s >> 16, t);
   return make_uint4(__byte_perm(la, kHi50, 0x4140), __byte_perm(la, kHi50, 0x4342), __byte_perm(lb, kHi50, 0x4140),
                     __byte_perm(lb, kHi50, 0x4342));
 }
@@ -1839,8 +1851,8 @@ __device__ __forceinline__ void direct_values(float (&acc)[8][4], float (&bias)[
     for (int part = 0; part < 4; ++part) {
       uint4 w0, w4;
       if constexpr (V8) {
-        w0 = decode8_v<B>(B == 4 ? r0.raw[4 * gid + part] : nib3_codes8(r0.raw, gid, part), vt);
-        w4 = decode8_v<B>(B == 4 ? r4.raw[4 * gid + part] : nib3_codes8(r4.raw, gid, part), vt);
+        w0 = decode8_v<B>(direct_codes8<B>(r0.raw, gid, part), vt);
+        w4 = decode8_v<B>(direct_codes8<B>(r4.raw, gid, part), vt);
       } else {
         w0 = direct_words<kRows, B>(r0, gid, part, t, 32 * gid + 8 * part);
         w4 = direct_words<kRows, B>(r4, gid, part, t, 32 * gid + 8 * part);
@@ -1886,16 +1898,9 @@ __device__ __forceinline__ void direct_scores_i8(float (&s)[4], const uint32_t* 
   for (int ks = 0; ks < 8; ++ks) {
     const int g = 2 * tig + (ks >> 2), part = ks & 3;
     const uint2 b = qi8[ks * 32 + lane];
-    uint32_t a[4];
-    if constexpr (B == 4) {
-      const uint32_t w0 = r0[4 * g + part], w1 = r1[4 * g + part];
-      a[0] = lookup16_i8(w0, K.i8_t), a[1] = lookup16_i8(w1, K.i8_t);
-      a[2] = lookup16_i8(w0 >> 16, K.i8_t), a[3] = lookup16_i8(w1 >> 16, K.i8_t);
-    } else {
-      const uint32_t s0 = nib3_codes8(r0, g, part), s1 = nib3_codes8(r1, g, part);
-      a[0] = __byte_perm(K.i8_t[0], K.i8_t[1], s0), a[1] = __byte_perm(K.i8_t[0], K.i8_t[1], s1);
-      a[2] = __byte_perm(K.i8_t[0], K.i8_t[1], s0 >> 16), a[3] = __byte_perm(K.i8_t[0], K.i8_t[1], s1 >> 16);
-    }
+    const uint32_t s0 = direct_codes8<B>(r0, g, part), s1 = direct_codes8<B>(r1, g, part);
+    const uint32_t a[4] = {lookup4_i8<B>(s0, K.i8_t), lookup4_i8<B>(s1, K.i8_t), lookup4_i8<B>(s0 >> 16, K.i8_t),
+                           lookup4_i8<B>(s1 >> 16, K.i8_t)};
     mma_16832_s8(c[ks & 1], a, b.x, b.y);
   }
 #pragma unroll
